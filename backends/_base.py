@@ -1,0 +1,92 @@
+"""The contract every backend module fulfils: one small subclass of :class:`Backend`.
+
+A backend says how to recognise its arrays (without importing a library the user never
+imported), which array-API namespace serves them, which devices exist, how to move host
+NumPy arrays in and out, how to wait for queued work, and whether it can run here at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from typing import Any
+
+import numpy as np
+
+
+class BackendError(ValueError):
+    """A backend or device was asked for that does not exist or cannot run here."""
+
+
+class Backend:
+    """Defaults that suit most libraries; a backend module overrides only what differs."""
+
+    #: The name users pass as ``backend=...``.
+    name: str = ""
+    #: The module to import; its presence decides whether the backend is installed.
+    library: str = ""
+    #: The distribution that provides the library, for version reports.
+    distribution: str = ""
+    #: The command that installs the library.
+    install: str = ""
+
+    def __repr__(self) -> str:
+        return f"<xplstm backend {self.name!r}>"
+
+    # -- availability -------------------------------------------------------------------
+    def unavailable_reason(self) -> str | None:
+        """``None`` when this backend can run here, otherwise a sentence saying why not."""
+        try:
+            importlib.import_module(self.library)
+        except ImportError:
+            return f"not installed ({self.install})"
+        return None
+
+    def version(self) -> str | None:
+        """The installed library's version, or ``None`` when it is not installed."""
+        try:
+            return importlib.metadata.version(self.distribution or self.library)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    # -- arrays and namespaces ----------------------------------------------------------
+    def is_array(self, x: Any) -> bool:
+        """True when ``x`` is an array of this backend; never imports the library."""
+        raise NotImplementedError
+
+    def namespace(self) -> Any:
+        """The array-API namespace for this backend's arrays (array-api-compat's wrapper)."""
+        raise NotImplementedError
+
+    # -- devices ------------------------------------------------------------------------
+    def default_device(self) -> Any:
+        """The device arrays land on when the user names none."""
+        return "cpu"
+
+    def devices(self) -> list[Any]:
+        """Every device this backend can place arrays on here."""
+        return [self.default_device()]
+
+    def parse_device(self, device: Any) -> Any:
+        """Turn what a user wrote (``None``, ``"cpu"``, ``"cuda:1"``, ...) into a device."""
+        if device is None:
+            return self.default_device()
+        for known in self.devices():
+            if device == known or str(device) == str(known):
+                return known
+        raise BackendError(
+            f"device {device!r} is not available to the {self.name} backend; "
+            f"choose one of {self.devices()}"
+        )
+
+    # -- host transfers and timing ------------------------------------------------------
+    def from_numpy(self, host: np.ndarray, device: Any) -> Any:
+        """Copy a host NumPy array onto ``device``."""
+        return self.namespace().asarray(host, device=device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """Copy an array of this backend into a NumPy array on the host."""
+        return np.asarray(x)
+
+    def synchronize(self, device: Any = None) -> None:
+        """Wait until queued work on ``device`` has finished (for honest timings)."""

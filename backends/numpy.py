@@ -1,0 +1,25 @@
+"""NumPy arrays on the host CPU: the default backend when there is no GPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+from xplstm.backends._base import Backend
+
+
+class NumPyBackend(Backend):
+    name = "numpy"
+    library = "numpy"
+
+    def is_array(self, x: Any) -> bool:
+        return array_api_compat.is_numpy_array(x)
+
+    def namespace(self) -> Any:
+        import array_api_compat.numpy
+
+        return array_api_compat.numpy
+
+
+BACKEND = NumPyBackend()

@@ -1,0 +1,54 @@
+"""PyTorch tensors on the CPU or on CUDA devices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from xplstm.backends._base import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    library = "torch"
+    install = "pip install 'xplstm[torch]'"
+
+    def is_array(self, x: Any) -> bool:
+        return array_api_compat.is_torch_array(x)
+
+    def namespace(self) -> Any:
+        import array_api_compat.torch
+
+        return array_api_compat.torch
+
+    def default_device(self) -> Any:
+        import torch
+
+        return torch.device("cpu")
+
+    def devices(self) -> list[Any]:
+        import torch
+
+        cuda = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        return [torch.device("cpu"), *cuda]
+
+    def parse_device(self, device: Any) -> Any:
+        import torch
+
+        if isinstance(device, str) and device == "cuda":
+            device = "cuda:0"
+        return super().parse_device(None if device is None else torch.device(device))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.detach().cpu().resolve_conj().numpy()
+
+    def synchronize(self, device: Any = None) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize(device if getattr(device, "type", None) == "cuda" else None)
+
+
+BACKEND = TorchBackend()

@@ -1,0 +1,60 @@
+"""The LSTM cell, one time step at a time, as small pure functions of ``xp`` and arrays.
+
+Gate blocks along the last axis are ordered input, forget, output, candidate (i, f, o, g):
+
+    z = x_t @ W_x + h_{t-1} @ W_h + b            (batch, 4H)
+    i, f, o = sigmoid(z[:, :3H]);  g = tanh(z[:, 3H:])
+    c_t = f * c_{t-1} + i * g
+    h_t = o * tanh(c_t)
+
+These functions hold the math once. The layer drives them over time; a backend's fast path may
+jit, scan or fuse the same functions instead of restating them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Array = Any
+
+
+def sigmoid(xp: Any, z: Array) -> Array:
+    """Logistic function that never overflows: exp is only ever taken of -|z|."""
+    e = xp.exp(-xp.abs(z))
+    r = 1.0 / (1.0 + e)
+    return xp.where(z >= 0, r, e * r)
+
+
+def step_forward(xp: Any, z: Array, c_prev: Array) -> tuple[Array, Array, Array]:
+    """One step from pre-activations ``z`` (batch, 4H): returns ``(h, c, ifog)``.
+
+    ``ifog`` (batch, 4H) holds the gate activations, kept for the backward step.
+    """
+    hidden = c_prev.shape[-1]
+    ifo = sigmoid(xp, z[:, : 3 * hidden])
+    g = xp.tanh(z[:, 3 * hidden :])
+    i, f, o = ifo[:, :hidden], ifo[:, hidden : 2 * hidden], ifo[:, 2 * hidden :]
+    c = f * c_prev + i * g
+    h = o * xp.tanh(c)
+    return h, c, xp.concat([ifo, g], axis=-1)
+
+
+def step_backward(
+    xp: Any, dh: Array, dc: Array, ifog: Array, c: Array, c_prev: Array
+) -> tuple[Array, Array]:
+    """Backward through one step's gates: returns ``(dz, dc_prev)``.
+
+    ``dh`` and ``dc`` are the gradients reaching h_t and c_t from the output and the next
+    step; ``dz`` (batch, 4H) is the gradient of the pre-activations, from which the caller
+    gets dh_{t-1} = dz @ W_h.T and the parameter gradients.
+    """
+    hidden = c.shape[-1]
+    i, f = ifog[:, :hidden], ifog[:, hidden : 2 * hidden]
+    o, g = ifog[:, 2 * hidden : 3 * hidden], ifog[:, 3 * hidden :]
+    tanh_c = xp.tanh(c)
+    dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+    di = dc * g * i * (1.0 - i)
+    df = dc * c_prev * f * (1.0 - f)
+    do = dh * tanh_c * o * (1.0 - o)
+    dg = dc * i * (1.0 - g * g)
+    return xp.concat([di, df, do, dg], axis=-1), dc * f

@@ -1,0 +1,285 @@
+"""The LSTM layer: forward and backward over whole sequences, on any array-API backend."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from xplstm import backends
+from xplstm.backends import Backend
+from xplstm.cell import step_backward, step_forward
+from xplstm.resolver import resolve, to_numpy
+
+Array = Any
+
+_DTYPES = ("float32", "float64")
+
+
+@dataclass
+class Weights:
+    """A parameter and its gradient: ``deltas`` is replaced by every ``backward``."""
+
+    values: Array
+    deltas: Array
+
+
+@dataclass
+class _Cache:
+    """What backward needs from forward: the inputs, outputs, gate activations and cells."""
+
+    x: Array  # (batch, seq, input)
+    h0: Array  # (batch, hidden)
+    c0: Array  # (batch, hidden)
+    y: Array  # (batch, seq, hidden): h_1 .. h_T, the forward's own output
+    gates: Array  # (batch, seq, 4*hidden): i, f, o, g activations
+    cells: Array  # (batch, seq, hidden): c_1 .. c_T
+
+
+def _dtype_name(dtype: Any) -> str:
+    for name in _DTYPES:
+        if str(dtype) == name or str(dtype).endswith((f".{name}", f".{name}'>")):
+            return name
+    raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class LSTM:
+    """A single-layer LSTM over batch-first sequences, written once against the array API.
+
+    Parameters live in two :class:`Weights`:
+
+    - ``weights.values``: shape ``(input_size + hidden_size, 4 * hidden_size)``; rows are
+      ``[input; hidden]``, column blocks are the input, forget, output and candidate gates,
+      each ``hidden_size`` wide.
+    - ``bias.values``: shape ``(4 * hidden_size,)``, the same column blocks.
+
+    With ``W_x = weights.values[:input_size]`` and ``W_h = weights.values[input_size:]``, step t
+    computes ``z = x_t @ W_x + h_{t-1} @ W_h + b``; ``i, f, o = sigmoid(z[:, :3H])``,
+    ``g = tanh(z[:, 3H:])``; ``c_t = f * c_{t-1} + i * g``; ``h_t = o * tanh(c_t)``.
+
+    Args:
+        input_size: features per time step of ``x``.
+        hidden_size: features of ``h`` and ``c``.
+        weights, bias: initial values, any supported arrays (copied onto the layer's backend
+            and device); by default drawn from U(-1/sqrt(H), 1/sqrt(H)) as in torch.nn.LSTM,
+            on the host with ``numpy.random.default_rng(seed)``, so a seed gives the same
+            parameters on every backend.
+        backend: a backend name (see :func:`xplstm.backends.available`); by default
+            ``$XPLSTM_BACKEND``, else the backend of ``weights``, else CuPy with a GPU or NumPy.
+        device: a device of that backend (``"cpu"``, ``"cuda:0"``, ...); default its default.
+        dtype: ``"float32"`` or ``"float64"``; inputs must match it.
+        seed: seed for the default initialisation.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        weights: Array | None = None,
+        bias: Array | None = None,
+        backend: str | Backend | None = None,
+        device: Any = None,
+        dtype: Any = "float32",
+        seed: int | None = None,
+    ) -> None:
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        dtype_name = _dtype_name(dtype)
+        chosen = resolve(backend, weights, bias)
+        if device is None and weights is not None and chosen.is_array(weights):
+            device = array_api_compat.device(weights)
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(hidden_size)
+        rows, cols = input_size + hidden_size, 4 * hidden_size
+        host_w = self._host_parameter("weights", weights, (rows, cols), dtype_name, rng, bound)
+        host_b = self._host_parameter("bias", bias, (cols,), dtype_name, rng, bound)
+        self.weights = Weights(host_w, np.zeros_like(host_w))
+        self.bias = Weights(host_b, np.zeros_like(host_b))
+        self._place(chosen, chosen.parse_device(device))
+
+    @staticmethod
+    def _host_parameter(
+        name: str,
+        given: Array | None,
+        shape: tuple[int, ...],
+        dtype_name: str,
+        rng: np.random.Generator,
+        bound: float,
+    ) -> np.ndarray:
+        if given is None:
+            return rng.uniform(-bound, bound, size=shape).astype(dtype_name)
+        host = to_numpy(given)
+        if host.shape != shape:
+            raise ValueError(
+                f"{name} must have shape {shape} = "
+                + ("(input_size + hidden_size, 4 * hidden_size)" if len(shape) == 2 else
+                   "(4 * hidden_size,)")
+                + f", got {host.shape}"
+            )
+        if host.dtype.name != dtype_name:
+            raise ValueError(
+                f"{name} have dtype {host.dtype.name} but the layer's dtype is {dtype_name}; "
+                f"pass dtype={host.dtype.name!r} or cast the {name} first"
+            )
+        return host
+
+    def _place(self, backend: Backend, device: Any) -> None:
+        """Copy the parameters (and their deltas) onto ``backend``'s ``device``."""
+        for param in self.parameters():
+            host_values, host_deltas = to_numpy(param.values), to_numpy(param.deltas)
+            param.values = backend.from_numpy(host_values, device)
+            param.deltas = backend.from_numpy(host_deltas, device)
+        self._backend = backend
+        self.xp = array_api_compat.array_namespace(self.weights.values)
+        self.device = array_api_compat.device(self.weights.values)
+        self._cache: _Cache | None = None
+
+    # -- public properties --------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The name of the backend holding the parameters."""
+        return self._backend.name
+
+    @property
+    def dtype(self) -> Any:
+        """The floating dtype of the parameters; inputs must have it too."""
+        return self.weights.values.dtype
+
+    def parameters(self) -> list[Weights]:
+        """The trainable parameters, for optimizers: ``[weights, bias]``."""
+        return [self.weights, self.bias]
+
+    def to(self, backend: str | Backend, device: Any = None) -> LSTM:
+        """Move the parameters to another backend and device (through the host); returns self."""
+        chosen = resolve(backend)
+        self._place(chosen, chosen.parse_device(device))
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"backend={self.backend!r}, device={str(self.device)!r}, "
+            f"dtype={_dtype_name(self.dtype)!r})"
+        )
+
+    # -- forward and backward -----------------------------------------------------------
+    def __call__(
+        self, x: Array, h0: Array | None = None, c0: Array | None = None
+    ) -> tuple[Array, Array, Array]:
+        return self.forward(x, h0, c0)
+
+    def forward(
+        self, x: Array, h0: Array | None = None, c0: Array | None = None
+    ) -> tuple[Array, Array, Array]:
+        """Run the sequence ``x`` (batch, seq, input_size) from state ``(h0, c0)``.
+
+        ``h0`` and ``c0`` are (batch, hidden_size), zeros when omitted. Returns ``(y, h_n, c_n)``:
+        ``y`` (batch, seq, hidden_size) holds h_1 .. h_T; ``h_n``, ``c_n`` the final state.
+        """
+        xp, hidden = self.xp, self.hidden_size
+        self._check("x", x, (None, None, self.input_size), "(batch, seq, input_size)")
+        batch, seq, _ = x.shape
+        h0 = self._state("h0", h0, batch)
+        c0 = self._state("c0", c0, batch)
+        w_x, w_h = self.weights.values[: self.input_size, :], self.weights.values[self.input_size :, :]
+        x_flat = xp.reshape(x, (batch * seq, self.input_size))
+        z_x = xp.reshape(x_flat @ w_x + self.bias.values, (batch, seq, 4 * hidden))
+        h, c = h0, c0
+        hs, cs, gates = [], [], []
+        for t in range(seq):
+            h, c, ifog = step_forward(xp, z_x[:, t, :] + h @ w_h, c)
+            hs.append(h)
+            cs.append(c)
+            gates.append(ifog)
+        y = xp.stack(hs, axis=1)
+        self._cache = _Cache(x, h0, c0, y, xp.stack(gates, axis=1), xp.stack(cs, axis=1))
+        return y, h, c
+
+    def backward(
+        self, dy: Array | None, dh_n: Array | None = None, dc_n: Array | None = None
+    ) -> tuple[Array, Array, Array]:
+        """Back-propagate through the last ``forward``.
+
+        ``dy`` (batch, seq, hidden_size) is the gradient of the loss with respect to ``y``;
+        ``dh_n`` and ``dc_n`` (batch, hidden_size) those with respect to the final state (zeros
+        when omitted, and ``dy`` may be omitted too). Stores the parameter gradients in
+        ``weights.deltas`` and ``bias.deltas`` and returns ``(dx, dh0, dc0)``.
+        """
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError("backward() needs a forward() first: call layer.forward(x) first")
+        xp, hidden, inputs = self.xp, self.hidden_size, self.input_size
+        batch, seq, _ = cache.x.shape
+        if dy is not None:
+            self._check("dy", dy, (batch, seq, hidden), "(batch, seq, hidden_size) like y")
+        dh = self._state("dh_n", dh_n, batch)
+        dc = self._state("dc_n", dc_n, batch)
+        w_x, w_h = self.weights.values[:inputs, :], self.weights.values[inputs:, :]
+        w_h_t = w_h.T
+        dzs = []
+        for t in range(seq - 1, -1, -1):
+            c_prev = cache.cells[:, t - 1, :] if t > 0 else cache.c0
+            dh_t = dh if dy is None else dy[:, t, :] + dh
+            dz, dc = step_backward(xp, dh_t, dc, cache.gates[:, t, :], cache.cells[:, t, :], c_prev)
+            dh = dz @ w_h_t
+            dzs.append(dz)
+        dz_flat = xp.reshape(xp.stack(dzs[::-1], axis=1), (batch * seq, 4 * hidden))
+        x_flat = xp.reshape(cache.x, (batch * seq, inputs))
+        h_prev = xp.concat([xp.expand_dims(cache.h0, axis=1), cache.y[:, :-1, :]], axis=1)
+        h_prev_flat = xp.reshape(h_prev, (batch * seq, hidden))
+        self.weights.deltas = xp.concat([x_flat.T @ dz_flat, h_prev_flat.T @ dz_flat], axis=0)
+        self.bias.deltas = xp.sum(dz_flat, axis=0)
+        dx = xp.reshape(dz_flat @ w_x.T, (batch, seq, inputs))
+        return dx, dh, dc
+
+    # -- input checks -------------------------------------------------------------------
+    def _state(self, name: str, state: Array | None, batch: int) -> Array:
+        """A (batch, hidden) state or gradient: checked when given, zeros when omitted."""
+        if state is None:
+            return self.xp.zeros((batch, self.hidden_size), dtype=self.dtype, device=self.device)
+        self._check(name, state, (batch, self.hidden_size), "(batch, hidden_size)")
+        return state
+
+    def _check(self, name: str, a: Array, shape: tuple[int | None, ...], meaning: str) -> None:
+        """Refuse arrays of another backend, device or dtype, or of the wrong shape."""
+        owner = backends.backend_of(a)
+        move = f"move the layer with layer.to({owner.name!r}) or convert {name} with "
+        convert = f"layer.xp.asarray({name}, device=layer.device)"
+        if array_api_compat.array_namespace(a) is not self.xp:
+            raise ValueError(
+                f"{name} is a {owner.name} array but this layer's parameters are {self.backend} "
+                f"arrays; {move}{convert}"
+            )
+        where = array_api_compat.device(a)
+        if where is not None and where != self.device:
+            raise ValueError(
+                f"{name} is on device {where} but this layer's parameters are on {self.device}; "
+                f"move the layer with layer.to({self.backend!r}, device=...) or convert {name} "
+                f"with {convert}"
+            )
+        if a.dtype != self.dtype:
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but this layer computes in {self.dtype}; convert "
+                f"with layer.xp.astype({name}, layer.dtype) or build the layer with "
+                f"dtype={_dtype_name(a.dtype) if self._is_float(a) else 'float32'!r}"
+            )
+        expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+        if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+            raise ValueError(
+                f"{name} must have shape {meaning} = {expected}, got {tuple(a.shape)}"
+            )
+        if any(n == 0 for n in a.shape):
+            raise ValueError(f"{name} has an empty axis: shape {tuple(a.shape)}")
+
+    def _is_float(self, a: Array) -> bool:
+        return self.xp.isdtype(a.dtype, "real floating")

@@ -1,0 +1,45 @@
+"""Which backend runs the math: an explicit name, else $XPLSTM_BACKEND, else the arrays, else auto."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from xplstm import backends
+from xplstm.backends import Backend
+
+#: The environment variable that picks a backend when the code names none.
+ENV_VAR = "XPLSTM_BACKEND"
+#: Tried in order when nothing else decides: the GPU when there is one, else the host.
+AUTO_ORDER = ("cupy", "numpy")
+
+
+def resolve(backend: str | Backend | None = None, *arrays: Any) -> Backend:
+    """Decide the backend.
+
+    In order: ``backend`` when given (a name such as ``"torch"``, or a Backend); else the
+    environment variable ``XPLSTM_BACKEND``; else the backend of the ``arrays`` given (``None``
+    entries are ignored); else auto: CuPy when it imports and sees a CUDA device, otherwise
+    NumPy. ``"auto"`` as a name or in the environment asks for the last rule explicitly.
+    """
+    if isinstance(backend, Backend):
+        return backend
+    name = backend or os.environ.get(ENV_VAR) or None
+    if name is None:
+        given = {backends.backend_of(a) for a in arrays if a is not None}
+        if len(given) > 1:
+            names = ", ".join(sorted(b.name for b in given))
+            raise backends.BackendError(f"arrays from different backends were mixed: {names}")
+        if given:
+            return given.pop()
+        name = "auto"
+    if name == "auto":
+        return backends.get(next(n for n in AUTO_ORDER if n in backends.available()))
+    return backends.get(name)
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Copy any supported array (CuPy, torch on CUDA, JAX, Dask, ...) to NumPy on the host."""
+    return backends.backend_of(array).to_numpy(array)
