@@ -56,7 +56,9 @@ def unavailable() -> dict[str, str]:
 def summary() -> str:
     """One line for error messages: what is available here and why the rest is not."""
     missing = "; ".join(f"{name}: {reason}" for name, reason in unavailable().items())
-    return f"available here: {', '.join(available())}" + (f" (missing: {missing})" if missing else "")
+    return f"available here: {', '.join(available())}" + (
+        f" (missing: {missing})" if missing else ""
+    )
 
 
 def get(name: str) -> Backend:

@@ -6,7 +6,6 @@ import sys
 from typing import Any
 
 import numpy as np
-
 from xplstm.backends._base import Backend
 
 
@@ -33,6 +32,11 @@ class ArrayApiStrictBackend(Backend):
 
     def devices(self) -> list[Any]:
         return list(self.namespace().__array_namespace_info__().devices())
+
+    def parse_device(self, device: Any) -> Any:
+        if isinstance(device, str):
+            device = self.namespace().Device(device)
+        return super().parse_device(device)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         # NumPy can only read arrays on the default device: move the others there first.

@@ -122,8 +122,11 @@ class LSTM:
         if host.shape != shape:
             raise ValueError(
                 f"{name} must have shape {shape} = "
-                + ("(input_size + hidden_size, 4 * hidden_size)" if len(shape) == 2 else
-                   "(4 * hidden_size,)")
+                + (
+                    "(input_size + hidden_size, 4 * hidden_size)"
+                    if len(shape) == 2
+                    else "(4 * hidden_size,)"
+                )
                 + f", got {host.shape}"
             )
         if host.dtype.name != dtype_name:
@@ -191,7 +194,10 @@ class LSTM:
         batch, seq, _ = x.shape
         h0 = self._state("h0", h0, batch)
         c0 = self._state("c0", c0, batch)
-        w_x, w_h = self.weights.values[: self.input_size, :], self.weights.values[self.input_size :, :]
+        w_x, w_h = (
+            self.weights.values[: self.input_size, :],
+            self.weights.values[self.input_size :, :],
+        )
         x_flat = xp.reshape(x, (batch * seq, self.input_size))
         z_x = xp.reshape(x_flat @ w_x + self.bias.values, (batch, seq, 4 * hidden))
         h, c = h0, c0
@@ -274,10 +280,10 @@ class LSTM:
                 f"dtype={_dtype_name(a.dtype) if self._is_float(a) else 'float32'!r}"
             )
         expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
-        if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
-            raise ValueError(
-                f"{name} must have shape {meaning} = {expected}, got {tuple(a.shape)}"
-            )
+        if a.ndim != len(shape) or any(
+            s is not None and s != n for s, n in zip(shape, a.shape, strict=True)
+        ):
+            raise ValueError(f"{name} must have shape {meaning} = {expected}, got {tuple(a.shape)}")
         if any(n == 0 for n in a.shape):
             raise ValueError(f"{name} has an empty axis: shape {tuple(a.shape)}")
 

@@ -1,4 +1,4 @@
-"""Which backend runs the math: an explicit name, else $XPLSTM_BACKEND, else the arrays, else auto."""
+"""Which backend runs the math: a name, else $XPLSTM_BACKEND, else the arrays, else auto."""
 
 from __future__ import annotations
 

@@ -1,0 +1,81 @@
+"""Run every test that takes ``target`` once per backend and device that can run here.
+
+Narrow the matrix with ``pytest --backend numpy,torch`` or ``XPLSTM_TEST_BACKENDS=numpy,torch``
+(names of backends, or of targets such as ``torch-cuda``). A target that cannot run here is
+reported as skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support import Target
+from xplstm import backends
+
+#: Every target the suite knows: (backend, device as a user would write it, test id).
+CANDIDATES = (
+    ("numpy", None, "numpy"),
+    ("array_api_strict", None, "array_api_strict"),
+    ("array_api_strict", "device1", "array_api_strict-device1"),
+    ("torch", "cpu", "torch"),
+    ("torch", "cuda", "torch-cuda"),
+    ("jax", "cpu", "jax"),
+    ("jax", "gpu", "jax-gpu"),
+    ("dask", None, "dask"),
+    ("cupy", None, "cupy"),
+)
+ENV_VAR = "XPLSTM_TEST_BACKENDS"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        default=os.environ.get(ENV_VAR, ""),
+        help=f"comma-separated backends or targets to test (default: all; env {ENV_VAR})",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # JAX computes in float32 unless told otherwise; the float64 tests need it on.
+    # On GPUs, float32 matrix products may use TF32: the agreement tests demand full precision.
+    if "jax" in backends.available():
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def _skip_reason(backend: str, device: str | None) -> str | None:
+    reason = backends.unavailable().get(backend)
+    if reason:
+        return f"{backend}: {reason}"
+    if device is not None:
+        try:
+            backends.get(backend).parse_device(device)
+        except backends.BackendError:
+            return f"{backend}: no {device} device here ({backends.get(backend).devices()})"
+    return None
+
+
+def _selected(config: pytest.Config) -> list[tuple[str, str | None, str]]:
+    wanted = {w.strip() for w in config.getoption("--backend").split(",") if w.strip()}
+    unknown = wanted - {c[0] for c in CANDIDATES} - {c[2] for c in CANDIDATES}
+    if unknown:
+        raise pytest.UsageError(
+            f"--backend: unknown {sorted(unknown)}; choose from {[c[2] for c in CANDIDATES]}"
+        )
+    return [c for c in CANDIDATES if not wanted or c[0] in wanted or c[2] in wanted]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target" not in metafunc.fixturenames:
+        return
+    params = []
+    for backend, device, test_id in _selected(metafunc.config):
+        reason = _skip_reason(backend, device)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        value = None if reason else Target(backend, device, test_id)
+        params.append(pytest.param(value, id=test_id, marks=marks))
+    metafunc.parametrize("target", params)
