@@ -9,7 +9,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The library alone (numpy, array-api-compat, tqdm): enough for the demo.
+# The library alone (numpy, array-api-compat, tqdm, matplotlib, threadpoolctl): enough for the demo.
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
@@ -20,7 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base
-	$(BIN)/xplstm demo
+	$(BIN)/xplstm train --task adding --seq-len 100
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -1,18 +1,60 @@
-"""The ``xplstm`` command: ``xplstm info`` and ``xplstm demo``."""
+"""The ``xplstm`` command: ``info``, ``train`` and ``generate``.
+
+xplstm info                       the backends found here, and whether they agree
+xplstm train --task adding        train an LSTM on a task; writes runs/adding/
+xplstm generate --model runs/text/model.npz   sample text from a text model
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
 import xplstm
-from xplstm import backends
+from xplstm import backends, checkpoint, tasks
+from xplstm.train import Settings, summary, train
+
+#: Exit status after Ctrl-C, as shells report a command ended by SIGINT.
+INTERRUPTED = 130
+
+
+def self_check(batch: int = 2, seq: int = 5, inputs: int = 3, hidden: int = 4) -> dict[str, str]:
+    """Run one small LSTM forward and backward on every backend here and compare with NumPy.
+
+    Returns, per backend, ``"ok (max difference ...)"`` or what went wrong.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, seq, inputs)).astype("float32")
+    dy = rng.standard_normal((batch, seq, hidden)).astype("float32")
+
+    def run(name: str) -> list[np.ndarray]:
+        layer = xplstm.LSTM(inputs, hidden, backend=name, seed=0)
+        backend = backends.get(name)
+        y, h_n, c_n = layer.forward(backend.from_numpy(x, layer.device))
+        dx, _, _ = layer.backward(backend.from_numpy(dy, layer.device))
+        outputs = (y, h_n, c_n, dx, layer.weights.deltas, layer.bias.deltas)
+        return [xplstm.to_numpy(a) for a in outputs]
+
+    reference = run("numpy")
+    results = {}
+    for name in backends.available():
+        try:
+            got = run(name)
+        except Exception as error:  # any failure is the answer to report
+            results[name] = f"FAILED: {type(error).__name__}: {error}"
+            continue
+        worst = max(float(np.max(np.abs(a - b))) for a, b in zip(got, reference, strict=True))
+        verdict = "ok" if worst <= 1e-4 else "DISAGREES"
+        results[name] = f"{verdict} (max difference from numpy {worst:.1e})"
+    return results
 
 
 def info(args: argparse.Namespace) -> int:
-    """Print the version and the backends found here, with why missing ones are missing."""
+    """Print the version, the backends found here (with why missing ones are missing), and
+    whether the available ones agree on a small problem."""
     print(f"xplstm {xplstm.__version__}")
     for name, backend in backends.known().items():
         reason = backends.unavailable().get(name)
@@ -21,40 +63,110 @@ def info(args: argparse.Namespace) -> int:
         else:
             devices = ", ".join(str(d) for d in backend.devices())
             print(f"  {name:17s} {backend.version() or '':12s} devices: {devices}")
-    return 0
+    print("self-check: LSTM forward and backward, batch 2, seq 5, float32, against numpy")
+    results = self_check()
+    for name, result in results.items():
+        print(f"  {name:17s} {result}")
+    return 0 if all(r.startswith("ok") for r in results.values()) else 1
 
 
-def demo(args: argparse.Namespace) -> int:
-    """A short forward and backward on the backend found, saying which it is."""
-    layer = xplstm.LSTM(args.input, args.hidden, backend=args.backend, seed=0)
-    print(f"backend chosen: {layer.backend} on {layer.device} ({backends.summary()})")
-    print(layer)
-    rng = np.random.default_rng(0)
-    host = rng.standard_normal((args.batch, args.seq_len, args.input)).astype("float32")
-    x = layer.xp.asarray(host, device=layer.device)
-    y, h_n, _ = layer.forward(x)
-    dx, _, _ = layer.backward(layer.xp.ones_like(y))
-    print(f"forward:  x {tuple(x.shape)} -> y {tuple(y.shape)}, h_n {tuple(h_n.shape)}")
-    print(
-        f"backward: dx {tuple(dx.shape)}, |dW| = "
-        f"{float(np.linalg.norm(xplstm.to_numpy(layer.weights.deltas))):.4f}"
+def run_train(args: argparse.Namespace) -> int:
+    """Train an LSTM and a Linear head on a task; write metrics.json, loss.png and model.npz."""
+    settings = Settings(
+        task=args.task,
+        backend=args.backend,
+        device=args.device,
+        seq_len=args.seq_len,
+        hidden=args.hidden,
+        batch=args.batch,
+        steps=args.steps,
+        lr=args.lr,
+        clip=args.clip,
+        seed=args.seed,
+        out=args.out,
+        eval_every=args.eval_every,
+        threads=args.threads,
+        progress=not args.quiet,
     )
+    metrics = train(settings)
+    print(summary(metrics))
+    return INTERRUPTED if metrics["stopped"] == "interrupted" else 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Sample text from a model trained with ``xplstm train --task text``."""
+    model = checkpoint.load(args.model, backend=args.backend, device=args.device)
+    task = tasks.get("text")
+    prime = args.prime.replace("\\n", "\n")
+    rng = np.random.default_rng(args.seed)
+    text = task.generate(model, prime, args.length, temperature=args.temperature, rng=rng)
+    print(prime + text)
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xplstm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="backends found here, and a self-check").set_defaults(run=info)
+
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument(
+        "--backend", default=None, help="numpy, cupy, torch, jax, ... or auto (the default)"
+    )
+    where.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: the backend's)")
+
+    train_parser = commands.add_parser(
+        "train",
+        parents=[where],
+        help="train on a task",
+        description=run_train.__doc__ + " Unset options take the task's defaults (shown).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="task defaults:\n"
+        + "\n".join(
+            f"  {name:7s} " + ", ".join(f"{k}={v}" for k, v in task.defaults.items())
+            for name, task in tasks.TASKS.items()
+        ),
+    )
+    train_parser.add_argument("--task", choices=list(tasks.TASKS), default="adding")
+    train_parser.add_argument("--seq-len", type=int, help="sequence length (copy: blanks)")
+    train_parser.add_argument("--hidden", type=int, help="LSTM hidden size")
+    train_parser.add_argument("--batch", type=int, help="sequences per step")
+    train_parser.add_argument("--steps", type=int, help="at most this many steps")
+    train_parser.add_argument("--lr", type=float, help="Adam learning rate")
+    train_parser.add_argument("--clip", type=float, default=1.0, help="global gradient norm cap")
+    train_parser.add_argument("--seed", type=int, default=0, help="seeds data and weights")
+    train_parser.add_argument("--out", type=Path, help="output folder (default runs/TASK)")
+    train_parser.add_argument(
+        "--eval-every", type=int, default=50, help="steps between held-out checks"
+    )
+    train_parser.add_argument(
+        "--threads", type=int, default=1, help="BLAS threads on the CPU (0: the library's default)"
+    )
+    train_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    train_parser.set_defaults(run=run_train)
+
+    generate_parser = commands.add_parser(
+        "generate", parents=[where], help="sample text from a text model"
+    )
+    generate_parser.add_argument("--model", required=True, help="DIR/model.npz of a text run")
+    generate_parser.add_argument("--length", type=int, default=500, help="characters to sample")
+    generate_parser.add_argument("--temperature", type=float, default=0.8)
+    generate_parser.add_argument("--prime", default=tasks.PRIME, help="text to start from")
+    generate_parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    generate_parser.set_defaults(run=generate)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xplstm", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help=info.__doc__).set_defaults(run=info)
-    demo_parser = commands.add_parser("demo", help=demo.__doc__)
-    demo_parser.add_argument("--backend", default=None, help="numpy, cupy, torch, ... or auto")
-    demo_parser.add_argument("--batch", type=int, default=8)
-    demo_parser.add_argument("--seq-len", type=int, default=50)
-    demo_parser.add_argument("--input", type=int, default=4)
-    demo_parser.add_argument("--hidden", type=int, default=16)
-    demo_parser.set_defaults(run=demo)
+    parser = _parser()
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:
+        # Bad options, files or backends: say what was wrong, without a traceback.
+        parser.exit(2, f"xplstm {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

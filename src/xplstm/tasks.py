@@ -1,0 +1,412 @@
+"""The training tasks of ``xplstm train``: adding, copy, sine and text.
+
+Each task generates its data on the host with NumPy from a seed (so a seed gives the same data
+on every backend), and says what the model needs: the input and output sizes, whether the head
+reads only the last time step, the loss, the metric reported on a held-out set, the baseline a
+model without memory scores, and the target at which training may stop early.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xplstm import backends, losses
+from xplstm.resolver import to_numpy
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class Data:
+    """A set of examples on the host: ``inputs`` (n, seq, features) float32 and ``targets``."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def rows(self, start: int, stop: int) -> Data:
+        """Examples ``start`` to ``stop``."""
+        return Data(self.inputs[start:stop], self.targets[start:stop])
+
+
+class Task:
+    """What a task must say; subclasses fill it in.
+
+    ``sample(rng, n)`` draws ``n`` training examples; ``test_set()`` is the fixed held-out set
+    (drawn from its own seed, never from the training stream); ``loss(prediction, target)`` is
+    one of :mod:`xplstm.losses`; ``metric(mean_loss)`` turns a mean loss into the reported
+    metric, in which ``baseline`` and ``target`` are given too.
+    """
+
+    name: ClassVar[str]
+    #: The settings ``xplstm train --task NAME`` uses unless told otherwise.
+    defaults: ClassVar[dict[str, Any]]
+    metric_name: ClassVar[str]
+    #: What scores the baseline, in words, for the report.
+    baseline_name: ClassVar[str]
+    #: True when the head reads only the last step's output (``LastStep`` before ``Linear``).
+    last_step: ClassVar[bool]
+    input_size: int
+    output_size: int
+    #: Training may stop once the held-out metric is below this.
+    target: float
+    #: Examples in the held-out set.
+    test_size: ClassVar[int] = 1000
+
+    def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:
+        seq_len = self.defaults["seq_len"] if seq_len is None else seq_len
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+            raise ValueError(f"--seq-len must be an integer of at least 2, got {seq_len!r}")
+        self.seq_len = seq_len
+        self.seed = seed
+
+    def sample(self, rng: np.random.Generator, n: int) -> Data:
+        """``n`` examples drawn with ``rng``."""
+        raise NotImplementedError
+
+    def test_set(self) -> Data:
+        """The held-out examples: the same for a given seed and sequence length."""
+        return self.sample(np.random.default_rng([self.seed, 1]), self.test_size)
+
+    def loss(self, prediction: Array, target: Array) -> tuple[Array, Array]:
+        """``(loss, d_prediction)`` for a batch, on the prediction's backend."""
+        return losses.mse(prediction, target)
+
+    def metric(self, mean_loss: float) -> float:
+        """The reported metric for a mean loss (the loss itself unless a task converts it)."""
+        return mean_loss
+
+    @property
+    def baseline(self) -> float:
+        """What a model without memory scores on the held-out set, in the metric's units."""
+        raise NotImplementedError
+
+    def extra_metrics(self, data: Data, predictions: np.ndarray) -> dict[str, float]:
+        """More held-out numbers worth reporting, from the host predictions."""
+        return {}
+
+    def showcase(self, model: Any, rng: np.random.Generator) -> dict[str, str]:
+        """Things the trained model makes that a person wants to see (a text sample)."""
+        return {}
+
+    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> bool:
+        """Draw predictions against the truth on ``ax``; False when the task has no such plot."""
+        return False
+
+    def describe(self) -> str:
+        """One line for reports: the task and its sequence length."""
+        return f"{self.name} (seq-len {self.seq_len})"
+
+
+class Adding(Task):
+    """The adding problem (Hochreiter & Schmidhuber 1997; as set in Arjovsky et al. 2016).
+
+    Each step has two features: a value drawn from U[0, 1], and a marker that is 1 at exactly
+    two steps, one drawn uniformly in each half of the sequence, and 0 elsewhere. The target is
+    the sum of the two marked values. Always answering 1 (the target's mean) scores the target's
+    variance, 2 * 1/12 = 0.167: the baseline.
+    """
+
+    name = "adding"
+    defaults: ClassVar[dict[str, Any]] = {
+        "seq_len": 100,
+        "hidden": 32,
+        "batch": 32,
+        "lr": 1e-2,
+        "steps": 4000,
+    }
+    metric_name = "mse"
+    baseline_name = "always predicting 1"
+    last_step = True
+    input_size = 2
+    output_size = 1
+    target = 0.01
+
+    def sample(self, rng: np.random.Generator, n: int) -> Data:
+        seq = self.seq_len
+        values = rng.uniform(0.0, 1.0, size=(n, seq))
+        half = seq // 2
+        first = rng.integers(0, half, size=n)
+        second = rng.integers(half, seq, size=n)
+        markers = np.zeros((n, seq))
+        rows = np.arange(n)
+        markers[rows, first] = 1.0
+        markers[rows, second] = 1.0
+        inputs = np.stack([values, markers], axis=-1).astype("float32")
+        sums = values[rows, first] + values[rows, second]
+        return Data(inputs, sums[:, None].astype("float32"))
+
+    @property
+    def baseline(self) -> float:
+        targets = self.test_set().targets
+        return float(np.mean((targets - 1.0) ** 2))
+
+    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> bool:
+        shown = slice(0, 300)
+        ax.scatter(data.targets[shown, 0], predictions[shown, 0], s=6, alpha=0.6)
+        ax.plot([0.0, 2.0], [0.0, 2.0], color="black", linewidth=0.8, label="perfect")
+        ax.set(
+            xlabel="true sum",
+            ylabel="predicted sum",
+            title="held-out predictions (300 shown)",
+        )
+        ax.legend(loc="upper left")
+        return True
+
+
+class Copy(Task):
+    """The copy-memory task of Arjovsky et al. 2016.
+
+    The input is 10 symbols drawn from 8 (classes 1..8), then ``seq_len - 1`` blanks (0), a
+    delimiter (9), and 10 more blanks: ``seq_len + 20`` steps, one-hot over 10 classes. The
+    model must output blanks for the first ``seq_len + 10`` steps, then the 10 symbols. The
+    loss is the cross-entropy per step over all ``seq_len + 20`` steps; a model without
+    memory outputs blanks and then guesses uniformly among 8: ``10 log(8) / (seq_len + 20)``.
+    """
+
+    name = "copy"
+    defaults: ClassVar[dict[str, Any]] = {
+        "seq_len": 20,
+        "hidden": 64,
+        "batch": 32,
+        "lr": 1e-2,
+        "steps": 3000,
+    }
+    metric_name = "cross-entropy (nats per step)"
+    baseline_name = "blanks, then uniform guesses among 8"
+    last_step = False
+    input_size = 10
+    output_size = 9
+    test_size = 500
+    symbols = 10
+    blank, delimiter = 0, 9
+
+    def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:
+        super().__init__(seq_len, seed)
+        # A tenth of the baseline: by then nearly every recalled symbol is right.
+        self.target = self.baseline / 10
+
+    def sample(self, rng: np.random.Generator, n: int) -> Data:
+        length = self.seq_len + 2 * self.symbols
+        recall = rng.integers(1, 9, size=(n, self.symbols))
+        codes = np.full((n, length), self.blank)
+        codes[:, : self.symbols] = recall
+        codes[:, self.seq_len + self.symbols - 1] = self.delimiter
+        targets = np.full((n, length), self.blank)
+        targets[:, -self.symbols :] = recall
+        inputs = np.eye(self.input_size, dtype="float32")[codes]
+        return Data(inputs, targets.astype("int64"))
+
+    def loss(self, prediction: Array, target: Array) -> tuple[Array, Array]:
+        return losses.softmax_cross_entropy(prediction, target)
+
+    @property
+    def baseline(self) -> float:
+        return self.symbols * math.log(8) / (self.seq_len + 2 * self.symbols)
+
+    def extra_metrics(self, data: Data, predictions: np.ndarray) -> dict[str, float]:
+        guessed = np.argmax(predictions[:, -self.symbols :, :], axis=-1)
+        right = guessed == data.targets[:, -self.symbols :]
+        return {"recall_accuracy": float(np.mean(right))}
+
+
+class Sine(Task):
+    """Multi-step forecasting of noisy sinusoids.
+
+    Each example is one sinusoid with amplitude U[0.5, 1.5], period U[8, 32] steps and a random
+    phase, observed for ``seq_len`` steps with Gaussian noise (std 0.1). The model forecasts
+    the next ``horizon`` noiseless values. The baseline forecasts 0, the signals' mean, and is
+    scored on the held-out set.
+    """
+
+    name = "sine"
+    defaults: ClassVar[dict[str, Any]] = {
+        "seq_len": 50,
+        "hidden": 32,
+        "batch": 32,
+        "lr": 1e-2,
+        "steps": 2000,
+    }
+    metric_name = "mse"
+    baseline_name = "forecasting 0, the mean"
+    last_step = True
+    input_size = 1
+    horizon = 20
+    output_size = horizon
+    noise = 0.1
+    target = 0.01
+
+    def sample(self, rng: np.random.Generator, n: int) -> Data:
+        amplitude = rng.uniform(0.5, 1.5, size=(n, 1))
+        period = rng.uniform(8.0, 32.0, size=(n, 1))
+        phase = rng.uniform(0.0, 2.0 * math.pi, size=(n, 1))
+        t = np.arange(self.seq_len + self.horizon)
+        clean = amplitude * np.sin(2.0 * math.pi * t / period + phase)
+        observed = clean[:, : self.seq_len] + rng.normal(0.0, self.noise, (n, self.seq_len))
+        return Data(
+            observed[:, :, None].astype("float32"),
+            clean[:, self.seq_len :].astype("float32"),
+        )
+
+    @property
+    def baseline(self) -> float:
+        return float(np.mean(self.test_set().targets ** 2))
+
+    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> bool:
+        history = np.arange(self.seq_len)
+        future = np.arange(self.seq_len, self.seq_len + self.horizon)
+        for row in range(3):
+            offset = 3.5 * row
+            color = f"C{row}"
+            ax.plot(history, data.inputs[row, :, 0] + offset, color=color, alpha=0.5)
+            ax.plot(future, data.targets[row] + offset, color=color, linestyle="--")
+            ax.plot(future, predictions[row] + offset, color=color, marker=".", linestyle="")
+        ax.axvline(self.seq_len - 0.5, color="gray", linewidth=0.8)
+        ax.set(
+            xlabel="step",
+            yticks=[],
+            title="held-out: observed, truth (dashed), forecast (dots)",
+        )
+        return True
+
+
+class Text(Task):
+    """A character-level language model on Shakespeare's *Hamlet*, shipped in the package.
+
+    Inputs are one-hot characters, targets the next character at every step. The last tenth
+    of the text is held out. The metric is bits per character; the baseline is a model without
+    memory: the training text's character frequencies, scored on the held-out text.
+    """
+
+    name = "text"
+    defaults: ClassVar[dict[str, Any]] = {
+        "seq_len": 100,
+        "hidden": 128,
+        "batch": 32,
+        "lr": 1e-2,
+        "steps": 1500,
+    }
+    metric_name = "bits per character"
+    baseline_name = "character frequencies"
+    last_step = False
+    target = 2.0
+    held_out = 0.1
+
+    def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:
+        super().__init__(seq_len, seed)
+        self.text = corpus()
+        self.vocab = vocabulary(self.text)
+        self.input_size = self.output_size = len(self.vocab)
+        codes = self.encode(self.text)
+        split = int(len(codes) * (1.0 - self.held_out))
+        self.train_codes, self.test_codes = codes[:split], codes[split:]
+
+    def encode(self, text: str) -> np.ndarray:
+        """Character codes of ``text``; characters outside the vocabulary are an error."""
+        index = {char: code for code, char in enumerate(self.vocab)}
+        unknown = sorted(set(text) - set(index))
+        if unknown:
+            raise ValueError(
+                f"characters {''.join(unknown)!r} are not in the text task's vocabulary "
+                f"{''.join(self.vocab)!r}"
+            )
+        return np.array([index[char] for char in text], dtype="int64")
+
+    def _windows(self, codes: np.ndarray, starts: np.ndarray) -> Data:
+        spans = codes[starts[:, None] + np.arange(self.seq_len + 1)]
+        inputs = np.eye(self.input_size, dtype="float32")[spans[:, :-1]]
+        return Data(inputs, spans[:, 1:])
+
+    def sample(self, rng: np.random.Generator, n: int) -> Data:
+        starts = rng.integers(0, len(self.train_codes) - self.seq_len - 1, size=n)
+        return self._windows(self.train_codes, starts)
+
+    def test_set(self) -> Data:
+        """The held-out text cut into consecutive windows."""
+        starts = np.arange(0, len(self.test_codes) - self.seq_len - 1, self.seq_len)
+        return self._windows(self.test_codes, starts)
+
+    def loss(self, prediction: Array, target: Array) -> tuple[Array, Array]:
+        return losses.softmax_cross_entropy(prediction, target)
+
+    def metric(self, mean_loss: float) -> float:
+        return mean_loss / math.log(2)
+
+    def showcase(self, model: Any, rng: np.random.Generator) -> dict[str, str]:
+        return {"sample": PRIME + self.generate(model, PRIME, 300, rng=rng)}
+
+    def generate(
+        self,
+        model: Any,
+        prime: str,
+        length: int,
+        temperature: float = 0.8,
+        rng: np.random.Generator | None = None,
+    ) -> str:
+        """``length`` characters sampled from ``model`` (an LSTM then a Linear) after ``prime``.
+
+        Lower ``temperature`` samples more conservatively; sampling happens on the host with
+        ``rng``, so a seed gives the same text on every backend.
+        """
+        if not prime:
+            raise ValueError(f"prime must be at least one character, e.g. {PRIME!r}")
+        if temperature <= 0.0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        rng = np.random.default_rng() if rng is None else rng
+        lstm, head = model.layers[0], model.layers[-1]
+        if (lstm.input_size, head.out_features) != (self.input_size, self.output_size):
+            raise ValueError(
+                f"this model reads {lstm.input_size} and writes {head.out_features} classes, "
+                f"but the text task has {self.input_size} characters: it was not trained on "
+                "the text task (train one with `xplstm train --task text`)"
+            )
+        backend = backends.backend_of(lstm.weights.values)
+        eye = np.eye(self.input_size, dtype="float32")
+        codes, state = self.encode(prime), (None, None)
+        sampled = []
+        for _ in range(length):
+            x = lstm.xp.astype(backend.from_numpy(eye[codes][None], lstm.device), lstm.dtype)
+            y, *state = lstm.forward(x, *state)
+            logits = to_numpy(head.forward(y[:, -1, :]))[0].astype("float64") / temperature
+            p = np.exp(logits - logits.max())
+            code = int(rng.choice(self.input_size, p=p / p.sum()))
+            sampled.append(self.vocab[code])
+            codes = np.array([code])
+        return "".join(sampled)
+
+    @property
+    def baseline(self) -> float:
+        counts = np.bincount(self.train_codes, minlength=self.input_size) + 1.0
+        probabilities = counts / counts.sum()
+        return float(-np.mean(np.log2(probabilities[self.test_set().targets])))
+
+
+#: What text samples start from: a speaker's name, as in the play.
+PRIME = "HAMLET:\n"
+
+
+def corpus() -> str:
+    """The text of the ``text`` task: Shakespeare's *Hamlet* (public domain, see data/README)."""
+    return (importlib.resources.files("xplstm") / "data" / "hamlet.txt").read_text("utf-8")
+
+
+def vocabulary(text: str) -> list[str]:
+    """The characters of ``text``, sorted: code ``i`` stands for ``vocabulary(text)[i]``."""
+    return sorted(set(text))
+
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (Adding, Copy, Sine, Text)}
+
+
+def get(name: str, seq_len: int | None = None, seed: int = 0) -> Task:
+    """The task called ``name`` with this sequence length (its default when ``None``)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name](seq_len, seed)
