@@ -53,10 +53,23 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter's ``values`` from its ``deltas``."""
         self.steps += 1
-        for param, state in zip(self.parameters, self._state, strict=True):
-            param.values = self._update(param.values, param.deltas, state)
+        updates = [
+            self._update(param.values, param.deltas, state)
+            for param, state in zip(self.parameters, self._state, strict=True)
+        ]
+        # A lazy backend (Dask) computes the new values and state now, in one go, so that the
+        # graph does not grow with every step.
+        backend = backends.backend_of(self.parameters[0].values)
+        arrays = [w for w, _ in updates] + [a for _, state in updates for a in state.values()]
+        done = iter(backend.persist(arrays))
+        for param in self.parameters:
+            param.values = next(done)
+        self._state = [{key: next(done) for key in state} for _, state in updates]
 
-    def _update(self, w: Array, g: Array, state: dict[str, Array]) -> Array:
+    def _update(
+        self, w: Array, g: Array, state: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        """The new values of ``w`` given its gradient ``g``, and the new state."""
         raise NotImplementedError
 
     @staticmethod
@@ -81,11 +94,13 @@ class SGD(Optimizer):
         super().__init__(parameters, lr)
         self.momentum = _in_range("momentum", momentum, 0.0, 1.0, low_open=False)
 
-    def _update(self, w: Array, g: Array, state: dict[str, Array]) -> Array:
+    def _update(
+        self, w: Array, g: Array, state: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
         if self.momentum == 0.0:
-            return w - self.lr * g
-        state["velocity"] = self.momentum * self._buffer(state, "velocity", w) + g
-        return w - self.lr * state["velocity"]
+            return w - self.lr * g, {}
+        velocity = self.momentum * self._buffer(state, "velocity", w) + g
+        return w - self.lr * velocity, {"velocity": velocity}
 
 
 class Adam(Optimizer):
@@ -107,15 +122,16 @@ class Adam(Optimizer):
         )
         self.eps = _in_range("eps", eps, 0.0, math.inf, low_open=False)
 
-    def _update(self, w: Array, g: Array, state: dict[str, Array]) -> Array:
+    def _update(
+        self, w: Array, g: Array, state: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
         xp = array_api_compat.array_namespace(w)
         beta1, beta2 = self.betas
         m = beta1 * self._buffer(state, "m", w) + (1.0 - beta1) * g
         v = beta2 * self._buffer(state, "v", w) + (1.0 - beta2) * (g * g)
-        state["m"], state["v"] = m, v
         step_size = self.lr / (1.0 - beta1**self.steps)
         denominator = xp.sqrt(v) / math.sqrt(1.0 - beta2**self.steps) + self.eps
-        return w - step_size * (m / denominator)
+        return w - step_size * (m / denominator), {"m": m, "v": v}
 
 
 class RMSProp(Optimizer):
@@ -133,11 +149,12 @@ class RMSProp(Optimizer):
         self.alpha = _in_range("alpha", alpha, 0.0, 1.0, low_open=False)
         self.eps = _in_range("eps", eps, 0.0, math.inf, low_open=False)
 
-    def _update(self, w: Array, g: Array, state: dict[str, Array]) -> Array:
+    def _update(
+        self, w: Array, g: Array, state: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
         xp = array_api_compat.array_namespace(w)
         v = self.alpha * self._buffer(state, "v", w) + (1.0 - self.alpha) * (g * g)
-        state["v"] = v
-        return w - self.lr * (g / (xp.sqrt(v) + self.eps))
+        return w - self.lr * (g / (xp.sqrt(v) + self.eps)), {"v": v}
 
 
 def clip_grad_norm(parameters: Iterable[Weights], max_norm: float) -> float:
