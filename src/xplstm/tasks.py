@@ -325,12 +325,12 @@ class Text(Task):
         return Data(inputs, spans[:, 1:])
 
     def sample(self, rng: np.random.Generator, n: int) -> Data:
-        starts = rng.integers(0, len(self.train_codes) - self.seq_len - 1, size=n)
+        starts = rng.integers(0, len(self.train_codes) - self.seq_len, size=n)
         return self._windows(self.train_codes, starts)
 
     def test_set(self) -> Data:
         """The held-out text cut into consecutive windows."""
-        starts = np.arange(0, len(self.test_codes) - self.seq_len - 1, self.seq_len)
+        starts = np.arange(0, len(self.test_codes) - self.seq_len, self.seq_len)
         return self._windows(self.test_codes, starts)
 
     def loss(self, prediction: Array, target: Array) -> tuple[Array, Array]:

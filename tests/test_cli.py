@@ -1,0 +1,156 @@
+"""The ``xplstm`` command: each task trains for a few steps and writes its files; info, generate,
+early stopping, Ctrl-C and the error messages."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xplstm
+from tests.support import Target
+from xplstm import checkpoint, cli, tasks
+from xplstm.train import evaluate
+
+PNG = b"\x89PNG\r\n\x1a\n"
+#: Small settings per task, so a smoke run takes well under a second of training.
+SMALL = {"adding": "10", "copy": "5", "sine": "12", "text": "20"}
+
+
+def train(tmp_path: Path, task: str, *extra: str) -> tuple[int, dict]:
+    out = tmp_path / task
+    argv = ["train", "--task", task, "--seq-len", SMALL[task], "--hidden", "8", "--batch", "4"]
+    status = cli.main([*argv, "--steps", "3", "--out", str(out), "--quiet", *extra])
+    return status, json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("task", list(tasks.TASKS))
+def test_each_task_trains_and_writes_its_files(
+    tmp_path: Path, task: str, capsys: pytest.CaptureFixture
+) -> None:
+    status, metrics = train(tmp_path, task)
+    assert status == 0
+    out = tmp_path / task
+    assert (out / "loss.png").read_bytes().startswith(PNG)
+    for key in ("task", "backend", "device", "steps", "seconds", "train_loss", "metric_name"):
+        assert metrics[key] is not None, key
+    assert metrics["task"] == task and metrics["backend"] == "numpy" and metrics["steps"] == 3
+    assert metrics["stopped"] == "max steps" and metrics["seconds"] > 0.0
+    assert np.isfinite(metrics["test_metric"]) and metrics["baseline"] > 0.0
+    assert metrics["metric_name"] == tasks.TASKS[task].metric_name
+    printed = capsys.readouterr().out
+    assert f"vs baseline {metrics['baseline']:.4g}" in printed
+    assert str(out / "loss.png") in printed
+    # The saved model is the trained one: it reproduces the held-out metric.
+    model = checkpoint.load(out / "model.npz")
+    task_ = tasks.get(task, int(SMALL[task]), seed=0)
+    backend = xplstm.backends.get("numpy")
+    metric, _ = evaluate(model, task_, task_.test_set(), backend)
+    assert metric == pytest.approx(metrics["test_metric"], rel=1e-5)
+
+
+def test_text_run_prints_a_sample_and_generate_samples_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _, metrics = train(tmp_path, "text")
+    assert metrics["metric_name"] == "bits per character"
+    assert metrics["sample"].startswith(tasks.PRIME) and len(metrics["sample"]) > 300
+    assert "sample:\n" + metrics["sample"] in capsys.readouterr().out
+    model = str(tmp_path / "text" / "model.npz")
+    argv = ["generate", "--model", model, "--length", "30", "--prime", "KING:", "--seed", "1"]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("KING:") and len(first) == len("KING:") + 30 + 1
+    cli.main(argv)
+    assert capsys.readouterr().out == first
+
+
+def test_generate_refuses_a_model_of_another_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train(tmp_path, "adding")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["generate", "--model", str(tmp_path / "adding" / "model.npz")])
+    assert exit_.value.code == 2
+    assert "not trained on the text task" in capsys.readouterr().err
+
+
+def test_trains_on_every_backend(tmp_path: Path, target: Target) -> None:
+    device = [] if target.device_spec is None else ["--device", target.device_spec]
+    status, metrics = train(tmp_path, "adding", "--backend", target.backend, *device)
+    assert status == 0
+    assert metrics["backend"] == target.backend
+    assert metrics["device"] == str(target.device)
+    assert np.isfinite(metrics["test_metric"])
+
+
+def test_stops_early_once_the_target_is_met(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks.Adding, "target", 100.0)
+    _, metrics = train(tmp_path, "adding", "--steps", "50", "--eval-every", "2")
+    assert metrics["stopped"] == "target reached" and metrics["steps"] == 2
+    assert metrics["target_met"] and metrics["evaluations"][0][0] == 2
+
+
+def test_ctrl_c_stops_after_the_step_and_keeps_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sample = tasks.Adding.sample
+    calls = []
+
+    def interrupted_at_third_batch(self: tasks.Task, rng: np.random.Generator, n: int):
+        calls.append(n)
+        if calls.count(4) == 3:  # the third training batch (of 4; the held-out set has more)
+            signal.raise_signal(signal.SIGINT)
+        return sample(self, rng, n)
+
+    monkeypatch.setattr(tasks.Adding, "sample", interrupted_at_third_batch)
+    status, metrics = train(tmp_path, "adding", "--steps", "1000")
+    assert status == cli.INTERRUPTED
+    assert metrics["stopped"] == "interrupted" and metrics["steps"] == 3
+    assert (tmp_path / "adding" / "model.npz").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--lr", "-1"], "--lr must be positive, got -1.0"),
+        (["--seq-len", "1"], "--seq-len must be an integer of at least 2, got 1"),
+        (["--backend", "nope"], "unknown backend 'nope'; available here: "),
+    ],
+)
+def test_bad_options_say_what_is_wrong(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--out", str(tmp_path), "--quiet", *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_info_lists_backends_and_they_agree(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["info"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"xplstm {xplstm.__version__}")
+    for name in xplstm.backends.available():
+        assert f"  {name:17s} ok (max difference from numpy" in printed
+    for name, reason in xplstm.backends.unavailable().items():
+        assert f"{name:17s} -- {reason}" in printed
+
+
+def test_self_check_catches_a_disagreeing_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = xplstm.backends.get("array_api_strict")
+    from_numpy = type(backend).from_numpy
+    # A backend that sees slightly different inputs must be reported, not passed.
+    monkeypatch.setattr(
+        type(backend),
+        "from_numpy",
+        lambda self, host, device: from_numpy(self, host * 1.01, device),
+    )
+    assert cli.self_check()["array_api_strict"].startswith("DISAGREES")
