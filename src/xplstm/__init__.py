@@ -1,6 +1,6 @@
 """xplstm: one LSTM, written once against the Python array API, on NumPy, CuPy and more."""
 
-from xplstm import backends, losses, optim
+from xplstm import backends, checkpoint, losses, optim
 from xplstm.layer import Weights
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
@@ -17,6 +17,7 @@ __all__ = [
     "Weights",
     "__version__",
     "backends",
+    "checkpoint",
     "losses",
     "optim",
     "resolve",

@@ -6,9 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat
+import numpy as np
+
+from xplstm import backends, interop
 from xplstm.backends import Backend
 from xplstm.cell import step_backward, step_forward
-from xplstm.layer import Layer, Weights, positive_int
+from xplstm.layer import Layer, Weights, dtype_name, positive_int
+from xplstm.resolver import to_numpy
 
 Array = Any
 
@@ -84,6 +89,62 @@ class LSTM(Layer):
 
     def _sizes(self) -> str:
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
+
+    # -- weights from and to PyTorch and Keras (exact; see xplstm.interop) --------------
+    @classmethod
+    def from_torch(cls, source: Any, **layer_kwargs: Any) -> LSTM:
+        """A layer with the weights of a one-layer ``torch.nn.LSTM`` (or its ``state_dict()``).
+
+        torch's two biases are summed. ``layer_kwargs`` go to :class:`LSTM` (``backend``,
+        ``device``, ``dtype``); by default the layer lands where the tensors are, in their
+        dtype. Feed it batch-first inputs whatever the module's ``batch_first``.
+        """
+        return cls._imported(*interop.from_torch(source), layer_kwargs)
+
+    @classmethod
+    def from_keras(cls, weights: Any, **layer_kwargs: Any) -> LSTM:
+        """A layer from Keras LSTM weights ``[kernel, recurrent_kernel, bias]``, as
+        ``keras_layer.get_weights()`` returns them (gate order i, f, c, o; Keras's default
+        tanh and sigmoid activations). ``layer_kwargs`` as for :meth:`from_torch`."""
+        return cls._imported(*interop.from_keras(weights), layer_kwargs)
+
+    @classmethod
+    def _imported(
+        cls, weights: np.ndarray, bias: np.ndarray, source: Any, kwargs: dict[str, Any]
+    ) -> LSTM:
+        """The layer from host ``weights`` and ``bias`` placed like ``source`` (a foreign array)
+        unless ``kwargs`` say otherwise, in ``source``'s dtype unless ``kwargs`` name one."""
+        dtype = dtype_name(kwargs.pop("dtype", weights.dtype))
+        owner = backends.backend_of(source)
+        where = array_api_compat.device(source)
+        input_size = weights.shape[0] - weights.shape[1] // 4
+        return cls(
+            input_size,
+            weights.shape[1] // 4,
+            weights=owner.from_numpy(weights.astype(dtype), where),
+            bias=owner.from_numpy(bias.astype(dtype), where),
+            dtype=dtype,
+            **kwargs,
+        )
+
+    def to_torch_state_dict(self, device: Any = None) -> dict[str, Any]:
+        """The weights as a ``torch.nn.LSTM(input_size, hidden_size)`` state dict (torch
+        tensors on ``device``, default the layer's own when it is on torch, else the CPU), for
+        ``module.load_state_dict``; the bias goes in ``bias_ih_l0``, zeros in ``bias_hh_l0``."""
+        torch_backend = backends.get("torch")
+        if device is None and self.backend == "torch":
+            device = self.device
+        where = torch_backend.parse_device(device)
+        arrays = interop.to_torch(*self._host_parameters(), self.input_size)
+        return {name: torch_backend.from_numpy(a, where) for name, a in arrays.items()}
+
+    def to_keras_weights(self) -> list[np.ndarray]:
+        """The weights as Keras LSTM ``[kernel, recurrent_kernel, bias]`` NumPy arrays, for
+        ``keras_layer.set_weights``."""
+        return interop.to_keras(*self._host_parameters(), self.input_size)
+
+    def _host_parameters(self) -> tuple[np.ndarray, np.ndarray]:
+        return to_numpy(self.weights.values), to_numpy(self.bias.values)
 
     # -- forward and backward -----------------------------------------------------------
     def __call__(
