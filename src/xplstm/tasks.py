@@ -59,6 +59,8 @@ class Task:
     target: float
     #: Examples in the held-out set.
     test_size: ClassVar[int] = 1000
+    #: True when :meth:`plot` draws the predictions against the truth.
+    has_plot: ClassVar[bool] = False
 
     def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:
         seq_len = self.defaults["seq_len"] if seq_len is None else seq_len
@@ -96,9 +98,9 @@ class Task:
         """Things the trained model makes that a person wants to see (a text sample)."""
         return {}
 
-    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> bool:
-        """Draw predictions against the truth on ``ax``; False when the task has no such plot."""
-        return False
+    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> None:
+        """Draw held-out predictions against the truth on ``ax`` (when ``has_plot``)."""
+        raise NotImplementedError
 
     def describe(self) -> str:
         """One line for reports: the task and its sequence length."""
@@ -125,6 +127,7 @@ class Adding(Task):
     metric_name = "mse"
     baseline_name = "always predicting 1"
     last_step = True
+    has_plot = True
     input_size = 2
     output_size = 1
     target = 0.01
@@ -148,7 +151,7 @@ class Adding(Task):
         targets = self.test_set().targets
         return float(np.mean((targets - 1.0) ** 2))
 
-    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> bool:
+    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> None:
         shown = slice(0, 300)
         ax.scatter(data.targets[shown, 0], predictions[shown, 0], s=6, alpha=0.6)
         ax.plot([0.0, 2.0], [0.0, 2.0], color="black", linewidth=0.8, label="perfect")
@@ -158,7 +161,6 @@ class Adding(Task):
             title="held-out predictions (300 shown)",
         )
         ax.legend(loc="upper left")
-        return True
 
 
 class Copy(Task):
@@ -237,6 +239,7 @@ class Sine(Task):
     metric_name = "mse"
     baseline_name = "forecasting 0, the mean"
     last_step = True
+    has_plot = True
     input_size = 1
     horizon = 20
     output_size = horizon
@@ -259,7 +262,7 @@ class Sine(Task):
     def baseline(self) -> float:
         return float(np.mean(self.test_set().targets ** 2))
 
-    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> bool:
+    def plot(self, ax: Any, data: Data, predictions: np.ndarray) -> None:
         history = np.arange(self.seq_len)
         future = np.arange(self.seq_len, self.seq_len + self.horizon)
         for row in range(3):
@@ -274,7 +277,6 @@ class Sine(Task):
             yticks=[],
             title="held-out: observed, truth (dashed), forecast (dots)",
         )
-        return True
 
 
 class Text(Task):

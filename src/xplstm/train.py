@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import threading
 import time
@@ -219,8 +218,9 @@ def plot(
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(1, 2, figsize=(12, 4.5), squeeze=False)
-    curve, side = axes[0, 0], axes[0, 1]
+    panels = 2 if task.has_plot else 1
+    figure, axes = pyplot.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    curve = axes[0, 0]
     steps = np.arange(1, len(train_losses) + 1)
     per_step = np.array([task.metric(v) for v in train_losses])
     curve.plot(steps, per_step, color="C0", alpha=0.3, linewidth=0.8, label="training batch")
@@ -236,9 +236,8 @@ def plot(
     if len(per_step) and np.all(per_step > 0):
         curve.set_yscale("log")
     curve.legend(fontsize="small")
-    if not task.plot(side, test, predictions):
-        side.remove()
-        figure.set_size_inches(6.5, 4.5)
+    if task.has_plot:
+        task.plot(axes[0, 1], test, predictions)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
@@ -246,15 +245,17 @@ def plot(
 
 def summary(metrics: dict[str, Any]) -> str:
     """What ``xplstm train`` prints at the end: the result against the baseline, and the files."""
-    better = (
-        metrics["baseline"] / metrics["test_metric"] if metrics["test_metric"] > 0 else math.inf
-    )
+    metric, baseline = metrics["test_metric"], metrics["baseline"]
+    if metric < baseline:
+        versus = f"{baseline / metric:.1f}x lower" if metric > 0 else "perfect"
+    else:
+        versus = "no better"
     lines = [
         f"{metrics['task']} (seq-len {metrics['seq_len']}) on {metrics['backend']} "
         f"({metrics['device']}): {metrics['steps']} steps in {metrics['seconds']:.1f} s "
         f"({metrics['steps_per_second']} steps/s), stopped: {metrics['stopped']}",
-        f"held-out {metrics['metric_name']}: {metrics['test_metric']:.4g}  vs baseline "
-        f"{metrics['baseline']:.4g} ({metrics['baseline_name']}), {better:.1f}x lower; "
+        f"held-out {metrics['metric_name']}: {metric:.4g}  vs baseline {baseline:.4g} "
+        f"({metrics['baseline_name']}): {versus}; "
         f"target < {metrics['target']:.4g} {'met' if metrics['target_met'] else 'not met'}",
     ]
     if "recall_accuracy" in metrics:
