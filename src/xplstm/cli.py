@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         # Bad options, files or backends: say what was wrong, without a traceback.
         parser.exit(2, f"xplstm {args.command}: error: {error}\n")
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
+        print(f"xplstm {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -293,7 +293,7 @@ class Text(Task):
         "hidden": 128,
         "batch": 32,
         "lr": 1e-2,
-        "steps": 1500,
+        "steps": 1000,
     }
     metric_name = "bits per character"
     baseline_name = "character frequencies"

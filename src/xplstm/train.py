@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,30 +105,46 @@ def _interruptible() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def train(settings: Settings) -> dict[str, Any]:
-    """Train as ``settings`` say; write the output folder; return the metrics written."""
-    task = tasks.get(settings.task, settings.seq_len, settings.seed)
+def _checked(settings: Settings) -> tuple[int, int, int, float]:
+    """``hidden, batch, steps, lr`` (the task's defaults where unset), checked."""
     hidden, batch, steps, lr = (settings.setting(n) for n in ("hidden", "batch", "steps", "lr"))
-    for name, value in (("hidden", hidden), ("batch", batch), ("steps", steps)):
+    counts = {"hidden": hidden, "batch": batch, "steps": steps, "eval-every": settings.eval_every}
+    for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"--{name} must be a positive integer, got {value!r}")
     if not lr > 0.0:
         raise ValueError(f"--lr must be positive, got {lr!r}")
-    out = Path(settings.out or Path("runs") / task.name)
-    out.mkdir(parents=True, exist_ok=True)
+    if settings.threads < 0:
+        raise ValueError(
+            f"--threads must be 0 (the library's default) or more, got {settings.threads}"
+        )
+    return hidden, batch, steps, lr
 
-    backend = resolve(settings.backend)
-    device = backend.parse_device(settings.device)
-    model = build_model(task, hidden, backend, device, settings.seed)
+
+@dataclass
+class _History:
+    """What the loop did: the loss of every batch, the held-out checks, why it stopped."""
+
+    losses: list[float] = field(default_factory=list)
+    evaluations: list[tuple[int, float]] = field(default_factory=list)
+    stopped: str = "max steps"
+    seconds: float = 0.0
+
+
+def _fit(
+    model: xplstm.Sequential,
+    task: tasks.Task,
+    test: tasks.Data,
+    backend: Any,
+    settings: Settings,
+    batch: int,
+    steps: int,
+    lr: float,
+) -> _History:
+    """The training loop: Adam with clipping, held-out checks, early stop, Ctrl-C."""
     optimizer = optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng([settings.seed, 0])
-    test = task.test_set()
-    baseline = task.baseline
-
-    train_losses: list[float] = []
-    evaluations: list[tuple[int, float]] = []
-    stopped = "max steps"
-    started = time.perf_counter()
+    history = _History()
     bar = tqdm(
         total=steps,
         desc=task.describe(),
@@ -137,8 +153,9 @@ def train(settings: Settings) -> dict[str, Any]:
         dynamic_ncols=True,
     )
     # A small LSTM's matrix products are too small for BLAS threads to pay off, and on a busy
-    # machine the threads wait for each other: one thread trained the adding task 4x faster here.
+    # machine the threads wait for each other (docs/training.md has the numbers).
     blas = threadpool_limits(limits=settings.threads or None, user_api="blas")
+    started = time.perf_counter()
     with _interruptible() as interrupted, bar, blas:
         for step in range(1, steps + 1):
             data = task.sample(rng, batch)
@@ -149,25 +166,40 @@ def train(settings: Settings) -> dict[str, Any]:
             model.backward(d_prediction)
             optim.clip_grad_norm(model.parameters(), settings.clip)
             optimizer.step()
-            train_losses.append(float(loss))
-            recent = task.metric(float(np.mean(train_losses[-RECENT:])))
-            bar.set_postfix({"loss": f"{train_losses[-1]:.4g}"}, refresh=False)
+            history.losses.append(float(loss))
+            bar.set_postfix({"loss": f"{history.losses[-1]:.4g}"}, refresh=False)
             bar.update()
             # The held-out set is checked only once the recent training loss is near the target.
+            recent = task.metric(float(np.mean(history.losses[-RECENT:])))
             if step % settings.eval_every == 0 and recent < 2.0 * task.target:
                 metric, _ = evaluate(model, task, test, backend)
-                evaluations.append((step, metric))
+                history.evaluations.append((step, metric))
                 bar.write(f"step {step}: held-out {task.metric_name} {metric:.4g}")
                 if metric < task.target:
-                    stopped = "target reached"
+                    history.stopped = "target reached"
                     break
             if interrupted.is_set():
-                stopped = "interrupted"
+                history.stopped = "interrupted"
                 break
-    seconds = time.perf_counter() - started
+    history.seconds = time.perf_counter() - started
+    return history
+
+
+def train(settings: Settings) -> dict[str, Any]:
+    """Train as ``settings`` say; write the output folder; return the metrics written."""
+    task = tasks.get(settings.task, settings.seq_len, settings.seed)
+    hidden, batch, steps, lr = _checked(settings)
+    out = Path(settings.out or Path("runs") / task.name)
+    backend = resolve(settings.backend)
+    device = backend.parse_device(settings.device)
+    model = build_model(task, hidden, backend, device, settings.seed)
+    test = task.test_set()
+    out.mkdir(parents=True, exist_ok=True)
+
+    history = _fit(model, task, test, backend, settings, batch, steps, lr)
 
     test_metric, predictions = evaluate(model, task, test, backend)
-    done = len(train_losses)
+    done, seconds = len(history.losses), history.seconds
     metrics = {
         "task": task.name,
         "backend": backend.name,
@@ -183,34 +215,28 @@ def train(settings: Settings) -> dict[str, Any]:
         "steps": done,
         "seconds": round(seconds, 3),
         "steps_per_second": round(done / seconds, 2) if seconds > 0 else None,
-        "stopped": stopped,
-        "train_loss": float(np.mean(train_losses[-RECENT:])) if train_losses else None,
+        "stopped": history.stopped,
+        "train_loss": float(np.mean(history.losses[-RECENT:])) if done else None,
         "metric_name": task.metric_name,
         "test_metric": test_metric,
         "test_examples": len(test),
-        "baseline": baseline,
+        "baseline": task.baseline,
         "baseline_name": task.baseline_name,
         "target": task.target,
         "target_met": test_metric < task.target,
-        "evaluations": evaluations,
+        "evaluations": history.evaluations,
         **task.extra_metrics(test, predictions),
         **task.showcase(model, np.random.default_rng([settings.seed, 2])),
         "out": str(out),
     }
     checkpoint.save(out / "model.npz", model)
-    plot(out / "loss.png", task, train_losses, evaluations, baseline, test, predictions)
+    plot(out / "loss.png", task, history, test, predictions)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
 def plot(
-    path: Path,
-    task: tasks.Task,
-    train_losses: list[float],
-    evaluations: list[tuple[int, float]],
-    baseline: float,
-    test: tasks.Data,
-    predictions: np.ndarray,
+    path: Path, task: tasks.Task, history: _History, test: tasks.Data, predictions: np.ndarray
 ) -> None:
     """The training curve in the metric's units and, where the task has one, a prediction plot."""
     import matplotlib
@@ -221,16 +247,18 @@ def plot(
     panels = 2 if task.has_plot else 1
     figure, axes = pyplot.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     curve = axes[0, 0]
-    steps = np.arange(1, len(train_losses) + 1)
-    per_step = np.array([task.metric(v) for v in train_losses])
+    steps = np.arange(1, len(history.losses) + 1)
+    per_step = np.array([task.metric(v) for v in history.losses])
     curve.plot(steps, per_step, color="C0", alpha=0.3, linewidth=0.8, label="training batch")
     if len(per_step) >= RECENT:
         smooth = np.convolve(per_step, np.ones(RECENT) / RECENT, mode="valid")
         curve.plot(steps[RECENT - 1 :], smooth, color="C0", label=f"mean of {RECENT} batches")
-    if evaluations:
-        at, value = zip(*evaluations, strict=True)
+    if history.evaluations:
+        at, value = zip(*history.evaluations, strict=True)
         curve.plot(at, value, "o", color="C1", label="held-out")
-    curve.axhline(baseline, color="C3", linestyle="--", label=f"baseline ({task.baseline_name})")
+    curve.axhline(
+        task.baseline, color="C3", linestyle="--", label=f"baseline ({task.baseline_name})"
+    )
     curve.axhline(task.target, color="C2", linestyle=":", label="target")
     curve.set(xlabel="step", ylabel=task.metric_name, title=task.describe())
     if len(per_step) and np.all(per_step > 0):
