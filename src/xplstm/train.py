@@ -261,7 +261,7 @@ def plot(
     )
     curve.axhline(task.target, color="C2", linestyle=":", label="target")
     curve.set(xlabel="step", ylabel=task.metric_name, title=task.describe())
-    if len(per_step) and np.all(per_step > 0):
+    if len(per_step) and np.all(per_step > 0) and per_step.max() > 10 * per_step.min():
         curve.set_yscale("log")
     curve.legend(fontsize="small")
     if task.has_plot:
