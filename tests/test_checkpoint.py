@@ -195,3 +195,8 @@ def test_object_arrays_are_never_unpickled(saved):
 def test_missing_file_is_a_plain_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         checkpoint.load(tmp_path / "nope.npz")
+
+
+def test_a_wrong_device_is_a_backend_error_not_a_bad_file(saved):
+    with pytest.raises(xplstm.backends.BackendError, match="device 'cuda:7' is not available"):
+        checkpoint.load(saved, backend="numpy", device="cuda:7")

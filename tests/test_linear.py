@@ -173,3 +173,18 @@ def test_sequential_collects_moves_and_prints(target):
         xplstm.Sequential()
     with pytest.raises(TypeError, match=r"layer 1 \(int\) is not a layer: it has no forward"):
         xplstm.Sequential(lstm, 3)
+
+
+def test_layers_refuse_arrays_of_another_backend_or_device(target):
+    host = np.zeros((2, 4), dtype="float32")
+    if target.backend != "numpy":
+        with pytest.raises(
+            ValueError,
+            match=rf"x is a {target.backend} array but this layer's parameters are numpy "
+            rf"arrays; move the layer with layer.to\('{target.backend}'\)",
+        ):
+            xplstm.Linear(4, 2, backend="numpy")(target.asarray(host))
+    if target.id == "array_api_strict-device1":
+        on_default = xplstm.Linear(4, 2, backend="array_api_strict")
+        with pytest.raises(ValueError, match=r"x is on device .*device1.* but this layer's"):
+            on_default(target.asarray(host))

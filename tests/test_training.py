@@ -67,3 +67,32 @@ def test_training_cuts_the_adding_loss_well_below_baseline(target):
     baseline = float(np.mean((y - 1.0) ** 2))  # always predicting 1: about 0.167
     assert baseline == pytest.approx(1 / 6, abs=0.02)
     assert float(held_out) < 0.2 * baseline, f"held-out MSE {float(held_out)} vs {baseline}"
+
+
+def train_steps(backend: str, device, steps: int) -> list[np.ndarray]:
+    """A few Adam steps with clipping on a small adding problem; the final parameters (host)."""
+    model = xplstm.Sequential(
+        xplstm.LSTM(2, 8, backend=backend, device=device, dtype="float64", seed=0),
+        xplstm.LastStep(),
+        xplstm.Linear(8, 1, backend=backend, device=device, dtype="float64", seed=1),
+    )
+    optimizer = optim.Adam(model.parameters(), lr=0.01)
+    to_target = xplstm.backends.get(backend).from_numpy
+    rng = np.random.default_rng(2)
+    for _ in range(steps):
+        x, y = (a.astype("float64") for a in adding_problem(rng, 4, 4))
+        _, d_prediction = losses.mse(model(to_target(x, device)), to_target(y, device))
+        model.backward(d_prediction)
+        optim.clip_grad_norm(model.parameters(), 0.1)
+        optimizer.step()
+    return [xplstm.to_numpy(p.values) for p in model.parameters()]
+
+
+def test_every_backend_trains_exactly_as_numpy(target):
+    """With the learning shown on NumPy above, the same steps on any backend land on the same
+    parameters (float64), so every backend learns the same."""
+    expected = train_steps("numpy", None, 3)
+    with one_torch_thread():
+        actual = train_steps(target.backend, target.device, 3)
+    for ours, reference in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-12)

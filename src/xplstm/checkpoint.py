@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from xplstm.backends import Backend
+from xplstm.backends import Backend, BackendError
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
 from xplstm.resolver import resolve, to_numpy
@@ -103,6 +103,7 @@ def load(
     arrays that do not fit the layers it describes.
     """
     chosen = resolve(backend)
+    device = chosen.parse_device(device)
     arrays = _read(path)
     header = _header(path, arrays)
     layers = []
@@ -121,6 +122,8 @@ def load(
                 )
         try:
             layer = cls(**kwargs, backend=chosen, device=device, dtype=header["dtype"])
+        except BackendError:
+            raise  # the backend cannot hold these arrays (JAX without 64-bit floats): not the file
         except ValueError as exc:
             raise CheckpointError(f"{path}: layer {index} ({spec['type']}): {exc}") from None
         layers.append(layer)

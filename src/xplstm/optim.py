@@ -162,7 +162,8 @@ def clip_grad_norm(parameters: Iterable[Weights], max_norm: float) -> float:
 
     Returns the norm before clipping, as a Python float (one read from the device). As
     torch.nn.utils.clip_grad_norm_, the scale is ``max_norm / (norm + 1e-6)``; nothing changes
-    when the norm is at most ``max_norm``.
+    when the norm is at most ``max_norm``, or is NaN (check ``math.isfinite`` on the result to
+    catch a diverged run).
     """
     max_norm = _in_range("max_norm", max_norm, 0.0, math.inf, low_open=True)
     params = list(parameters)
