@@ -90,3 +90,9 @@ class Backend:
 
     def synchronize(self, device: Any = None) -> None:
         """Wait until queued work on ``device`` has finished (for honest timings)."""
+
+    def persist(self, arrays: list[Any]) -> list[Any]:
+        """The ``arrays`` computed now, together, when the library is lazy (Dask), so that values
+        updated step after step (training) do not grow one ever longer graph; eager libraries
+        return them as they are."""
+        return arrays

@@ -23,5 +23,10 @@ class DaskBackend(Backend):
 
         return array_api_compat.dask.array
 
+    def persist(self, arrays: list[Any]) -> list[Any]:
+        import dask
+
+        return list(dask.persist(*arrays))
+
 
 BACKEND = DaskBackend()

@@ -9,22 +9,15 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from xplstm import backends
+from xplstm import backends, interop
 from xplstm.backends import Backend
 from xplstm.cell import step_backward, step_forward
-from xplstm.resolver import resolve, to_numpy
+from xplstm.layer import Layer, Weights, dtype_name, positive_int
+from xplstm.resolver import to_numpy
 
 Array = Any
 
-_DTYPES = ("float32", "float64")
-
-
-@dataclass
-class Weights:
-    """A parameter and its gradient: ``deltas`` is replaced by every ``backward``."""
-
-    values: Array
-    deltas: Array
+__all__ = ["LSTM", "Weights"]
 
 
 @dataclass
@@ -39,20 +32,7 @@ class _Cache:
     cells: Array  # (batch, seq, hidden): c_1 .. c_T
 
 
-def _dtype_name(dtype: Any) -> str:
-    for name in _DTYPES:
-        if str(dtype) == name or str(dtype).endswith((f".{name}", f".{name}'>")):
-            return name
-    raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-class LSTM:
+class LSTM(Layer):
     """A single-layer LSTM over batch-first sequences, written once against the array API.
 
     Parameters live in two :class:`Weights`:
@@ -92,88 +72,79 @@ class LSTM:
         dtype: Any = "float32",
         seed: int | None = None,
     ) -> None:
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        dtype_name = _dtype_name(dtype)
-        chosen = resolve(backend, weights, bias)
-        if device is None and weights is not None and chosen.is_array(weights):
-            device = array_api_compat.device(weights)
-        rng = np.random.default_rng(seed)
-        bound = 1.0 / math.sqrt(hidden_size)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
         rows, cols = input_size + hidden_size, 4 * hidden_size
-        host_w = self._host_parameter("weights", weights, (rows, cols), dtype_name, rng, bound)
-        host_b = self._host_parameter("bias", bias, (cols,), dtype_name, rng, bound)
-        self.weights = Weights(host_w, np.zeros_like(host_w))
-        self.bias = Weights(host_b, np.zeros_like(host_b))
-        self._place(chosen, chosen.parse_device(device))
-
-    @staticmethod
-    def _host_parameter(
-        name: str,
-        given: Array | None,
-        shape: tuple[int, ...],
-        dtype_name: str,
-        rng: np.random.Generator,
-        bound: float,
-    ) -> np.ndarray:
-        if given is None:
-            return rng.uniform(-bound, bound, size=shape).astype(dtype_name)
-        host = to_numpy(given)
-        if host.shape != shape:
-            raise ValueError(
-                f"{name} must have shape {shape} = "
-                + (
-                    "(input_size + hidden_size, 4 * hidden_size)"
-                    if len(shape) == 2
-                    else "(4 * hidden_size,)"
-                )
-                + f", got {host.shape}"
-            )
-        if host.dtype.name != dtype_name:
-            raise ValueError(
-                f"{name} have dtype {host.dtype.name} but the layer's dtype is {dtype_name}; "
-                f"pass dtype={host.dtype.name!r} or cast the {name} first"
-            )
-        return host
-
-    def _place(self, backend: Backend, device: Any) -> None:
-        """Copy the parameters (and their deltas) onto ``backend``'s ``device``."""
-        for param in self.parameters():
-            host_values, host_deltas = to_numpy(param.values), to_numpy(param.deltas)
-            param.values = backend.from_numpy(host_values, device)
-            param.deltas = backend.from_numpy(host_deltas, device)
-        self._backend = backend
-        self.xp = array_api_compat.array_namespace(self.weights.values)
-        self.device = array_api_compat.device(self.weights.values)
-        self._cache: _Cache | None = None
-
-    # -- public properties --------------------------------------------------------------
-    @property
-    def backend(self) -> str:
-        """The name of the backend holding the parameters."""
-        return self._backend.name
-
-    @property
-    def dtype(self) -> Any:
-        """The floating dtype of the parameters; inputs must have it too."""
-        return self.weights.values.dtype
-
-    def parameters(self) -> list[Weights]:
-        """The trainable parameters, for optimizers: ``[weights, bias]``."""
-        return [self.weights, self.bias]
-
-    def to(self, backend: str | Backend, device: Any = None) -> LSTM:
-        """Move the parameters to another backend and device (through the host); returns self."""
-        chosen = resolve(backend)
-        self._place(chosen, chosen.parse_device(device))
-        return self
-
-    def __repr__(self) -> str:
-        return (
-            f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-            f"backend={self.backend!r}, device={str(self.device)!r}, "
-            f"dtype={_dtype_name(self.dtype)!r})"
+        self._init_parameters(
+            {
+                "weights": (weights, (rows, cols), "(input_size + hidden_size, 4 * hidden_size)"),
+                "bias": (bias, (cols,), "(4 * hidden_size,)"),
+            },
+            bound=1.0 / math.sqrt(hidden_size),
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            seed=seed,
         )
+
+    def _sizes(self) -> str:
+        return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
+
+    # -- weights from and to PyTorch and Keras (exact; see xplstm.interop) --------------
+    @classmethod
+    def from_torch(cls, source: Any, **layer_kwargs: Any) -> LSTM:
+        """A layer with the weights of a one-layer ``torch.nn.LSTM`` (or its ``state_dict()``).
+
+        torch's two biases are summed. ``layer_kwargs`` go to :class:`LSTM` (``backend``,
+        ``device``, ``dtype``); by default the layer lands where the tensors are, in their
+        dtype. Feed it batch-first inputs whatever the module's ``batch_first``.
+        """
+        return cls._imported(*interop.from_torch(source), layer_kwargs)
+
+    @classmethod
+    def from_keras(cls, weights: Any, **layer_kwargs: Any) -> LSTM:
+        """A layer from Keras LSTM weights ``[kernel, recurrent_kernel, bias]``, as
+        ``keras_layer.get_weights()`` returns them (gate order i, f, c, o; Keras's default
+        tanh and sigmoid activations). ``layer_kwargs`` as for :meth:`from_torch`."""
+        return cls._imported(*interop.from_keras(weights), layer_kwargs)
+
+    @classmethod
+    def _imported(
+        cls, weights: np.ndarray, bias: np.ndarray, source: Any, kwargs: dict[str, Any]
+    ) -> LSTM:
+        """The layer from host ``weights`` and ``bias`` placed like ``source`` (a foreign array)
+        unless ``kwargs`` say otherwise, in ``source``'s dtype unless ``kwargs`` name one."""
+        dtype = dtype_name(kwargs.pop("dtype", weights.dtype))
+        owner = backends.backend_of(source)
+        where = array_api_compat.device(source)
+        input_size = weights.shape[0] - weights.shape[1] // 4
+        return cls(
+            input_size,
+            weights.shape[1] // 4,
+            weights=owner.from_numpy(weights.astype(dtype), where),
+            bias=owner.from_numpy(bias.astype(dtype), where),
+            dtype=dtype,
+            **kwargs,
+        )
+
+    def to_torch_state_dict(self, device: Any = None) -> dict[str, Any]:
+        """The weights as a ``torch.nn.LSTM(input_size, hidden_size)`` state dict (torch
+        tensors on ``device``, default the layer's own when it is on torch, else the CPU), for
+        ``module.load_state_dict``; the bias goes in ``bias_ih_l0``, zeros in ``bias_hh_l0``."""
+        torch_backend = backends.get("torch")
+        if device is None and self.backend == "torch":
+            device = self.device
+        where = torch_backend.parse_device(device)
+        arrays = interop.to_torch(*self._host_parameters(), self.input_size)
+        return {name: torch_backend.from_numpy(a, where) for name, a in arrays.items()}
+
+    def to_keras_weights(self) -> list[np.ndarray]:
+        """The weights as Keras LSTM ``[kernel, recurrent_kernel, bias]`` NumPy arrays, for
+        ``keras_layer.set_weights``."""
+        return interop.to_keras(*self._host_parameters(), self.input_size)
+
+    def _host_parameters(self) -> tuple[np.ndarray, np.ndarray]:
+        return to_numpy(self.weights.values), to_numpy(self.bias.values)
 
     # -- forward and backward -----------------------------------------------------------
     def __call__(
@@ -248,44 +219,10 @@ class LSTM:
         dx = xp.reshape(dz_flat @ w_x.T, (batch, seq, inputs))
         return dx, dh, dc
 
-    # -- input checks -------------------------------------------------------------------
+    # -- input state --------------------------------------------------------------------
     def _state(self, name: str, state: Array | None, batch: int) -> Array:
         """A (batch, hidden) state or gradient: checked when given, zeros when omitted."""
         if state is None:
             return self.xp.zeros((batch, self.hidden_size), dtype=self.dtype, device=self.device)
         self._check(name, state, (batch, self.hidden_size), "(batch, hidden_size)")
         return state
-
-    def _check(self, name: str, a: Array, shape: tuple[int | None, ...], meaning: str) -> None:
-        """Refuse arrays of another backend, device or dtype, or of the wrong shape."""
-        owner = backends.backend_of(a)
-        move = f"move the layer with layer.to({owner.name!r}) or convert {name} with "
-        convert = f"layer.xp.asarray({name}, device=layer.device)"
-        if array_api_compat.array_namespace(a) is not self.xp:
-            raise ValueError(
-                f"{name} is a {owner.name} array but this layer's parameters are {self.backend} "
-                f"arrays; {move}{convert}"
-            )
-        where = array_api_compat.device(a)
-        if where is not None and where != self.device:
-            raise ValueError(
-                f"{name} is on device {where} but this layer's parameters are on {self.device}; "
-                f"move the layer with layer.to({self.backend!r}, device=...) or convert {name} "
-                f"with {convert}"
-            )
-        if a.dtype != self.dtype:
-            raise TypeError(
-                f"{name} has dtype {a.dtype} but this layer computes in {self.dtype}; convert "
-                f"with layer.xp.astype({name}, layer.dtype) or build the layer with "
-                f"dtype={_dtype_name(a.dtype) if self._is_float(a) else 'float32'!r}"
-            )
-        expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
-        if a.ndim != len(shape) or any(
-            s is not None and s != n for s, n in zip(shape, a.shape, strict=True)
-        ):
-            raise ValueError(f"{name} must have shape {meaning} = {expected}, got {tuple(a.shape)}")
-        if any(n == 0 for n in a.shape):
-            raise ValueError(f"{name} has an empty axis: shape {tuple(a.shape)}")
-
-    def _is_float(self, a: Array) -> bool:
-        return self.xp.isdtype(a.dtype, "real floating")

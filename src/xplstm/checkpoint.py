@@ -1,0 +1,220 @@
+"""Checkpoints: a model's parameters and a small JSON description in one ``.npz`` file.
+
+The file holds one host array per parameter, named ``layers.<i>.weights`` and
+``layers.<i>.bias``, and the description under ``__xplstm__`` as a 0-d string array, e.g.::
+
+    {"format": "xplstm-checkpoint", "version": 1, "model": "Sequential", "dtype": "float32",
+     "layers": [{"type": "LSTM", "input_size": 2, "hidden_size": 32}, {"type": "LastStep"},
+                {"type": "Linear", "in_features": 32, "out_features": 1}]}
+
+Files are read with ``numpy.load(..., allow_pickle=False)``: nothing in them is ever unpickled,
+so a checkpoint from an untrusted source cannot run code. Parameters are stored on the host,
+so a model trained on one backend loads on any other and computes the same outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+from typing import Any
+
+import numpy as np
+
+from xplstm.backends import Backend, BackendError
+from xplstm.linear import Linear
+from xplstm.lstm import LSTM
+from xplstm.resolver import resolve, to_numpy
+from xplstm.sequential import LastStep, Sequential
+
+#: What the ``format`` field says, and the layout this code writes and reads.
+FORMAT = "xplstm-checkpoint"
+VERSION = 1
+#: The array holding the JSON description.
+DESCRIPTION_KEY = "__xplstm__"
+#: Layer types a checkpoint may hold, with the constructor arguments that size them.
+LAYERS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "LSTM": (LSTM, ("input_size", "hidden_size")),
+    "Linear": (Linear, ("in_features", "out_features")),
+    "LastStep": (LastStep, ()),
+}
+_PARAMETERS = ("weights", "bias")
+
+Model = LSTM | Linear | Sequential
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable xplstm checkpoint, or does not match what it describes."""
+
+
+def _layers_of(model: Any) -> list[Any]:
+    layers = model.layers if isinstance(model, Sequential) else [model]
+    for index, layer in enumerate(layers):
+        known = LAYERS.get(type(layer).__name__)
+        if known is None or not isinstance(layer, known[0]):
+            raise TypeError(
+                f"layer {index} is a {type(layer).__name__}; checkpoints hold "
+                f"{', '.join(LAYERS)} layers, alone or in a Sequential"
+            )
+    return layers
+
+
+def save(path: str | os.PathLike[str], model: Model) -> None:
+    """Write ``model`` (an LSTM, a Linear, or a Sequential of LSTM, Linear and LastStep) to
+    ``path`` as one ``.npz``; the file is replaced only once it is complete."""
+    layers = _layers_of(model)
+    arrays: dict[str, np.ndarray] = {}
+    description: list[dict[str, Any]] = []
+    for index, layer in enumerate(layers):
+        kind = type(layer).__name__
+        description.append({"type": kind} | {k: getattr(layer, k) for k in LAYERS[kind][1]})
+        if layer.parameters():
+            for name in _PARAMETERS:
+                arrays[f"layers.{index}.{name}"] = to_numpy(getattr(layer, name).values)
+    dtypes = sorted({a.dtype.name for a in arrays.values()})
+    if len(dtypes) > 1:
+        raise TypeError(f"the model mixes dtypes {dtypes}; move its layers to one dtype first")
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": type(model).__name__,
+        "dtype": dtypes[0] if dtypes else None,
+        "layers": description,
+    }
+    arrays[DESCRIPTION_KEY] = np.array(json.dumps(header))
+    partial = f"{os.fspath(path)}.partial"
+    with open(partial, "wb") as file:
+        np.savez(file, **arrays)
+    os.replace(partial, path)
+
+
+def load(
+    path: str | os.PathLike[str], backend: str | Backend | None = None, device: Any = None
+) -> Model:
+    """Read a checkpoint written by :func:`save` onto ``backend`` and ``device``.
+
+    ``backend`` defaults as for a new layer: ``$XPLSTM_BACKEND``, else CuPy with a GPU, else
+    NumPy. Raises :class:`CheckpointError` saying what is wrong when the file is not an
+    ``.npz``, is truncated or corrupt, lacks an array, has another layout version, or holds
+    arrays that do not fit the layers it describes.
+    """
+    chosen = resolve(backend)
+    device = chosen.parse_device(device)
+    arrays = _read(path)
+    header = _header(path, arrays)
+    layers = []
+    for index, spec in enumerate(header["layers"]):
+        cls, sizes = LAYERS[spec["type"]]
+        kwargs = {k: spec[k] for k in sizes}
+        if cls is LastStep:
+            layers.append(LastStep())
+            continue
+        for name in _PARAMETERS:
+            kwargs[name] = arrays.pop(f"layers.{index}.{name}", None)
+            if kwargs[name] is None:
+                raise CheckpointError(
+                    f"{path}: array 'layers.{index}.{name}' of layer {index} ({spec['type']}) "
+                    "is missing; the file is incomplete"
+                )
+        try:
+            layer = cls(**kwargs, backend=chosen, device=device, dtype=header["dtype"])
+        except BackendError:
+            raise  # the backend cannot hold these arrays (JAX without 64-bit floats): not the file
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: layer {index} ({spec['type']}): {exc}") from None
+        layers.append(layer)
+    if arrays:
+        raise CheckpointError(
+            f"{path}: arrays {sorted(arrays)} belong to no layer the description lists"
+        )
+    return Sequential(*layers) if header["model"] == "Sequential" else layers[0]
+
+
+def _read(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every array in the archive, read without unpickling anything."""
+    with open(path, "rb") as file:
+        magic = file.read(len(_NPY_MAGIC))
+    if not magic.startswith(_ZIP_MAGIC) and magic != _NPY_MAGIC:
+        found = "the file is empty" if not magic else f"it starts with {magic!r}"
+        raise CheckpointError(
+            f"{path} is not an xplstm checkpoint: not an .npz (zip) archive ({found})"
+        )
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except _UNREADABLE as exc:
+        raise CheckpointError(
+            f"{path} is not a readable .npz archive ({type(exc).__name__}: {exc}); the file is "
+            "truncated or corrupt"
+        ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise CheckpointError(
+            f"{path} holds a single array (.npy), not an xplstm checkpoint (.npz archive)"
+        )
+    with archive:
+        arrays = {}
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except _UNREADABLE as exc:
+                raise CheckpointError(
+                    f"{path}: array {key!r} cannot be read ({type(exc).__name__}: {exc}); the "
+                    "file is truncated or corrupt, or holds pickled objects, which are never loaded"
+                ) from None
+    return arrays
+
+
+def _header(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The checked JSON description, removed from ``arrays``."""
+    raw = arrays.pop(DESCRIPTION_KEY, None)
+    if raw is None:
+        raise CheckpointError(
+            f"{path} has no xplstm description (array {DESCRIPTION_KEY!r}): it was not written "
+            "by xplstm.checkpoint.save"
+        )
+    try:
+        if raw.shape != () or raw.dtype.kind != "U":
+            raise ValueError(f"a {raw.dtype} array of shape {raw.shape}")
+        header = json.loads(str(raw))
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError(f"format is not {FORMAT!r}")
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: the description is not valid ({exc})") from None
+    if header.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint layout version {header.get('version')!r}; this xplstm reads "
+            f"version {VERSION}: load it with the xplstm that wrote it"
+        )
+    _check_layers(path, header)
+    return header
+
+
+def _check_layers(path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+    """The description names known layers with integer sizes, a dtype and a model type."""
+    layers = header.get("layers")
+    problem = None
+    if not isinstance(layers, list) or not layers:
+        problem = "'layers' must be a non-empty list"
+    elif header.get("model") not in ("Sequential", *LAYERS) or (
+        header["model"] != "Sequential" and [s.get("type") for s in layers] != [header["model"]]
+    ):
+        problem = f"model {header.get('model')!r} does not fit its layers"
+    elif header.get("dtype") not in ("float32", "float64", None):
+        problem = f"dtype {header.get('dtype')!r} is not float32 or float64"
+    else:
+        for index, spec in enumerate(layers):
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            if kind not in LAYERS:
+                problem = f"layer {index} has unknown type {kind!r}; known: {', '.join(LAYERS)}"
+            elif any(not isinstance(spec.get(k), int) for k in LAYERS[kind][1]):
+                problem = f"layer {index} ({kind}) needs integer {', '.join(LAYERS[kind][1])}"
+            if problem:
+                break
+    if problem:
+        raise CheckpointError(f"{path}: the description is not valid: {problem}")
+
+
+__all__ = ["DESCRIPTION_KEY", "FORMAT", "LAYERS", "VERSION", "CheckpointError", "load", "save"]

@@ -1,0 +1,186 @@
+"""What every layer with parameters shares: the ``Weights`` contract, placing the parameters on
+a backend and device, moving them, and refusing inputs that do not match them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import array_api_compat
+import numpy as np
+
+from xplstm import backends
+from xplstm.backends import Backend
+from xplstm.resolver import resolve, to_numpy
+
+Array = Any
+
+_DTYPES = ("float32", "float64")
+
+LayerT = TypeVar("LayerT", bound="Layer")
+
+
+@dataclass
+class Weights:
+    """A parameter and its gradient: ``deltas`` is replaced by every ``backward``."""
+
+    values: Array
+    deltas: Array
+
+
+def dtype_name(dtype: Any) -> str:
+    """``"float32"`` or ``"float64"`` for any library's spelling of those dtypes."""
+    for name in _DTYPES:
+        if str(dtype) == name or str(dtype).endswith((f".{name}", f".{name}'>")):
+            return name
+    raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` when it is a positive int, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _host_parameter(
+    name: str,
+    given: Array | None,
+    shape: tuple[int, ...],
+    meaning: str,
+    dtype: str,
+    rng: np.random.Generator,
+    bound: float,
+) -> np.ndarray:
+    """The given values copied to the host and checked, or U(-bound, bound) draws."""
+    if given is None:
+        return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    host = to_numpy(given)
+    if host.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} = {meaning}, got {host.shape}")
+    if host.dtype.name != dtype:
+        raise ValueError(
+            f"{name} have dtype {host.dtype.name} but the layer's dtype is {dtype}; "
+            f"pass dtype={host.dtype.name!r} or cast the {name} first"
+        )
+    return host
+
+
+class Layer:
+    """Base of layers whose parameters (``weights`` and ``bias``) live on one backend and device.
+
+    A subclass calls :meth:`_init_parameters` from ``__init__``, checks its inputs with
+    :meth:`_check` and keeps what backward needs in ``self._cache``.
+    """
+
+    _backend: Backend
+    xp: Any
+    device: Any
+    weights: Weights
+    bias: Weights
+
+    def _init_parameters(
+        self,
+        given: dict[str, tuple[Array | None, tuple[int, ...], str]],
+        *,
+        bound: float,
+        backend: str | Backend | None,
+        device: Any,
+        dtype: Any,
+        seed: int | None,
+    ) -> None:
+        """Create ``self.<name>`` for each ``name: (given values or None, shape, meaning)``.
+
+        Missing values are drawn in order from U(-bound, bound) with
+        ``numpy.random.default_rng(seed)`` on the host, so a seed gives the same parameters on
+        every backend. The backend is ``backend``, else the one of the given values (see
+        :func:`xplstm.resolve`); the device is ``device``, else that of the given values.
+        """
+        name_of_dtype = dtype_name(dtype)
+        arrays = [values for values, _, _ in given.values()]
+        chosen = resolve(backend, *arrays)
+        first = next((a for a in arrays if a is not None), None)
+        if device is None and first is not None and chosen.is_array(first):
+            device = array_api_compat.device(first)
+        rng = np.random.default_rng(seed)
+        for name, (values, shape, meaning) in given.items():
+            host = _host_parameter(name, values, shape, meaning, name_of_dtype, rng, bound)
+            setattr(self, name, Weights(host, np.zeros_like(host)))
+        self._place(chosen, chosen.parse_device(device))
+
+    def _place(self, backend: Backend, device: Any) -> None:
+        """Copy the parameters (and their deltas) onto ``backend``'s ``device``."""
+        for param in self.parameters():
+            host_values, host_deltas = to_numpy(param.values), to_numpy(param.deltas)
+            param.values = backend.from_numpy(host_values, device)
+            param.deltas = backend.from_numpy(host_deltas, device)
+        self._backend = backend
+        self.xp = array_api_compat.array_namespace(self.weights.values)
+        self.device = array_api_compat.device(self.weights.values)
+        self._cache: Any = None
+
+    # -- public properties --------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The name of the backend holding the parameters."""
+        return self._backend.name
+
+    @property
+    def dtype(self) -> Any:
+        """The floating dtype of the parameters; inputs must have it too."""
+        return self.weights.values.dtype
+
+    def parameters(self) -> list[Weights]:
+        """The trainable parameters, for optimizers: ``[weights, bias]``."""
+        return [self.weights, self.bias]
+
+    def to(self: LayerT, backend: str | Backend, device: Any = None) -> LayerT:
+        """Move the parameters to another backend and device (through the host); returns self."""
+        chosen = resolve(backend)
+        self._place(chosen, chosen.parse_device(device))
+        return self
+
+    def _sizes(self) -> str:
+        """The constructor's size arguments, for ``repr``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self._sizes()}, backend={self.backend!r}, "
+            f"device={str(self.device)!r}, dtype={dtype_name(self.dtype)!r})"
+        )
+
+    # -- input checks -------------------------------------------------------------------
+    def _check(self, name: str, a: Array, shape: tuple[int | None, ...], meaning: str) -> None:
+        """Refuse arrays of another backend, device or dtype, or of the wrong shape."""
+        owner = backends.backend_of(a)
+        move = f"move the layer with layer.to({owner.name!r}) or convert {name} with "
+        convert = f"layer.xp.asarray({name}, device=layer.device)"
+        if array_api_compat.array_namespace(a) is not self.xp:
+            raise ValueError(
+                f"{name} is a {owner.name} array but this layer's parameters are {self.backend} "
+                f"arrays; {move}{convert}"
+            )
+        where = array_api_compat.device(a)
+        if where is not None and where != self.device:
+            raise ValueError(
+                f"{name} is on device {where} but this layer's parameters are on {self.device}; "
+                f"move the layer with layer.to({self.backend!r}, device=...) or convert {name} "
+                f"with {convert}"
+            )
+        if a.dtype != self.dtype:
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but this layer computes in {self.dtype}; convert "
+                f"with layer.xp.astype({name}, layer.dtype) or build the layer with "
+                f"dtype={dtype_name(a.dtype) if self._is_float(a) else 'float32'!r}"
+            )
+        expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+        if a.ndim != len(shape) or any(
+            s is not None and s != n for s, n in zip(shape, a.shape, strict=True)
+        ):
+            raise ValueError(f"{name} must have shape {meaning} = {expected}, got {tuple(a.shape)}")
+        if any(n == 0 for n in a.shape):
+            raise ValueError(f"{name} has an empty axis: shape {tuple(a.shape)}")
+
+    def _is_float(self, a: Array) -> bool:
+        return self.xp.isdtype(a.dtype, "real floating")

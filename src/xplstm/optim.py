@@ -1,0 +1,182 @@
+"""Optimizers that update any layer's ``Weights`` on any backend, and gradient-norm clipping.
+
+``step()`` reads each parameter's ``deltas`` (left there by ``backward``) and replaces its
+``values`` with new arrays: no in-place writes, so JAX's immutable arrays work too. Optimizer
+state (momentum, moments) lives next to the parameter, on its backend, device and dtype;
+hyper-parameters are Python floats so they never change a float32 parameter's dtype.
+The update rules are PyTorch's (``torch.optim.SGD``, ``Adam``, ``RMSprop``) with the same
+defaults for the arguments offered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import array_api_compat
+
+from xplstm import backends
+from xplstm.layer import Weights
+from xplstm.resolver import to_numpy
+
+Array = Any
+
+
+def _in_range(name: str, value: float, low: float, high: float, *, low_open: bool) -> float:
+    value = float(value)
+    above = value > low if low_open else value >= low
+    if not (above and value < high):
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}), got {value}")
+    return value
+
+
+class Optimizer:
+    """The shared loop: one state dict per parameter, updated functionally by ``_update``."""
+
+    def __init__(self, parameters: Iterable[Weights], lr: float) -> None:
+        self.parameters = list(parameters)
+        if not self.parameters:
+            raise ValueError("the optimizer got no parameters; pass model.parameters()")
+        for index, param in enumerate(self.parameters):
+            if not isinstance(param, Weights):
+                raise TypeError(
+                    f"parameter {index} is a {type(param).__name__}, not xplstm.Weights; "
+                    "pass model.parameters()"
+                )
+        self.lr = _in_range("lr", lr, 0.0, math.inf, low_open=True)
+        #: Steps taken so far (Adam's bias correction counts them).
+        self.steps = 0
+        self._state: list[dict[str, Array]] = [{} for _ in self.parameters]
+
+    def step(self) -> None:
+        """Update every parameter's ``values`` from its ``deltas``."""
+        self.steps += 1
+        updates = [
+            self._update(param.values, param.deltas, state)
+            for param, state in zip(self.parameters, self._state, strict=True)
+        ]
+        # A lazy backend (Dask) computes the new values and state now, in one go, so that the
+        # graph does not grow with every step.
+        backend = backends.backend_of(self.parameters[0].values)
+        arrays = [w for w, _ in updates] + [a for _, state in updates for a in state.values()]
+        done = iter(backend.persist(arrays))
+        for param in self.parameters:
+            param.values = next(done)
+        self._state = [{key: next(done) for key in state} for _, state in updates]
+
+    def _update(
+        self, w: Array, g: Array, state: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        """The new values of ``w`` given its gradient ``g``, and the new state."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _buffer(state: dict[str, Array], key: str, like: Array) -> Array:
+        """``state[key]``, zeros at first, and moved along when the parameter was moved."""
+        buffer = state.get(key)
+        if buffer is None:
+            return array_api_compat.array_namespace(like).zeros_like(like)
+        if backends.backend_of(buffer) is not backends.backend_of(like) or (
+            array_api_compat.device(buffer) != array_api_compat.device(like)
+        ):
+            where = array_api_compat.device(like)
+            return backends.backend_of(like).from_numpy(to_numpy(buffer), where)
+        return buffer
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with momentum as torch.optim.SGD (no dampening):
+    ``v = momentum * v + g; w = w - lr * v``."""
+
+    def __init__(self, parameters: Iterable[Weights], lr: float, momentum: float = 0.0) -> None:
+        super().__init__(parameters, lr)
+        self.momentum = _in_range("momentum", momentum, 0.0, 1.0, low_open=False)
+
+    def _update(
+        self, w: Array, g: Array, state: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        if self.momentum == 0.0:
+            return w - self.lr * g, {}
+        velocity = self.momentum * self._buffer(state, "velocity", w) + g
+        return w - self.lr * velocity, {"velocity": velocity}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba, 2015), computed as torch.optim.Adam does:
+    ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``w = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``."""
+
+    def __init__(
+        self,
+        parameters: Iterable[Weights],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(parameters, lr)
+        self.betas = (
+            _in_range("betas[0]", betas[0], 0.0, 1.0, low_open=False),
+            _in_range("betas[1]", betas[1], 0.0, 1.0, low_open=False),
+        )
+        self.eps = _in_range("eps", eps, 0.0, math.inf, low_open=False)
+
+    def _update(
+        self, w: Array, g: Array, state: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        xp = array_api_compat.array_namespace(w)
+        beta1, beta2 = self.betas
+        m = beta1 * self._buffer(state, "m", w) + (1.0 - beta1) * g
+        v = beta2 * self._buffer(state, "v", w) + (1.0 - beta2) * (g * g)
+        step_size = self.lr / (1.0 - beta1**self.steps)
+        denominator = xp.sqrt(v) / math.sqrt(1.0 - beta2**self.steps) + self.eps
+        return w - step_size * (m / denominator), {"m": m, "v": v}
+
+
+class RMSProp(Optimizer):
+    """RMSProp (Tieleman and Hinton, 2012) as torch.optim.RMSprop: ``v = alpha v + (1 - alpha)
+    g^2; w = w - lr * g / (sqrt(v) + eps)`` (eps outside the square root, as torch has it)."""
+
+    def __init__(
+        self,
+        parameters: Iterable[Weights],
+        lr: float = 1e-3,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(parameters, lr)
+        self.alpha = _in_range("alpha", alpha, 0.0, 1.0, low_open=False)
+        self.eps = _in_range("eps", eps, 0.0, math.inf, low_open=False)
+
+    def _update(
+        self, w: Array, g: Array, state: dict[str, Array]
+    ) -> tuple[Array, dict[str, Array]]:
+        xp = array_api_compat.array_namespace(w)
+        v = self.alpha * self._buffer(state, "v", w) + (1.0 - self.alpha) * (g * g)
+        return w - self.lr * (g / (xp.sqrt(v) + self.eps)), {"v": v}
+
+
+def clip_grad_norm(parameters: Iterable[Weights], max_norm: float) -> float:
+    """Scale all ``deltas`` together so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping, as a Python float (one read from the device). As
+    torch.nn.utils.clip_grad_norm_, the scale is ``max_norm / (norm + 1e-6)``; nothing changes
+    when the norm is at most ``max_norm``, or is NaN (check ``math.isfinite`` on the result to
+    catch a diverged run).
+    """
+    max_norm = _in_range("max_norm", max_norm, 0.0, math.inf, low_open=True)
+    params = list(parameters)
+    if not params:
+        return 0.0
+    total = None
+    for param in params:
+        xp = array_api_compat.array_namespace(param.deltas)
+        square = xp.sum(param.deltas * param.deltas)
+        total = square if total is None else total + square
+    norm = math.sqrt(float(total))
+    if norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for param in params:
+            param.deltas = param.deltas * scale
+    return norm

@@ -1,0 +1,153 @@
+"""Chaining layers into a model: ``Sequential``, and ``LastStep`` to keep a sequence's last step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+from xplstm.backends import Backend
+from xplstm.layer import Layer, Weights
+
+Array = Any
+
+
+def _first(result: Any) -> Any:
+    """The array a layer passes on: the first element when it returns a tuple (as LSTM does)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+class LastStep:
+    """Keep the last time step: (batch, seq, features) -> (batch, features). No parameters.
+
+    Put it between an LSTM and a Linear head when one prediction per sequence is wanted.
+    """
+
+    def __call__(self, y: Array) -> Array:
+        return self.forward(y)
+
+    def forward(self, y: Array) -> Array:
+        """``y[:, -1, :]`` for ``y`` (batch, seq, features)."""
+        if getattr(y, "ndim", None) != 3:
+            shape = tuple(getattr(y, "shape", ()))
+            raise ValueError(f"LastStep expects (batch, seq, features), got shape {shape}")
+        self._shape = tuple(y.shape)
+        return y[:, -1, :]
+
+    def backward(self, d_last: Array) -> Array:
+        """The gradient with respect to the whole sequence: ``d_last`` at the last step, zeros
+        before it."""
+        shape = getattr(self, "_shape", None)
+        if shape is None:
+            raise RuntimeError("backward() needs a forward() first: call layer.forward(y) first")
+        batch, seq, features = shape
+        if tuple(d_last.shape) != (batch, features):
+            raise ValueError(
+                f"d_last must have the shape of the last forward's output {(batch, features)}, "
+                f"got {tuple(d_last.shape)}"
+            )
+        xp = array_api_compat.array_namespace(d_last)
+        last = xp.expand_dims(d_last, axis=1)
+        if seq == 1:
+            return last
+        before = xp.zeros(
+            (batch, seq - 1, features),
+            dtype=d_last.dtype,
+            device=array_api_compat.device(d_last),
+        )
+        return xp.concat([before, last], axis=1)
+
+    def parameters(self) -> list[Weights]:
+        """None: ``[]``."""
+        return []
+
+    def to(self, backend: str | Backend, device: Any = None) -> LastStep:
+        """Nothing to move; returns self."""
+        return self
+
+    def __repr__(self) -> str:
+        return "LastStep()"
+
+
+class Sequential:
+    """Layers applied in order; backward goes through them in reverse.
+
+    A layer that returns a tuple (``LSTM`` returns ``(y, h_n, c_n)``) passes its first element
+    on, and likewise in backward. A training step reads::
+
+        model = Sequential(LSTM(2, 32, seed=0), LastStep(), Linear(32, 1, seed=1))
+        prediction = model(x)
+        loss, d_prediction = losses.mse(prediction, target)
+        model.backward(d_prediction)
+        optim.clip_grad_norm(model.parameters(), 1.0)
+        optimizer.step()
+    """
+
+    def __init__(self, *layers: Any) -> None:
+        if not layers:
+            raise ValueError("Sequential needs at least one layer, e.g. Sequential(LSTM(2, 8))")
+        for index, layer in enumerate(layers):
+            missing = [
+                m for m in ("forward", "backward", "parameters", "to") if not hasattr(layer, m)
+            ]
+            if missing:
+                raise TypeError(
+                    f"layer {index} ({type(layer).__name__}) is not a layer: it has no "
+                    f"{', '.join(missing)}"
+                )
+        self.layers = list(layers)
+
+    def __call__(self, x: Array) -> Array:
+        return self.forward(x)
+
+    def forward(self, x: Array) -> Array:
+        """Run ``x`` through every layer in order."""
+        for layer in self.layers:
+            x = _first(layer.forward(x))
+        return x
+
+    def backward(self, dy: Array) -> Array:
+        """Back-propagate ``dy`` through every layer in reverse order; returns ``dx``."""
+        for layer in reversed(self.layers):
+            dy = _first(layer.backward(dy))
+        return dy
+
+    def parameters(self) -> list[Weights]:
+        """Every layer's parameters, in layer order."""
+        return [param for layer in self.layers for param in layer.parameters()]
+
+    def to(self, backend: str | Backend, device: Any = None) -> Sequential:
+        """Move every layer to ``backend`` and ``device``; returns self."""
+        for layer in self.layers:
+            layer.to(backend, device)
+        return self
+
+    def _first_with_parameters(self) -> Layer:
+        layer = next((m for m in self.layers if m.parameters()), None)
+        if layer is None:
+            raise AttributeError("this Sequential has no layer with parameters")
+        return layer
+
+    @property
+    def xp(self) -> Any:
+        """The array namespace of the parameters (of the first layer that has any)."""
+        return self._first_with_parameters().xp
+
+    @property
+    def device(self) -> Any:
+        """The device of the parameters (of the first layer that has any)."""
+        return self._first_with_parameters().device
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype of the parameters (of the first layer that has any)."""
+        return self._first_with_parameters().dtype
+
+    @property
+    def backend(self) -> str:
+        """The backend name of the parameters (of the first layer that has any)."""
+        return self._first_with_parameters().backend
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  {layer!r}," for layer in self.layers)
+        return f"Sequential({inner}\n)"

@@ -1,0 +1,202 @@
+"""Checkpoints: round trips across backends give the same outputs; every kind of bad file gives
+an error that says what is wrong; nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+import xplstm
+from tests.support import assert_close
+from xplstm import checkpoint
+from xplstm.checkpoint import CheckpointError
+
+
+def host_model(dtype: str = "float64") -> xplstm.Sequential:
+    return xplstm.Sequential(
+        xplstm.LSTM(3, 4, backend="numpy", dtype=dtype, seed=0),
+        xplstm.LastStep(),
+        xplstm.Linear(4, 2, backend="numpy", dtype=dtype, seed=1),
+    )
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A valid checkpoint of ``host_model()``; returns its path."""
+    path = tmp_path / "model.npz"
+    checkpoint.save(path, host_model())
+    return path
+
+
+def rewrite(path, change) -> None:
+    """Load the arrays of a checkpoint, let ``change`` edit the dict, and write it back."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    change(arrays)
+    with open(path, "wb") as file:
+        np.savez(file, **arrays)
+
+
+def edit_header(**fields):
+    def change(arrays):
+        header = json.loads(str(arrays["__xplstm__"]))
+        arrays["__xplstm__"] = np.array(json.dumps(header | fields))
+
+    return change
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_saved_on_numpy_loads_on_every_backend_with_the_same_outputs(target, tmp_path, dtype):
+    model = host_model(dtype)
+    x = np.random.default_rng(2).standard_normal((5, 6, 3)).astype(dtype)
+    expected = model(x)
+    checkpoint.save(tmp_path / "m.npz", model)
+    loaded = checkpoint.load(tmp_path / "m.npz", backend=target.backend, device=target.device)
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+    assert loaded.backend == target.backend
+    assert_close(loaded(target.asarray(x)), expected, loaded.layers[0], "y")
+
+
+def test_saved_on_any_backend_loads_on_numpy_bit_for_bit(target, tmp_path):
+    lstm = target.lstm(2, 3, seed=4)
+    checkpoint.save(tmp_path / "lstm.npz", lstm)
+    loaded = checkpoint.load(tmp_path / "lstm.npz", backend="numpy")
+    assert isinstance(loaded, xplstm.LSTM) and loaded.backend == "numpy"
+    assert (loaded.input_size, loaded.hidden_size, str(loaded.dtype)) == (2, 3, "float32")
+    for ours, theirs in zip(loaded.parameters(), lstm.parameters(), strict=True):
+        np.testing.assert_array_equal(ours.values, xplstm.to_numpy(theirs.values))
+
+
+def test_linear_alone_and_the_file_layout(tmp_path):
+    path = tmp_path / "head.npz"
+    checkpoint.save(path, xplstm.Linear(4, 2, seed=0))
+    assert isinstance(checkpoint.load(path, backend="numpy"), xplstm.Linear)
+    assert not (tmp_path / "head.npz.partial").exists()
+    with np.load(path, allow_pickle=False) as archive:
+        assert sorted(archive.files) == ["__xplstm__", "layers.0.bias", "layers.0.weights"]
+        header = json.loads(str(archive["__xplstm__"]))
+    assert header == {
+        "format": "xplstm-checkpoint",
+        "version": 1,
+        "model": "Linear",
+        "dtype": "float32",
+        "layers": [{"type": "Linear", "in_features": 4, "out_features": 2}],
+    }
+
+
+def test_save_refuses_what_it_cannot_describe(tmp_path):
+    class Custom(xplstm.LastStep):
+        pass
+
+    with pytest.raises(TypeError, match="layer 1 is a Custom; checkpoints hold LSTM, Linear"):
+        checkpoint.save(tmp_path / "x.npz", xplstm.Sequential(xplstm.LSTM(2, 3), Custom()))
+
+
+BAD_FILES = {
+    "empty": (lambda p: p.write_bytes(b""), r"not an \.npz \(zip\) archive \(the file is empty\)"),
+    "text": (
+        lambda p: p.write_text("hello"),
+        r"not an \.npz \(zip\) archive \(it starts with b'hello'\)",
+    ),
+    "pickle": (
+        lambda p: p.write_bytes(pickle.dumps({"weights": 1})),
+        r"not an \.npz \(zip\) archive \(it starts with b'\\x80",
+    ),
+    "npy": (
+        lambda p: np.save(open(p, "wb"), np.zeros(3)),  # noqa: SIM115
+        r"holds a single array \(\.npy\), not an xplstm checkpoint",
+    ),
+    "truncated": (
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+        r"is not a readable \.npz archive \(BadZipFile: .*\); the file is truncated or corrupt",
+    ),
+    "corrupt": (
+        lambda p: p.write_bytes(p.read_bytes()[:200] + b"\xff\xfe" + p.read_bytes()[202:]),
+        r"array 'layers\.0\.weights' cannot be read \(BadZipFile: Bad CRC-32",
+    ),
+    "no-description": (
+        lambda p: rewrite(p, lambda a: a.pop("__xplstm__")),
+        r"has no xplstm description \(array '__xplstm__'\): it was not written by xplstm",
+    ),
+    "bad-json": (
+        lambda p: rewrite(p, lambda a: a.update(__xplstm__=np.array("{not json"))),
+        r"the description is not valid \(Expecting property name",
+    ),
+    "wrong-version": (
+        lambda p: rewrite(p, edit_header(version=7)),
+        r"has checkpoint layout version 7; this xplstm reads version 1",
+    ),
+    "unknown-layer": (
+        lambda p: rewrite(p, edit_header(layers=[{"type": "GRU"}])),
+        r"layer 0 has unknown type 'GRU'; known: LSTM, Linear, LastStep",
+    ),
+    "missing-array": (
+        lambda p: rewrite(p, lambda a: a.pop("layers.2.bias")),
+        r"array 'layers\.2\.bias' of layer 2 \(Linear\) is missing; the file is incomplete",
+    ),
+    "shape-mismatch": (
+        lambda p: rewrite(
+            p,
+            edit_header(
+                layers=[
+                    {"type": "LSTM", "input_size": 3, "hidden_size": 5},
+                    {"type": "LastStep"},
+                    {"type": "Linear", "in_features": 4, "out_features": 2},
+                ]
+            ),
+        ),
+        r"layer 0 \(LSTM\): weights must have shape \(8, 20\) = \(input_size \+ hidden_size, "
+        r"4 \* hidden_size\), got \(7, 16\)",
+    ),
+    "dtype-mismatch": (
+        lambda p: rewrite(p, edit_header(dtype="float32")),
+        r"layer 0 \(LSTM\): weights have dtype float64 but the layer's dtype is float32",
+    ),
+    "extra-array": (
+        lambda p: rewrite(p, lambda a: a.update({"layers.9.weights": np.zeros(2)})),
+        r"arrays \['layers\.9\.weights'\] belong to no layer the description lists",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_bad_files_say_what_is_wrong(saved, damage):
+    make, message = damage
+    make(saved)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(saved, backend="numpy")
+
+
+class Trap:
+    """Unpickling this object would record it: the test fails if that ever happens."""
+
+    sprung = False
+
+    def __reduce__(self):
+        return (Trap._spring, ())
+
+    @staticmethod
+    def _spring():
+        Trap.sprung = True
+
+
+def test_object_arrays_are_never_unpickled(saved):
+    trap = np.empty(1, dtype=object)
+    trap[0] = Trap()
+    rewrite(saved, lambda arrays: arrays.update({"layers.0.weights": trap}))  # pickled by savez
+    with pytest.raises(CheckpointError, match=r"holds pickled objects, which are never loaded"):
+        checkpoint.load(saved, backend="numpy")
+    assert not Trap.sprung
+
+
+def test_missing_file_is_a_plain_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        checkpoint.load(tmp_path / "nope.npz")
+
+
+def test_a_wrong_device_is_a_backend_error_not_a_bad_file(saved):
+    with pytest.raises(xplstm.backends.BackendError, match="device 'cuda:7' is not available"):
+        checkpoint.load(saved, backend="numpy", device="cuda:7")

@@ -1,0 +1,201 @@
+"""Weights from and to torch.nn.LSTM and Keras LSTM: exact round trips and equal outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xplstm
+from tests.support import assert_close
+
+torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
+
+
+def torch_lstm(inputs: int, hidden: int, seed: int = 0, **kwargs) -> torch.nn.LSTM:
+    """A float64 torch.nn.LSTM with random weights and two different non-zero biases."""
+    torch.manual_seed(seed)
+    module = torch.nn.LSTM(inputs, hidden, batch_first=True, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.uniform_(-0.8, 0.8)
+    return module
+
+
+def torch_run(module, x: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        y, (h_n, c_n) = module(
+            torch.from_numpy(x), (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None])
+        )
+    return {"y": y.numpy(), "h_n": h_n[0].numpy(), "c_n": c_n[0].numpy()}
+
+
+def inputs(batch: int, seq: int, features: int, hidden: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(7)
+    return (
+        rng.standard_normal((batch, seq, features)),
+        rng.standard_normal((batch, hidden)) * 0.5,
+        rng.standard_normal((batch, hidden)) * 0.5,
+    )
+
+
+def our_run(layer, target, *host: np.ndarray) -> dict:
+    dtype = np.dtype(xplstm.to_numpy(layer.weights.values).dtype).name
+    y, h_n, c_n = layer(*(target.asarray(a.astype(dtype)) for a in host))
+    return {"y": y, "h_n": h_n, "c_n": c_n}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_from_torch_gives_torch_outputs(target, dtype):
+    module = torch_lstm(3, 5)
+    layer = xplstm.LSTM.from_torch(
+        module, backend=target.backend, device=target.device, dtype=dtype
+    )
+    assert (layer.input_size, layer.hidden_size, layer.backend) == (3, 5, target.backend)
+    host = inputs(2, 7, 3, 5)
+    expected = torch_run(module, *host)
+    for name, value in our_run(layer, target, *host).items():
+        assert_close(value, expected[name], layer, name)
+
+
+def test_to_torch_state_dict_loads_into_torch_with_the_same_outputs(target):
+    layer = target.lstm(4, 3, dtype="float64", seed=2)
+    layer.bias.values = target.asarray(np.linspace(-1.0, 1.0, 12))
+    state = layer.to_torch_state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "weight_ih_l0": (12, 4),
+        "weight_hh_l0": (12, 3),
+        "bias_ih_l0": (12,),
+        "bias_hh_l0": (12,),
+    }
+    assert not torch.any(state["bias_hh_l0"]) and all(
+        v.device.type == "cpu" for v in state.values()
+    )
+    module = torch.nn.LSTM(4, 3, batch_first=True, dtype=torch.float64)
+    module.load_state_dict(state)
+    host = inputs(3, 5, 4, 3)
+    expected = torch_run(module, *host)
+    for name, value in our_run(layer, target, *host).items():
+        assert_close(value, expected[name], layer, name)
+
+
+def test_torch_round_trip_is_exact_with_the_biases_summed():
+    module = torch_lstm(2, 4)
+    state = module.state_dict()
+    layer = xplstm.LSTM.from_torch(state)
+    assert layer.backend == "torch" and str(layer.dtype) == "torch.float64"
+    back = layer.to_torch_state_dict()
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        assert torch.equal(back[name], state[name]), name
+    assert torch.equal(back["bias_ih_l0"], state["bias_ih_l0"] + state["bias_hh_l0"])
+    assert torch.equal(back["bias_hh_l0"], torch.zeros(16, dtype=torch.float64))
+
+
+def test_lstm_cell_and_bias_free_modules():
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(3, 2, dtype=torch.float64)
+    layer = xplstm.LSTM.from_torch(cell, backend="numpy")
+    x, h0, c0 = inputs(4, 1, 3, 2)
+    with torch.no_grad():
+        h, c = cell(torch.from_numpy(x[:, 0]), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    _, h_n, c_n = layer(x, h0, c0)
+    np.testing.assert_allclose(h_n, h.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(c_n, c.numpy(), rtol=1e-12)
+    no_bias = xplstm.LSTM.from_torch(torch.nn.LSTM(3, 2, bias=False), backend="numpy")
+    assert not np.any(no_bias.bias.values) and str(no_bias.dtype) == "float32"
+
+
+def test_from_torch_refuses_what_it_cannot_convert():
+    for kwargs, what in [
+        ({"num_layers": 2}, "num_layers=2"),
+        ({"bidirectional": True}, "bidirectional=True"),
+        ({"proj_size": 1}, "proj_size=1"),
+    ]:
+        with pytest.raises(ValueError, match=f"only a single-layer.*has {what}"):
+            xplstm.LSTM.from_torch(torch.nn.LSTM(3, 2, **kwargs))
+    with pytest.raises(ValueError, match=r"the state has \['weight_ih_l1', 'weight_hh_l1'"):
+        xplstm.LSTM.from_torch(torch.nn.LSTM(3, 2, num_layers=2).state_dict())
+    with pytest.raises(ValueError, match=r"expected torch\.nn\.LSTM weights 'weight_ih_l0'"):
+        xplstm.LSTM.from_torch({"weight": torch.zeros(2)})
+    bad = {"weight_ih_l0": torch.zeros(8, 3), "weight_hh_l0": torch.zeros(8, 3)}
+    with pytest.raises(
+        ValueError, match=r"weight_hh_l0 must have shape .* = \(12, 3\), got \(8, 3\)"
+    ):
+        xplstm.LSTM.from_torch(bad)
+
+
+# -- Keras ------------------------------------------------------------------------------
+# Keras is not installed here. The reference below restates the Keras LSTM equations
+# (keras.layers.LSTMCell with its defaults activation="tanh", recurrent_activation="sigmoid";
+# see _compute_carry_and_output_fused in keras/src/layers/rnn/lstm.py):
+#     z = x_t @ kernel + h_{t-1} @ recurrent_kernel + bias;  z0, z1, z2, z3 = split(z, 4)
+#     i = sigmoid(z0); f = sigmoid(z1); c = f * c_{t-1} + i * tanh(z2); o = sigmoid(z3)
+#     h = o * tanh(c)
+# It is written from those equations alone, in Keras's own layout, not from xplstm's code.
+
+
+def keras_reference(x, h, c, kernel, recurrent_kernel, bias):
+    def sigmoid(z):
+        return 1.0 / (1.0 + np.exp(-z))
+
+    ys = []
+    for t in range(x.shape[1]):
+        z0, z1, z2, z3 = np.split(x[:, t] @ kernel + h @ recurrent_kernel + bias, 4, axis=1)
+        c = sigmoid(z1) * c + sigmoid(z0) * np.tanh(z2)
+        h = sigmoid(z3) * np.tanh(c)
+        ys.append(h)
+    return {"y": np.stack(ys, axis=1), "h_n": h, "c_n": c}
+
+
+def keras_weights(inputs: int, units: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [
+        rng.uniform(-0.7, 0.7, (inputs, 4 * units)),
+        rng.uniform(-0.7, 0.7, (units, 4 * units)),
+        rng.uniform(-0.7, 0.7, 4 * units),
+    ]
+
+
+def test_from_keras_gives_keras_outputs(target):
+    weights = keras_weights(3, 4)
+    layer = xplstm.LSTM.from_keras(weights, backend=target.backend, device=target.device)
+    assert str(xplstm.to_numpy(layer.weights.values).dtype) == "float64"
+    host = inputs(2, 6, 3, 4)
+    expected = keras_reference(*host, *weights)
+    for name, value in our_run(layer, target, *host).items():
+        assert_close(value, expected[name], layer, name)
+
+
+def test_to_keras_weights_give_our_outputs_in_keras(target):
+    layer = target.lstm(3, 2, dtype="float64", seed=5)
+    kernel, recurrent, bias = layer.to_keras_weights()
+    assert (kernel.shape, recurrent.shape, bias.shape) == ((3, 8), (2, 8), (8,))
+    host = inputs(2, 4, 3, 2)
+    expected = keras_reference(*host, kernel, recurrent, bias)
+    for name, value in our_run(layer, target, *host).items():
+        assert_close(value, expected[name], layer, name)
+
+
+def test_keras_round_trip_is_exact():
+    weights = [w.astype("float32") for w in keras_weights(5, 3)]
+    back = xplstm.LSTM.from_keras(weights).to_keras_weights()
+    for ours, theirs in zip(back, weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    no_bias = xplstm.LSTM.from_keras(weights[:2])
+    assert not np.any(no_bias.to_keras_weights()[2])
+
+
+def test_from_keras_refuses_bad_weights():
+    kernel, recurrent, bias = keras_weights(3, 2)
+    with pytest.raises(ValueError, match=r"as a list \[kernel, recurrent_kernel, bias\]"):
+        xplstm.LSTM.from_keras([kernel])
+    with pytest.raises(ValueError, match=r"recurrent_kernel must have shape \(units, 4 \* units\)"):
+        xplstm.LSTM.from_keras([kernel, recurrent.T, bias])
+    with pytest.raises(
+        ValueError,
+        match=r"kernel must have shape \(input_size, 4 \* units\) = \(\?, 8\), got \(8, 3\)",
+    ):
+        xplstm.LSTM.from_keras([kernel.T, recurrent, bias])
+    with pytest.raises(
+        ValueError, match=r"bias must have shape \(4 \* units,\) = \(8,\), got \(4,\)"
+    ):
+        xplstm.LSTM.from_keras([kernel, recurrent, bias[:4]])

@@ -1,0 +1,148 @@
+"""Optimizers and clipping: steps against hand-computed values and against torch.optim, on every
+backend; parameters stay on their backend, device and dtype."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xplstm
+from xplstm import optim
+
+
+def parameter(target, values, dtype: str = "float64") -> xplstm.Weights:
+    host = np.asarray(values, dtype=dtype)
+    return xplstm.Weights(target.asarray(host), target.asarray(np.zeros_like(host)))
+
+
+def run(target, make, gradients: list[np.ndarray], start: np.ndarray) -> np.ndarray:
+    """Run ``make(params)`` through the gradient sequence; returns the final values."""
+    param = parameter(target, start)
+    optimizer = make([param])
+    for g in gradients:
+        param.deltas = target.asarray(g)
+        optimizer.step()
+    assert xplstm.backends.backend_of(param.values).name == target.backend
+    return xplstm.to_numpy(param.values)
+
+
+def test_steps_by_hand(target):
+    """Two steps of each rule, worked out on paper for w = 1, g = 0.5 then g = -1."""
+    w0, grads = np.array([1.0]), [np.array([0.5]), np.array([-1.0])]
+    # SGD: 1 - 0.1 * 0.5 + 0.1 * 1
+    assert run(target, lambda p: optim.SGD(p, lr=0.1), grads, w0) == pytest.approx([1.05])
+    # momentum 0.9: v1 = 0.5, w1 = 0.95; v2 = 0.45 - 1 = -0.55, w2 = 0.95 + 0.055
+    momentum = run(target, lambda p: optim.SGD(p, lr=0.1, momentum=0.9), grads, w0)
+    assert momentum == pytest.approx([1.005], rel=1e-14)
+    # Adam, eps = 0: step 1 moves by lr * sign(g); step 2: m = 0.9*0.05 - 0.1 = -0.055,
+    # v = 0.999*0.00025 + 0.001 = 0.00124975, m_hat = -0.055/0.19, v_hat = 0.00124975/0.001999
+    m_hat, v_hat = -0.055 / 0.19, 0.00124975 / (1 - 0.999**2)
+    expected = 1.0 - 0.01 - 0.01 * m_hat / math.sqrt(v_hat)
+    adam = run(target, lambda p: optim.Adam(p, lr=0.01, eps=0.0), grads, w0)
+    assert adam == pytest.approx([expected], rel=1e-12)
+    # RMSProp, eps = 0: v1 = 0.1*0.25, w1 = 1 - 0.01*0.5/0.158113883; v2 = 0.9*0.025 + 0.1
+    w1 = 1.0 - 0.01 * 0.5 / math.sqrt(0.025)
+    expected = w1 + 0.01 * 1.0 / math.sqrt(0.9 * 0.025 + 0.1)
+    rms = run(target, lambda p: optim.RMSProp(p, lr=0.01, alpha=0.9, eps=0.0), grads, w0)
+    assert rms == pytest.approx([expected], rel=1e-12)
+
+
+OPTIMIZERS = {
+    "sgd-momentum": (
+        lambda p: optim.SGD(p, lr=0.05, momentum=0.8),
+        lambda t: __import__("torch").optim.SGD(t, lr=0.05, momentum=0.8),
+    ),
+    "adam": (
+        lambda p: optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6),
+        lambda t: __import__("torch").optim.Adam(t, lr=0.01, betas=(0.8, 0.99), eps=1e-6),
+    ),
+    "rmsprop": (
+        lambda p: optim.RMSProp(p, lr=0.01, alpha=0.9, eps=1e-6),
+        lambda t: __import__("torch").optim.RMSprop(t, lr=0.01, alpha=0.9, eps=1e-6),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_matches_torch_optim(target, name):
+    torch = pytest.importorskip("torch")
+    ours, theirs = OPTIMIZERS[name]
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((3, 4))
+    # Tiny gradients too, where eps matters (and torch's eps-outside-the-root shows).
+    gradients = [rng.standard_normal((3, 4)) * scale for scale in (1.0, 1e-3, 0.1, 1e-6, 2.0)]
+    reference = torch.tensor(start, requires_grad=True)
+    optimizer = theirs([reference])
+    for g in gradients:
+        reference.grad = torch.from_numpy(g)
+        optimizer.step()
+    actual = run(target, ours, gradients, start)
+    np.testing.assert_allclose(actual, reference.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("make", [v[0] for v in OPTIMIZERS.values()], ids=OPTIMIZERS.keys())
+def test_float32_parameters_stay_float32_on_their_device(target, make):
+    param = parameter(target, np.ones((2, 2)), "float32")
+    param.deltas = target.asarray(np.full((2, 2), 0.5, dtype="float32"))
+    make([param]).step()
+    assert param.values.dtype == param.deltas.dtype
+    assert xplstm.to_numpy(param.values).dtype == np.float32
+    import array_api_compat
+
+    assert array_api_compat.device(param.values) == target.device
+    assert np.all(xplstm.to_numpy(param.values) < 1.0)
+
+
+def test_state_follows_a_moved_model(target):
+    layer = xplstm.Linear(2, 1, seed=0, dtype="float64")
+    optimizer = optim.Adam(layer.parameters(), lr=0.1)
+    optimizer.step()
+    layer.to(target.backend, target.device)
+    optimizer.step()
+    assert all(
+        xplstm.backends.backend_of(p.values).name == target.backend for p in layer.parameters()
+    )
+
+
+def test_clip_grad_norm(target):
+    a, b = parameter(target, [0.0, 0.0]), parameter(target, [0.0])
+    a.deltas, b.deltas = target.asarray(np.array([3.0, 0.0])), target.asarray(np.array([4.0]))
+    assert optim.clip_grad_norm([a, b], 10.0) == pytest.approx(5.0, rel=1e-15)
+    np.testing.assert_array_equal(xplstm.to_numpy(a.deltas), [3.0, 0.0])
+    assert optim.clip_grad_norm([a, b], 1.0) == pytest.approx(5.0, rel=1e-15)
+    scale = 1.0 / (5.0 + 1e-6)
+    np.testing.assert_allclose(xplstm.to_numpy(a.deltas), [3.0 * scale, 0.0], rtol=1e-15)
+    np.testing.assert_allclose(xplstm.to_numpy(b.deltas), [4.0 * scale], rtol=1e-15)
+    assert xplstm.backends.backend_of(b.deltas).name == target.backend
+
+
+def test_clip_grad_norm_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(s) for s in ((4, 3), (3,), (2, 2))]
+    tensors = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for t, g in zip(tensors, grads, strict=True):
+        t.grad = torch.from_numpy(g.copy())
+    expected_norm = float(torch.nn.utils.clip_grad_norm_(tensors, 0.5))
+    params = [xplstm.Weights(np.zeros_like(g), g) for g in grads]
+    assert optim.clip_grad_norm(params, 0.5) == pytest.approx(expected_norm, rel=1e-14)
+    for param, t in zip(params, tensors, strict=True):
+        np.testing.assert_allclose(param.deltas, t.grad.numpy(), rtol=1e-14)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(
+        ValueError, match=r"the optimizer got no parameters; pass model\.parameters"
+    ):
+        optim.Adam([])
+    with pytest.raises(TypeError, match=r"parameter 0 is a ndarray, not xplstm\.Weights"):
+        optim.SGD([np.zeros(2)], lr=0.1)
+    weights = xplstm.Linear(2, 1).parameters()
+    with pytest.raises(ValueError, match=r"lr must be in \(0.0, inf\), got -1.0"):
+        optim.SGD(weights, lr=-1)
+    with pytest.raises(ValueError, match=r"betas\[1\] must be in \[0.0, 1.0\), got 1.0"):
+        optim.Adam(weights, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match=r"max_norm must be in \(0.0, inf\), got 0.0"):
+        optim.clip_grad_norm(weights, 0)
