@@ -11,21 +11,9 @@ import os
 
 import pytest
 
-from tests.support import Target
+from tests.support import CANDIDATES, Target, skip_reason
 from xplstm import backends
 
-#: Every target the suite knows: (backend, device as a user would write it, test id).
-CANDIDATES = (
-    ("numpy", None, "numpy"),
-    ("array_api_strict", None, "array_api_strict"),
-    ("array_api_strict", "device1", "array_api_strict-device1"),
-    ("torch", "cpu", "torch"),
-    ("torch", "cuda", "torch-cuda"),
-    ("jax", "cpu", "jax"),
-    ("jax", "gpu", "jax-gpu"),
-    ("dask", None, "dask"),
-    ("cupy", None, "cupy"),
-)
 ENV_VAR = "XPLSTM_TEST_BACKENDS"
 
 
@@ -40,23 +28,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # JAX computes in float32 unless told otherwise; the float64 tests need it on.
     # On GPUs, float32 matrix products may use TF32: the agreement tests demand full precision.
-    if "jax" in backends.available():
+    if backends.unavailable_reason("jax") is None:
         import jax
 
         jax.config.update("jax_enable_x64", True)
         jax.config.update("jax_default_matmul_precision", "highest")
-
-
-def _skip_reason(backend: str, device: str | None) -> str | None:
-    reason = backends.unavailable().get(backend)
-    if reason:
-        return f"{backend}: {reason}"
-    if device is not None:
-        try:
-            backends.get(backend).parse_device(device)
-        except backends.BackendError:
-            return f"{backend}: no {device} device here ({backends.get(backend).devices()})"
-    return None
 
 
 def _selected(config: pytest.Config) -> list[tuple[str, str | None, str]]:
@@ -74,7 +50,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     params = []
     for backend, device, test_id in _selected(metafunc.config):
-        reason = _skip_reason(backend, device)
+        reason = skip_reason(backend, device)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         value = None if reason else Target(backend, device, test_id)
         params.append(pytest.param(value, id=test_id, marks=marks))

@@ -24,6 +24,7 @@ __all__ = [
     "get",
     "known",
     "unavailable",
+    "unavailable_reason",
 ]
 
 
@@ -39,18 +40,19 @@ def known() -> dict[str, Backend]:
 
 
 @functools.cache
-def _reasons() -> dict[str, str | None]:
-    return {name: backend.unavailable_reason() for name, backend in known().items()}
+def unavailable_reason(name: str) -> str | None:
+    """Why the backend ``name`` cannot run here, or ``None`` when it can (imports only it)."""
+    return known()[name].unavailable_reason()
 
 
 def available() -> list[str]:
     """The names of the backends that can run on this machine."""
-    return [name for name, reason in _reasons().items() if reason is None]
+    return [name for name in known() if unavailable_reason(name) is None]
 
 
 def unavailable() -> dict[str, str]:
     """The backends that cannot run here, each with the reason why."""
-    return {name: reason for name, reason in _reasons().items() if reason is not None}
+    return {name: reason for name in known() if (reason := unavailable_reason(name)) is not None}
 
 
 def summary() -> str:
@@ -66,7 +68,7 @@ def get(name: str) -> Backend:
     backend = known().get(name)
     if backend is None:
         raise BackendError(f"unknown backend {name!r}; {summary()}")
-    reason = _reasons()[name]
+    reason = unavailable_reason(name)
     if reason is not None:
         raise BackendError(f"backend {name!r} cannot run here: {reason}; {summary()}")
     return backend

@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import numpy as np
+
 from xplstm.backends._base import Backend
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
+
 from xplstm.backends._base import Backend
 
 

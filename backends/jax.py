@@ -6,6 +6,7 @@ from typing import Any
 
 import array_api_compat
 import numpy as np
+
 from xplstm.backends._base import Backend, BackendError
 
 

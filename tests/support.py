@@ -14,6 +14,33 @@ from xplstm import backends
 TOLERANCES = {"float64": {"rtol": 1e-9, "atol": 1e-11}, "float32": {"rtol": 2e-4, "atol": 2e-5}}
 
 
+#: Every target the suite knows: (backend, device as a user would write it, test id).
+CANDIDATES = (
+    ("numpy", None, "numpy"),
+    ("array_api_strict", None, "array_api_strict"),
+    ("array_api_strict", "device1", "array_api_strict-device1"),
+    ("torch", "cpu", "torch"),
+    ("torch", "cuda", "torch-cuda"),
+    ("jax", "cpu", "jax"),
+    ("jax", "gpu", "jax-gpu"),
+    ("dask", None, "dask"),
+    ("cupy", None, "cupy"),
+)
+
+
+def skip_reason(backend: str, device: str | None) -> str | None:
+    """Why a target cannot run here, or ``None`` when it can."""
+    reason = backends.unavailable_reason(backend)
+    if reason:
+        return f"{backend}: {reason}"
+    if device is not None:
+        try:
+            backends.get(backend).parse_device(device)
+        except backends.BackendError:
+            return f"{backend}: no {device} device here ({backends.get(backend).devices()})"
+    return None
+
+
 @dataclass(frozen=True)
 class Target:
     """One backend on one device, as the test matrix runs it."""

@@ -36,7 +36,7 @@ def resolve(backend: str | Backend | None = None, *arrays: Any) -> Backend:
             return given.pop()
         name = "auto"
     if name == "auto":
-        return backends.get(next(n for n in AUTO_ORDER if n in backends.available()))
+        return backends.get(next(n for n in AUTO_ORDER if backends.unavailable_reason(n) is None))
     return backends.get(name)
 
 

@@ -1,0 +1,117 @@
+"""Bad input gets a clear error that says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xplstm
+from tests.support import Target
+
+
+@pytest.fixture
+def layer(target: Target) -> xplstm.LSTM:
+    return target.lstm(3, 4, seed=0)
+
+
+def arr(target: Target, *shape: int, dtype: str = "float32"):
+    return target.asarray(np.zeros(shape, dtype=dtype))
+
+
+def test_wrong_rank(target, layer):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, seq, input_size\) = "):
+        layer.forward(arr(target, 2, 3))
+
+
+def test_wrong_feature_size(target, layer):
+    with pytest.raises(ValueError, match=r"= \(\?, \?, 3\), got \(2, 5, 4\)"):
+        layer.forward(arr(target, 2, 5, 4))
+
+
+def test_empty_sequence(target, layer):
+    with pytest.raises(ValueError, match=r"x has an empty axis: shape \(2, 0, 3\)"):
+        layer.forward(arr(target, 2, 0, 3))
+
+
+def test_h0_with_wrong_batch(target, layer):
+    with pytest.raises(ValueError, match=r"h0 must have shape \(batch, hidden_size\) = \(2, 4\)"):
+        layer.forward(arr(target, 2, 5, 3), arr(target, 3, 4))
+
+
+def test_c0_with_wrong_hidden(target, layer):
+    with pytest.raises(ValueError, match=r"c0 must have shape .* got \(2, 5\)"):
+        layer.forward(arr(target, 2, 5, 3), None, arr(target, 2, 5))
+
+
+def test_integer_input(target, layer):
+    with pytest.raises(TypeError, match=r"x has dtype .*int.* computes in .*float32.*astype"):
+        layer.forward(arr(target, 2, 5, 3, dtype="int32"))
+
+
+def test_mismatched_float_dtype(target, layer):
+    with pytest.raises(TypeError, match=r"dtype='float64'"):
+        layer.forward(arr(target, 2, 5, 3, dtype="float64"))
+
+
+def test_backward_before_forward(layer):
+    with pytest.raises(RuntimeError, match=r"backward\(\) needs a forward\(\) first"):
+        layer.backward(None)
+
+
+def test_gradient_of_wrong_shape(target, layer):
+    layer.forward(arr(target, 2, 5, 3))
+    with pytest.raises(ValueError, match=r"dy must have shape .* = \(2, 5, 4\), got \(2, 4, 4\)"):
+        layer.backward(arr(target, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"dh_n must have shape .* = \(2, 4\), got \(1, 4\)"):
+        layer.backward(arr(target, 2, 5, 4), arr(target, 1, 4))
+
+
+def test_array_of_another_backend(target, layer):
+    other = "numpy" if target.backend != "numpy" else "array_api_strict"
+    foreign = xplstm.backends.get(other).from_numpy(
+        np.zeros((2, 5, 3), "float32"), xplstm.backends.get(other).default_device()
+    )
+    with pytest.raises(ValueError, match=rf"x is a {other} array .* layer.to\('{other}'\)"):
+        layer.forward(foreign)
+
+
+def test_array_on_another_device():
+    layer = xplstm.LSTM(3, 4, backend="array_api_strict", device="device1", seed=0)
+    on_default = xplstm.backends.get("array_api_strict").from_numpy(
+        np.zeros((2, 5, 3), "float32"), xplstm.backends.get("array_api_strict").default_device()
+    )
+    with pytest.raises(ValueError, match=r"x is on device .*CPU_DEVICE.* layer.to\("):
+        layer.forward(on_default)
+
+
+def test_not_an_array(layer):
+    with pytest.raises(TypeError, match=r"expected an array .* got list"):
+        layer.forward([[[0.0, 0.0, 0.0]]])
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"unknown backend 'nunpy'; available here: .*numpy"):
+        xplstm.LSTM(3, 4, backend="nunpy")
+
+
+def test_unknown_device():
+    with pytest.raises(ValueError, match=r"device 'cuda:7' is not available to the numpy backend"):
+        xplstm.LSTM(3, 4, backend="numpy", device="cuda:7")
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_bad_sizes(size):
+    with pytest.raises(ValueError, match=r"hidden_size must be a positive int"):
+        xplstm.LSTM(3, size)
+
+
+def test_bad_dtype():
+    with pytest.raises(ValueError, match=r"dtype must be 'float32' or 'float64', got 'int32'"):
+        xplstm.LSTM(3, 4, dtype="int32")
+
+
+def test_weights_of_wrong_shape_or_dtype():
+    with pytest.raises(ValueError, match=r"weights must have shape \(7, 16\) = \(input_size"):
+        xplstm.LSTM(3, 4, weights=np.zeros((16, 7), "float32"))
+    with pytest.raises(ValueError, match=r"weights have dtype float64 .* pass dtype='float64'"):
+        xplstm.LSTM(3, 4, weights=np.zeros((7, 16)))

@@ -1,0 +1,85 @@
+"""Carried state, same-seed initialisation, and agreement of every backend with NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xplstm
+from tests.support import assert_close, random_problem
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_calls_carrying_state_equal_one_call(target, dtype):
+    p = random_problem(3, 9, 4, 5, seed=3)
+    x = target.asarray(p["x"].astype(dtype))
+    layer = target.lstm(4, 5, dtype=dtype, seed=11)
+    y, h_n, c_n = layer.forward(x)
+    y1, h1, c1 = layer.forward(x[:, :4, :])
+    y2, h2, c2 = layer.forward(x[:, 4:, :], h1, c1)
+    tolerance = {"float64": 1e-12, "float32": 1e-6}[dtype]
+    whole = xplstm.to_numpy(y)
+    parts = np.concatenate([xplstm.to_numpy(y1), xplstm.to_numpy(y2)], axis=1)
+    np.testing.assert_allclose(parts, whole, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(xplstm.to_numpy(h2), xplstm.to_numpy(h_n), rtol=tolerance)
+    np.testing.assert_allclose(xplstm.to_numpy(c2), xplstm.to_numpy(c_n), rtol=tolerance)
+
+
+def test_same_seed_same_weights_everywhere(target):
+    reference = xplstm.LSTM(6, 7, backend="numpy", dtype="float64", seed=42)
+    layer = target.lstm(6, 7, dtype="float64", seed=42)
+    np.testing.assert_array_equal(xplstm.to_numpy(layer.weights.values), reference.weights.values)
+    np.testing.assert_array_equal(xplstm.to_numpy(layer.bias.values), reference.bias.values)
+    other = target.lstm(6, 7, dtype="float64", seed=43)
+    assert not np.array_equal(xplstm.to_numpy(other.weights.values), reference.weights.values)
+
+
+def test_default_initialisation_bounds_and_layout(target):
+    layer = target.lstm(5, 16, seed=0)
+    w = xplstm.to_numpy(layer.weights.values)
+    assert w.shape == (5 + 16, 4 * 16)
+    assert xplstm.to_numpy(layer.bias.values).shape == (4 * 16,)
+    assert np.abs(w).max() <= 1 / np.sqrt(16)
+    assert np.abs(w).max() > 0.9 / np.sqrt(16)  # uses the whole range, not a smaller one
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_agrees_with_numpy_float64(target, dtype):
+    """CPU/GPU agreement: the same seed and inputs match the NumPy float64 reference."""
+    p = random_problem(4, 12, 3, 8, seed=5)
+    reference = xplstm.LSTM(3, 8, backend="numpy", dtype="float64", seed=9)
+    expected = reference.forward(p["x"], p["h0"], p["c0"])
+    expected += reference.backward(p["dy"], p["dh_n"], p["dc_n"])
+    expected += (reference.weights.deltas, reference.bias.deltas)
+
+    layer = target.lstm(3, 8, dtype=dtype, seed=9)
+    cast = {k: target.asarray(v.astype(dtype)) for k, v in p.items()}
+    actual = layer.forward(cast["x"], cast["h0"], cast["c0"])
+    actual += layer.backward(cast["dy"], cast["dh_n"], cast["dc_n"])
+    actual += (layer.weights.deltas, layer.bias.deltas)
+    names = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "d_weights", "d_bias")
+    for name, a, e in zip(names, actual, expected, strict=True):
+        assert_close(a, e, layer, name)
+
+
+def test_nan_input_propagates(target):
+    host = random_problem(2, 5, 3, 4)["x"]
+    host[0, 2, 1] = np.nan
+    layer = target.lstm(3, 4, dtype="float64", seed=0)
+    y, h_n, _ = layer.forward(target.asarray(host))
+    dx, _, _ = layer.backward(layer.xp.ones_like(y))
+    y, h_n, dx = (xplstm.to_numpy(a) for a in (y, h_n, dx))
+    assert np.isnan(y[0, 2:, :]).all() and np.isnan(h_n[0]).all()
+    assert np.isfinite(y[1]).all() and np.isfinite(y[0, :2]).all()
+    assert np.isnan(dx[0]).any() and np.isfinite(dx[1]).all()
+
+
+def test_extreme_inputs_saturate_without_overflow(target):
+    """Pre-activations of +-1e4 saturate the gates; the stable sigmoid never overflows."""
+    host = np.full((2, 3, 2), 1e4)
+    host[1] *= -1
+    layer = target.lstm(2, 3, dtype="float64", seed=0)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        y, _, _ = layer.forward(target.asarray(host))
+        y = xplstm.to_numpy(y)
+    assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
