@@ -13,6 +13,10 @@ import pytest
 import xplstm
 from tests.support import Target
 from xplstm import checkpoint, cli, tasks
+
+# `xplstm train` needs these; an offline install with --no-deps (the GPU check) may lack them.
+pytest.importorskip("threadpoolctl", reason="xplstm train limits BLAS threads with threadpoolctl")
+pytest.importorskip("matplotlib", reason="xplstm train draws loss.png with matplotlib")
 from xplstm.train import evaluate
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,6 @@ import numpy as np
 
 import xplstm
 from xplstm import backends, checkpoint, tasks
-from xplstm.train import Settings, summary, train
 
 #: Exit status after Ctrl-C, as shells report a command ended by SIGINT.
 INTERRUPTED = 130
@@ -72,6 +71,10 @@ def info(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train an LSTM and a Linear head on a task; write metrics.json, loss.png and model.npz."""
+    # Imported here so that `info` and `generate` need only the core dependencies (an offline
+    # `pip install --no-deps` on a GPU machine has no threadpoolctl or matplotlib).
+    from xplstm.train import Settings, summary, train
+
     settings = Settings(
         task=args.task,
         backend=args.backend,
