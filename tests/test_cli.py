@@ -82,9 +82,10 @@ def test_generate_refuses_a_model_of_another_task(
     assert "not trained on the text task" in capsys.readouterr().err
 
 
-def test_trains_on_every_backend(tmp_path: Path, target: Target) -> None:
+@pytest.mark.parametrize("task", ["adding", "copy"])  # regression, and classes with integers
+def test_trains_on_every_backend(tmp_path: Path, target: Target, task: str) -> None:
     device = [] if target.device_spec is None else ["--device", target.device_spec]
-    status, metrics = train(tmp_path, "adding", "--backend", target.backend, *device)
+    status, metrics = train(tmp_path, task, "--backend", target.backend, *device)
     assert status == 0
     assert metrics["backend"] == target.backend
     assert metrics["device"] == str(target.device)

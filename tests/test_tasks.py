@@ -105,7 +105,7 @@ def test_text_windows_predict_the_next_character() -> None:
     assert task.vocab == sorted(set(task.text)) and task.input_size == len(task.vocab)
     assert 100_000 < len(task.text) < 400_000
     data = task.sample(np.random.default_rng(0), 8)
-    assert data.inputs.shape == (8, 16, task.input_size) and data.targets.dtype == np.int64
+    assert data.inputs.shape == (8, 16, task.input_size) and data.targets.dtype == np.int32
     np.testing.assert_array_equal(data.inputs[:, 1:, :].argmax(axis=-1), data.targets[:, :-1])
     text = "".join(task.vocab[c] for c in data.targets[0])
     assert text in task.text

@@ -21,6 +21,10 @@ from xplstm.resolver import to_numpy
 Array = Any
 
 
+#: Class targets are int32: JAX without 64-bit mode has no int64, and every backend has int32.
+CLASS_DTYPE = "int32"
+
+
 @dataclass(frozen=True)
 class Data:
     """A set of examples on the host: ``inputs`` (n, seq, features) float32 and ``targets``."""
@@ -204,7 +208,7 @@ class Copy(Task):
         targets = np.full((n, length), self.blank)
         targets[:, -self.symbols :] = recall
         inputs = np.eye(self.input_size, dtype="float32")[codes]
-        return Data(inputs, targets.astype("int64"))
+        return Data(inputs, targets.astype(CLASS_DTYPE))
 
     def loss(self, prediction: Array, target: Array) -> tuple[Array, Array]:
         return losses.softmax_cross_entropy(prediction, target)
@@ -319,7 +323,7 @@ class Text(Task):
                 f"characters {''.join(unknown)!r} are not in the text task's vocabulary "
                 f"{''.join(self.vocab)!r}"
             )
-        return np.array([index[char] for char in text], dtype="int64")
+        return np.array([index[char] for char in text], dtype=CLASS_DTYPE)
 
     def _windows(self, codes: np.ndarray, starts: np.ndarray) -> Data:
         spans = codes[starts[:, None] + np.arange(self.seq_len + 1)]
