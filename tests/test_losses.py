@@ -96,3 +96,19 @@ def test_loss_errors_say_what_is_wrong(target):
             ValueError, match=f"prediction is a {target.backend} array but target is a numpy array"
         ):
             losses.mse(a, np.zeros((2, 3)))
+
+
+def test_cross_entropy_with_narrow_integer_targets(target):
+    """uint8 targets with more classes than uint8 can count: the labels must not wrap."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((4, 300))
+    classes = np.array([0, 7, 255, 200], dtype=np.uint8)
+    loss, grad = losses.softmax_cross_entropy(target.asarray(logits), target.asarray(classes))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(4)
+    assert float(loss) == pytest.approx(-log_p[rows, classes].mean(), rel=1e-12)
+    expected = np.exp(log_p)
+    expected[rows, classes] -= 1.0
+    np.testing.assert_allclose(xplstm.to_numpy(grad), expected / 4, rtol=1e-12, atol=1e-15)
+

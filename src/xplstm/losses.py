@@ -79,6 +79,8 @@ def softmax_cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
             f"targets must be integer class indices, got dtype {targets.dtype}; convert with "
             "xp.astype(targets, xp.int64)"
         )
+    # Compare in int64: a narrow dtype (uint8) could not count past its range and would wrap.
+    targets = xp.astype(targets, xp.int64)
     classes = logits.shape[-1]
     if bool(xp.any((targets < 0) | (targets >= classes))):
         raise ValueError(
@@ -87,7 +89,7 @@ def softmax_cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
         )
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)
     log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-    labels = xp.arange(classes, dtype=targets.dtype, device=array_api_compat.device(logits))
+    labels = xp.arange(classes, dtype=xp.int64, device=array_api_compat.device(logits))
     one_hot = xp.astype(xp.expand_dims(targets, axis=-1) == labels, logits.dtype)
     scale = 1.0 / math.prod(targets.shape)
     loss = -xp.sum(one_hot * log_p) * scale
