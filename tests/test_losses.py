@@ -112,3 +112,17 @@ def test_cross_entropy_with_narrow_integer_targets(target):
     expected[rows, classes] -= 1.0
     np.testing.assert_allclose(xplstm.to_numpy(grad), expected / 4, rtol=1e-12, atol=1e-15)
 
+
+def test_cross_entropy_with_minus_infinity_logits_matches_torch(target):
+    """A masked-out class (logit -inf) has probability 0: the loss stays finite, as in torch."""
+    torch = pytest.importorskip("torch")
+    logits = np.array([[0.5, -np.inf, 2.0], [-np.inf, 1.0, -1.0]])
+    classes = np.array([0, 2])
+    loss, grad = losses.softmax_cross_entropy(target.asarray(logits), as_int(target, classes))
+    reference = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(reference, torch.from_numpy(classes))
+    expected.backward()
+    assert np.isfinite(expected.item())
+    assert float(loss) == pytest.approx(expected.item(), rel=1e-12)
+    np.testing.assert_allclose(xplstm.to_numpy(grad), reference.grad.numpy(), rtol=1e-12)
+

@@ -90,7 +90,9 @@ def softmax_cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)
     log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
     labels = xp.arange(classes, dtype=xp.int64, device=array_api_compat.device(logits))
-    one_hot = xp.astype(xp.expand_dims(targets, axis=-1) == labels, logits.dtype)
+    chosen = xp.expand_dims(targets, axis=-1) == labels
     scale = 1.0 / math.prod(targets.shape)
-    loss = -xp.sum(one_hot * log_p) * scale
-    return loss, (xp.exp(log_p) - one_hot) * scale
+    # Select rather than multiply by the one-hot: a -inf logit (a masked-out class) has
+    # log_p = -inf, and 0 * -inf would make the loss NaN.
+    loss = -xp.sum(xp.where(chosen, log_p, 0.0)) * scale
+    return loss, (xp.exp(log_p) - xp.astype(chosen, logits.dtype)) * scale
