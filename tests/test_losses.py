@@ -126,3 +126,23 @@ def test_cross_entropy_with_minus_infinity_logits_matches_torch(target):
     assert float(loss) == pytest.approx(expected.item(), rel=1e-12)
     np.testing.assert_allclose(xplstm.to_numpy(grad), reference.grad.numpy(), rtol=1e-12)
 
+
+def test_device_mismatch_says_how_to_move_the_target():
+    """Two devices of one backend (array-api-strict has fake ones): the message gives a fix that
+    works."""
+    backend = xplstm.backends.get("array_api_strict")
+    if backend.unavailable_reason():
+        pytest.skip(f"array_api_strict: {backend.unavailable_reason()}")
+    host = np.zeros((2, 3))
+    prediction = backend.from_numpy(host, backend.default_device())
+    target = backend.from_numpy(host + 1.0, backend.parse_device("device1"))
+    with pytest.raises(
+        ValueError,
+        match=r"prediction is on device .*CPU_DEVICE.* but target is on .*device1.*; move target "
+        r"to prediction's device with xp\.asarray\(target, device=prediction\.device\), or the "
+        r"model to target's with model\.to\(backend, device=target\.device\)",
+    ):
+        losses.mse(prediction, target)
+    xp = backend.namespace()
+    loss, _ = losses.mse(prediction, xp.asarray(target, device=prediction.device))
+    assert float(loss) == 1.0

@@ -31,7 +31,9 @@ def _namespace(first: tuple[str, Array], second: tuple[str, Array]) -> Any:
     where_a, where_b = array_api_compat.device(a), array_api_compat.device(b)
     if where_a != where_b:
         raise ValueError(
-            f"{name_a} is on device {where_a} but {name_b} is on {where_b}; move one of them"
+            f"{name_a} is on device {where_a} but {name_b} is on {where_b}; move {name_b} to "
+            f"{name_a}'s device with xp.asarray({name_b}, device={name_a}.device), or the model "
+            f"to {name_b}'s with model.to(backend, device={name_b}.device)"
         )
     if not xp.isdtype(a.dtype, "real floating"):
         raise TypeError(f"{name_a} must be a floating array, got dtype {a.dtype}")
