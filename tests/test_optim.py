@@ -146,3 +146,38 @@ def test_bad_arguments_are_refused():
         optim.Adam(weights, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match=r"max_norm must be in \(0.0, inf\), got 0.0"):
         optim.clip_grad_norm(weights, 0)
+
+
+@pytest.mark.parametrize("make", [v[0] for v in OPTIMIZERS.values()], ids=OPTIMIZERS.keys())
+def test_deltas_that_do_not_match_values_are_refused(target, make):
+    """Deltas of another shape would broadcast the parameter to a new shape, of another dtype
+    would upcast it, of another backend would fail halfway: step() refuses them, names the
+    parameter, and changes nothing."""
+    params = [parameter(target, np.ones((2, 2))), parameter(target, np.ones((3, 1)))]
+    optimizer = make(params)
+    params[1].deltas = target.asarray(np.ones((1, 4)))
+    with pytest.raises(
+        ValueError,
+        match=r"parameter 1: deltas have shape \(1, 4\) but values have shape \(3, 1\); "
+        r"backward must leave deltas shaped like values",
+    ):
+        optimizer.step()
+    params[1].deltas = target.asarray(np.ones((3, 1), dtype="float32"))
+    with pytest.raises(
+        TypeError,
+        match=r"parameter 1: deltas have dtype .*float32.* but values have dtype .*float64.*; "
+        r"convert with xp\.astype\(deltas, values\.dtype\)",
+    ):
+        optimizer.step()
+    if target.backend != "numpy":
+        params[1].deltas = np.ones((3, 1))
+        with pytest.raises(
+            ValueError,
+            match=rf"parameter 1: deltas are numpy arrays on cpu but values are {target.backend} "
+            r"arrays on .*; convert them on the values' backend with xp\.asarray\(deltas, "
+            r"device=values\.device\)",
+        ):
+            optimizer.step()
+    assert optimizer.steps == 0
+    for param in params:
+        np.testing.assert_array_equal(xplstm.to_numpy(param.values), np.ones(param.values.shape))
