@@ -96,14 +96,26 @@ def test_float32_parameters_stay_float32_on_their_device(target, make):
 
 
 def test_state_follows_a_moved_model(target):
-    layer = xplstm.Linear(2, 1, seed=0, dtype="float64")
-    optimizer = optim.Adam(layer.parameters(), lr=0.1)
-    optimizer.step()
-    layer.to(target.backend, target.device)
-    optimizer.step()
-    assert all(
-        xplstm.backends.backend_of(p.values).name == target.backend for p in layer.parameters()
-    )
+    """Adam's moments move with the model: three steps on another backend, then three on the
+    target, land where six unmoved steps do (resetting the moments on the move would not)."""
+    start = "array_api_strict" if target.backend == "numpy" else "numpy"
+    rng = np.random.default_rng(5)
+    gradients = [[rng.standard_normal(s) for s in ((2, 1), (1,))] for _ in range(6)]
+
+    def train(move_after: int | None) -> list[np.ndarray]:
+        layer = xplstm.Linear(2, 1, seed=0, dtype="float64", backend=start)
+        optimizer = optim.Adam(layer.parameters(), lr=0.1)
+        for index, step in enumerate(gradients):
+            if index == move_after:
+                layer.to(target.backend, target.device)
+            for param, g in zip(layer.parameters(), step, strict=True):
+                param.deltas = xplstm.backends.get(layer.backend).from_numpy(g, layer.device)
+            optimizer.step()
+        assert layer.backend == (target.backend if move_after is not None else start)
+        return [xplstm.to_numpy(p.values) for p in layer.parameters()]
+
+    for moved, unmoved in zip(train(3), train(None), strict=True):
+        np.testing.assert_allclose(moved, unmoved, rtol=1e-12, atol=1e-15)
 
 
 def test_clip_grad_norm(target):
