@@ -39,6 +39,12 @@ class GenericBackend(Backend):
 
     def to_numpy(self, x: Any) -> np.ndarray:
         try:
-            return np.asarray(x)
-        except (TypeError, ValueError, RuntimeError):
             return np.from_dlpack(x)
+        except (AttributeError, TypeError, ValueError, RuntimeError, BufferError):
+            host = np.asarray(x)
+        if host.dtype == object:
+            raise TypeError(
+                f"cannot copy a {type(x).__name__} to NumPy: it supports neither DLPack on the "
+                "CPU nor NumPy's array protocol; move it to the CPU first"
+            )
+        return host

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xplstm.backends._base import Backend
+from xplstm.backends._base import Backend, BackendError
 
 
 class ArrayApiStrictBackend(Backend):
@@ -36,7 +36,13 @@ class ArrayApiStrictBackend(Backend):
 
     def parse_device(self, device: Any) -> Any:
         if isinstance(device, str):
-            device = self.namespace().Device(device)
+            try:
+                device = self.namespace().Device(device)
+            except ValueError as error:
+                raise BackendError(
+                    f"device {device!r} is not an array_api_strict device; choose one of "
+                    f"{self.devices()}"
+                ) from error
         return super().parse_device(device)
 
     def to_numpy(self, x: Any) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from xplstm.backends._base import Backend
+from xplstm.backends._base import Backend, BackendError
 
 
 class TorchBackend(Backend):
@@ -37,9 +37,17 @@ class TorchBackend(Backend):
     def parse_device(self, device: Any) -> Any:
         import torch
 
+        if device is None:
+            return self.default_device()
         if isinstance(device, str) and device == "cuda":
             device = "cuda:0"
-        return super().parse_device(None if device is None else torch.device(device))
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise BackendError(
+                f"device {device!r} is not a torch device ({error}); choose one of {self.devices()}"
+            ) from error
+        return super().parse_device(device)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().resolve_conj().numpy()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -10,14 +10,30 @@ import numpy as np
 EPS = 1e-6
 
 
-def numeric_gradient(f: Callable[[np.ndarray], float], x: np.ndarray) -> np.ndarray:
-    """d f / d x by central differences, one element at a time (keep ``x`` small)."""
-    grad = np.zeros_like(x, dtype=np.float64)
-    for index in np.ndindex(x.shape):
+def numeric_partials(
+    f: Callable[[np.ndarray], float], x: np.ndarray, indices: Sequence[tuple[int, ...]]
+) -> np.ndarray:
+    """d f / d x[index] by central differences for each of ``indices``, in their order."""
+    partials = np.zeros(len(indices), dtype=np.float64)
+    for k, index in enumerate(indices):
         step = np.zeros_like(x)
         step[index] = EPS
-        grad[index] = (f(x + step) - f(x - step)) / (2 * EPS)
-    return grad
+        partials[k] = (f(x + step) - f(x - step)) / (2 * EPS)
+    return partials
+
+
+def numeric_gradient(f: Callable[[np.ndarray], float], x: np.ndarray) -> np.ndarray:
+    """d f / d x by central differences, one element at a time (keep ``x`` small)."""
+    return numeric_partials(f, x, list(np.ndindex(x.shape))).reshape(x.shape)
+
+
+def random_indices(
+    rng: np.random.Generator, shape: tuple[int, ...], count: int
+) -> list[tuple[int, ...]]:
+    """Up to ``count`` distinct random indices into an array of ``shape``."""
+    size = int(np.prod(shape))
+    flat = rng.choice(size, size=min(count, size), replace=False)
+    return [tuple(int(i) for i in np.unravel_index(f, shape)) for f in flat]
 
 
 def directional_derivative(f: Callable[[float], float]) -> float:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
@@ -138,29 +138,88 @@ def test_detection_never_imports_unused_libraries():
 
 
 def test_editable_and_regular_installs_expose_backends(tmp_path):
-    """`pip install -e .` maps xplstm.backends to backends/; a wheel ships it inside xplstm/."""
+    """`pip install -e .` maps xplstm.backends to backends/; `pip install .` installs it whole."""
     assert pathlib.Path(backends.__file__).resolve().parent in (
         ROOT / "backends",
         pathlib.Path(xplstm.__file__).resolve().parent / "backends",
     )
+    source = tmp_path / "source"  # a copy, so the build leaves the checkout clean
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info"))
+    target = tmp_path / "site"
     subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
-            "wheel",
+            "install",
+            "-q",
             "--no-deps",
             "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
+            "--target",
+            str(target),
+            str(source),
         ],
         check=True,
         capture_output=True,
     )
-    (wheel,) = tmp_path.glob("xplstm-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    for module in ("__init__", "_base", "numpy", "cupy", "torch", "jax", "dask"):
-        assert f"xplstm/backends/{module}.py" in names
-    assert "xplstm/lstm.py" in names and "xplstm/cell.py" in names
+    code = (
+        "import numpy as np, xplstm, xplstm.backends as b\n"
+        f"assert xplstm.__file__.startswith({str(target)!r}), xplstm.__file__\n"
+        "print(sorted(b.known()))\n"
+        "y, _, _ = xplstm.LSTM(2, 3, backend='numpy')(np.zeros((1, 4, 2), 'float32'))\n"
+        "print(y.shape)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(target), "PATH": "", "XPLSTM_BACKEND": ""},
+        cwd=tmp_path,
+    )
+    expected = "['array_api_strict', 'cupy', 'dask', 'jax', 'numpy', 'torch']\n(1, 4, 3)\n"
+    assert out.stdout == expected
+
+
+def test_given_parameters_are_copied_not_shared(target):
+    host = np.zeros((7, 16), "float32")
+    given = target.asarray(host)
+    layer = target.lstm(3, 4, weights=given)
+    assert layer.weights.values is not given
+    host[...] = 1.0  # writing into the caller's NumPy array leaves the layer alone
+    assert float(np.abs(xplstm.to_numpy(layer.weights.values)).max()) == 0.0
+
+
+def test_generic_fallback_copies_through_dlpack():
+    """An array that only speaks DLPack still reaches the host; one that speaks nothing fails."""
+    from xplstm.backends._generic import GenericBackend
+
+    class DLPackOnly:
+        def __init__(self, data):
+            self._data = data
+
+        def __dlpack__(self, **kwargs):
+            return self._data.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self._data.__dlpack_device__()
+
+    generic = GenericBackend(np)
+    np.testing.assert_array_equal(generic.to_numpy(DLPackOnly(np.arange(3.0))), np.arange(3.0))
+    with pytest.raises(TypeError, match="supports neither DLPack on the CPU nor NumPy"):
+        generic.to_numpy(object())
+
+
+def test_jax_without_64_bit_floats_refuses_float64():
+    """JAX silently stores float64 as float32 unless x64 is on: xplstm says so instead."""
+    if "jax" not in backends.available():
+        pytest.skip(f"jax: {backends.unavailable()['jax']}")
+    code = (
+        "import xplstm\n"
+        "try:\n"
+        "    xplstm.LSTM(2, 3, backend='jax', dtype='float64')\n"
+        "except xplstm.backends.BackendError as error:\n"
+        "    print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "64-bit floats are off; enable them with jax.config.update" in out.stdout

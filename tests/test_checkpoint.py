@@ -95,6 +95,18 @@ def test_save_refuses_what_it_cannot_describe(tmp_path):
         checkpoint.save(tmp_path / "x.npz", xplstm.Sequential(xplstm.LSTM(2, 3), Custom()))
 
 
+def test_a_sequential_subclass_is_saved_as_a_sequential(tmp_path):
+    class MyModel(xplstm.Sequential):
+        pass
+
+    model = MyModel(*host_model().layers)
+    checkpoint.save(tmp_path / "mine.npz", model)
+    loaded = checkpoint.load(tmp_path / "mine.npz", backend="numpy")
+    assert type(loaded) is xplstm.Sequential
+    x = np.random.default_rng(3).standard_normal((2, 5, 3))
+    np.testing.assert_array_equal(loaded(x), model(x))
+
+
 BAD_FILES = {
     "empty": (lambda p: p.write_bytes(b""), r"not an \.npz \(zip\) archive \(the file is empty\)"),
     "text": (
@@ -132,6 +144,18 @@ BAD_FILES = {
     "unknown-layer": (
         lambda p: rewrite(p, edit_header(layers=[{"type": "GRU"}])),
         r"layer 0 has unknown type 'GRU'; known: LSTM, Linear, LastStep",
+    ),
+    "layer-not-an-object": (
+        lambda p: rewrite(p, edit_header(model="LSTM", layers=[5])),
+        r"the description is not valid: layer 0 must be an object with a 'type', got 5",
+    ),
+    "layer-type-not-a-string": (
+        lambda p: rewrite(p, edit_header(layers=[{"type": ["LSTM"]}])),
+        r"layer 0 has unknown type \['LSTM'\]; known: LSTM, Linear, LastStep",
+    ),
+    "model-does-not-fit": (
+        lambda p: rewrite(p, edit_header(model="Linear")),
+        r"the description is not valid: model 'Linear' does not fit its layers",
     ),
     "missing-array": (
         lambda p: rewrite(p, lambda a: a.pop("layers.2.bias")),

@@ -48,6 +48,13 @@ def test_integer_input(target, layer):
         layer.forward(arr(target, 2, 5, 3, dtype="int32"))
 
 
+def test_half_precision_input(target, layer):
+    if target.backend == "array_api_strict":
+        pytest.skip("array_api_strict has no float16")
+    with pytest.raises(TypeError, match=r"x has dtype .*float16.*astype\(x, layer.dtype\)$"):
+        layer.forward(arr(target, 2, 5, 3, dtype="float16"))
+
+
 def test_mismatched_float_dtype(target, layer):
     with pytest.raises(TypeError, match=r"dtype='float64'"):
         layer.forward(arr(target, 2, 5, 3, dtype="float64"))
@@ -94,9 +101,21 @@ def test_unknown_backend():
         xplstm.LSTM(3, 4, backend="nunpy")
 
 
-def test_unknown_device():
-    with pytest.raises(ValueError, match=r"device 'cuda:7' is not available to the numpy backend"):
-        xplstm.LSTM(3, 4, backend="numpy", device="cuda:7")
+@pytest.mark.parametrize(
+    ("backend", "device", "message"),
+    [
+        ("numpy", "cuda:7", r"device 'cuda:7' is not available to the numpy backend"),
+        ("torch", "gpu", r"device 'gpu' is not a torch device .* choose one of \["),
+        ("torch", "cuda:7", r"device\(type='cuda', index=7\) is not available to the torch"),
+        ("array_api_strict", "cpu", r"'cpu' is not an array_api_strict device; choose one of"),
+        ("jax", "tpu:3", r"device 'tpu:3' is not available to the jax backend; choose one of"),
+    ],
+)
+def test_unknown_device(backend, device, message):
+    if backend not in xplstm.backends.available():
+        pytest.skip(f"{backend}: {xplstm.backends.unavailable()[backend]}")
+    with pytest.raises(xplstm.backends.BackendError, match=message):
+        xplstm.LSTM(3, 4, backend=backend, device=device)
 
 
 @pytest.mark.parametrize("size", [0, -1, 2.5, True])
@@ -115,3 +134,9 @@ def test_weights_of_wrong_shape_or_dtype():
         xplstm.LSTM(3, 4, weights=np.zeros((16, 7), "float32"))
     with pytest.raises(ValueError, match=r"weights have dtype float64 .* pass dtype='float64'"):
         xplstm.LSTM(3, 4, weights=np.zeros((7, 16)))
+
+
+def test_integer_input_is_not_told_to_change_the_layer_dtype(target, layer):
+    with pytest.raises(TypeError) as error:
+        layer.forward(arr(target, 2, 5, 3, dtype="int32"))
+    assert "build the layer with" not in str(error.value)

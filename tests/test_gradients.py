@@ -5,44 +5,36 @@ from __future__ import annotations
 import numpy as np
 
 import xplstm
+from tests.numerics import assert_gradient, numeric_partials, random_indices
 from tests.support import random_problem
 
 
 def test_finite_differences(target):
+    """Every input's and parameter's gradient, at random coordinates, against central
+    differences of ``sum(y * dy) + sum(h_n * dh_n) + sum(c_n * dc_n)``."""
     p = random_problem(2, 4, 3, 3, seed=7)
-    inputs, hidden = 3, 3
 
-    def loss_and_grads(host: dict, with_grads: bool = True) -> tuple[float, dict]:
+    def run(host: dict) -> tuple[xplstm.LSTM, dict, tuple]:
         arrays = {k: target.asarray(v) for k, v in host.items()}
-        layer = target.lstm(
-            inputs, hidden, weights=arrays["weights"], bias=arrays["bias"], dtype="float64"
-        )
-        y, h_n, c_n = layer.forward(arrays["x"], arrays["h0"], arrays["c0"])
-        loss = sum(
+        layer = target.lstm(3, 3, weights=arrays["weights"], bias=arrays["bias"], dtype="float64")
+        return layer, arrays, layer.forward(arrays["x"], arrays["h0"], arrays["c0"])
+
+    def loss(host: dict) -> float:
+        y, h_n, c_n = run(host)[2]
+        return sum(
             float(np.sum(xplstm.to_numpy(out) * host[grad]))
             for out, grad in ((y, "dy"), (h_n, "dh_n"), (c_n, "dc_n"))
         )
-        if not with_grads:
-            return loss, {}
-        dx, dh0, dc0 = layer.backward(arrays["dy"], arrays["dh_n"], arrays["dc_n"])
-        grads = {"x": dx, "h0": dh0, "c0": dc0}
-        grads |= {"weights": layer.weights.deltas, "bias": layer.bias.deltas}
-        return loss, {k: xplstm.to_numpy(v) for k, v in grads.items()}
 
-    _, analytic = loss_and_grads(p)
+    layer, arrays, _ = run(p)
+    dx, dh0, dc0 = layer.backward(arrays["dy"], arrays["dh_n"], arrays["dc_n"])
+    analytic = {"x": dx, "h0": dh0, "c0": dc0}
+    analytic |= {"weights": layer.weights.deltas, "bias": layer.bias.deltas}
     rng = np.random.default_rng(0)
-    step = 1e-6
     for name, grad in analytic.items():
         # A few random coordinates of each input: enough to catch any wrong term.
-        for flat in rng.choice(grad.size, size=min(6, grad.size), replace=False):
-            index = np.unravel_index(flat, grad.shape)
-            plus, minus = dict(p), dict(p)
-            plus[name], minus[name] = p[name].copy(), p[name].copy()
-            plus[name][index] += step
-            minus[name][index] -= step
-            numeric = (loss_and_grads(plus, False)[0] - loss_and_grads(minus, False)[0]) / (
-                2 * step
-            )
-            np.testing.assert_allclose(
-                grad[index], numeric, rtol=1e-6, atol=1e-8, err_msg=f"d{name}{index}"
-            )
+        indices = random_indices(rng, p[name].shape, 6)
+        expected = numeric_partials(lambda v, name=name: loss(p | {name: v}), p[name], indices)
+        host = xplstm.to_numpy(grad)
+        assert host.shape == p[name].shape, f"d{name}: shape {host.shape}"
+        assert_gradient(host[tuple(zip(*indices, strict=True))], expected, f"d{name}")

@@ -96,3 +96,53 @@ def test_loss_errors_say_what_is_wrong(target):
             ValueError, match=f"prediction is a {target.backend} array but target is a numpy array"
         ):
             losses.mse(a, np.zeros((2, 3)))
+
+
+def test_cross_entropy_with_narrow_integer_targets(target):
+    """uint8 targets with more classes than uint8 can count: the labels must not wrap."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((4, 300))
+    classes = np.array([0, 7, 255, 200], dtype=np.uint8)
+    loss, grad = losses.softmax_cross_entropy(target.asarray(logits), target.asarray(classes))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(4)
+    assert float(loss) == pytest.approx(-log_p[rows, classes].mean(), rel=1e-12)
+    expected = np.exp(log_p)
+    expected[rows, classes] -= 1.0
+    np.testing.assert_allclose(xplstm.to_numpy(grad), expected / 4, rtol=1e-12, atol=1e-15)
+
+
+def test_cross_entropy_with_minus_infinity_logits_matches_torch(target):
+    """A masked-out class (logit -inf) has probability 0: the loss stays finite, as in torch."""
+    torch = pytest.importorskip("torch")
+    logits = np.array([[0.5, -np.inf, 2.0], [-np.inf, 1.0, -1.0]])
+    classes = np.array([0, 2])
+    loss, grad = losses.softmax_cross_entropy(target.asarray(logits), as_int(target, classes))
+    reference = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(reference, torch.from_numpy(classes))
+    expected.backward()
+    assert np.isfinite(expected.item())
+    assert float(loss) == pytest.approx(expected.item(), rel=1e-12)
+    np.testing.assert_allclose(xplstm.to_numpy(grad), reference.grad.numpy(), rtol=1e-12)
+
+
+def test_device_mismatch_says_how_to_move_the_target():
+    """Two devices of one backend (array-api-strict has fake ones): the message gives a fix that
+    works."""
+    backend = xplstm.backends.get("array_api_strict")
+    if backend.unavailable_reason():
+        pytest.skip(f"array_api_strict: {backend.unavailable_reason()}")
+    host = np.zeros((2, 3))
+    prediction = backend.from_numpy(host, backend.default_device())
+    target = backend.from_numpy(host + 1.0, backend.parse_device("device1"))
+    with pytest.raises(
+        ValueError,
+        match=r"prediction is on device .*CPU_DEVICE.* but target is on .*device1.*; move target "
+        r"to prediction's device with xp\.asarray\(target, device=prediction\.device\), or the "
+        r"model to target's with model\.to\(backend, device=target\.device\)",
+    ):
+        losses.mse(prediction, target)
+    xp = backend.namespace()
+    loss, _ = losses.mse(prediction, xp.asarray(target, device=prediction.device))
+    assert float(loss) == 1.0

@@ -96,14 +96,26 @@ def test_float32_parameters_stay_float32_on_their_device(target, make):
 
 
 def test_state_follows_a_moved_model(target):
-    layer = xplstm.Linear(2, 1, seed=0, dtype="float64")
-    optimizer = optim.Adam(layer.parameters(), lr=0.1)
-    optimizer.step()
-    layer.to(target.backend, target.device)
-    optimizer.step()
-    assert all(
-        xplstm.backends.backend_of(p.values).name == target.backend for p in layer.parameters()
-    )
+    """Adam's moments move with the model: three steps on another backend, then three on the
+    target, land where six unmoved steps do (resetting the moments on the move would not)."""
+    start = "array_api_strict" if target.backend == "numpy" else "numpy"
+    rng = np.random.default_rng(5)
+    gradients = [[rng.standard_normal(s) for s in ((2, 1), (1,))] for _ in range(6)]
+
+    def train(move_after: int | None) -> list[np.ndarray]:
+        layer = xplstm.Linear(2, 1, seed=0, dtype="float64", backend=start)
+        optimizer = optim.Adam(layer.parameters(), lr=0.1)
+        for index, step in enumerate(gradients):
+            if index == move_after:
+                layer.to(target.backend, target.device)
+            for param, g in zip(layer.parameters(), step, strict=True):
+                param.deltas = xplstm.backends.get(layer.backend).from_numpy(g, layer.device)
+            optimizer.step()
+        assert layer.backend == (target.backend if move_after is not None else start)
+        return [xplstm.to_numpy(p.values) for p in layer.parameters()]
+
+    for moved, unmoved in zip(train(3), train(None), strict=True):
+        np.testing.assert_allclose(moved, unmoved, rtol=1e-12, atol=1e-15)
 
 
 def test_clip_grad_norm(target):
@@ -146,3 +158,38 @@ def test_bad_arguments_are_refused():
         optim.Adam(weights, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match=r"max_norm must be in \(0.0, inf\), got 0.0"):
         optim.clip_grad_norm(weights, 0)
+
+
+@pytest.mark.parametrize("make", [v[0] for v in OPTIMIZERS.values()], ids=OPTIMIZERS.keys())
+def test_deltas_that_do_not_match_values_are_refused(target, make):
+    """Deltas of another shape would broadcast the parameter to a new shape, of another dtype
+    would upcast it, of another backend would fail halfway: step() refuses them, names the
+    parameter, and changes nothing."""
+    params = [parameter(target, np.ones((2, 2))), parameter(target, np.ones((3, 1)))]
+    optimizer = make(params)
+    params[1].deltas = target.asarray(np.ones((1, 4)))
+    with pytest.raises(
+        ValueError,
+        match=r"parameter 1: deltas have shape \(1, 4\) but values have shape \(3, 1\); "
+        r"backward must leave deltas shaped like values",
+    ):
+        optimizer.step()
+    params[1].deltas = target.asarray(np.ones((3, 1), dtype="float32"))
+    with pytest.raises(
+        TypeError,
+        match=r"parameter 1: deltas have dtype .*float32.* but values have dtype .*float64.*; "
+        r"convert with xp\.astype\(deltas, values\.dtype\)",
+    ):
+        optimizer.step()
+    if target.backend != "numpy":
+        params[1].deltas = np.ones((3, 1))
+        with pytest.raises(
+            ValueError,
+            match=rf"parameter 1: deltas are numpy arrays on cpu but values are {target.backend} "
+            r"arrays on .*; convert them on the values' backend with xp\.asarray\(deltas, "
+            r"device=values\.device\)",
+        ):
+            optimizer.step()
+    assert optimizer.steps == 0
+    for param in params:
+        np.testing.assert_array_equal(xplstm.to_numpy(param.values), np.ones(param.values.shape))

@@ -81,7 +81,8 @@ def save(path: str | os.PathLike[str], model: Model) -> None:
     header = {
         "format": FORMAT,
         "version": VERSION,
-        "model": type(model).__name__,
+        # A Sequential subclass is saved, and loads, as the Sequential it is built on.
+        "model": "Sequential" if isinstance(model, Sequential) else type(model).__name__,
         "dtype": dtypes[0] if dtypes else None,
         "layers": description,
     }
@@ -194,27 +195,34 @@ def _header(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> dict
 
 def _check_layers(path: str | os.PathLike[str], header: dict[str, Any]) -> None:
     """The description names known layers with integer sizes, a dtype and a model type."""
-    layers = header.get("layers")
-    problem = None
-    if not isinstance(layers, list) or not layers:
-        problem = "'layers' must be a non-empty list"
-    elif header.get("model") not in ("Sequential", *LAYERS) or (
-        header["model"] != "Sequential" and [s.get("type") for s in layers] != [header["model"]]
+    problem = _layers_problem(header.get("layers"))
+    if problem is None and (
+        header.get("model") not in ("Sequential", *LAYERS)
+        or (
+            header["model"] != "Sequential"
+            and [s["type"] for s in header["layers"]] != [header["model"]]
+        )
     ):
         problem = f"model {header.get('model')!r} does not fit its layers"
-    elif header.get("dtype") not in ("float32", "float64", None):
+    if problem is None and header.get("dtype") not in ("float32", "float64", None):
         problem = f"dtype {header.get('dtype')!r} is not float32 or float64"
-    else:
-        for index, spec in enumerate(layers):
-            kind = spec.get("type") if isinstance(spec, dict) else None
-            if kind not in LAYERS:
-                problem = f"layer {index} has unknown type {kind!r}; known: {', '.join(LAYERS)}"
-            elif any(not isinstance(spec.get(k), int) for k in LAYERS[kind][1]):
-                problem = f"layer {index} ({kind}) needs integer {', '.join(LAYERS[kind][1])}"
-            if problem:
-                break
     if problem:
         raise CheckpointError(f"{path}: the description is not valid: {problem}")
+
+
+def _layers_problem(layers: Any) -> str | None:
+    """What is wrong with the description's ``layers`` list, or ``None`` when it fits."""
+    if not isinstance(layers, list) or not layers:
+        return "'layers' must be a non-empty list"
+    for index, spec in enumerate(layers):
+        if not isinstance(spec, dict):
+            return f"layer {index} must be an object with a 'type', got {spec!r}"
+        kind = spec.get("type")
+        if not isinstance(kind, str) or kind not in LAYERS:
+            return f"layer {index} has unknown type {kind!r}; known: {', '.join(LAYERS)}"
+        if any(not isinstance(spec.get(k), int) for k in LAYERS[kind][1]):
+            return f"layer {index} ({kind}) needs integer {', '.join(LAYERS[kind][1])}"
+    return None
 
 
 __all__ = ["DESCRIPTION_KEY", "FORMAT", "LAYERS", "VERSION", "CheckpointError", "load", "save"]

@@ -55,7 +55,7 @@ def _host_parameter(
     """The given values copied to the host and checked, or U(-bound, bound) draws."""
     if given is None:
         return rng.uniform(-bound, bound, size=shape).astype(dtype)
-    host = to_numpy(given)
+    host = np.array(to_numpy(given), copy=True)  # the layer never shares the caller's memory
     if host.shape != shape:
         raise ValueError(f"{name} must have shape {shape} = {meaning}, got {host.shape}")
     if host.dtype.name != dtype:
@@ -169,10 +169,11 @@ class Layer:
                 f"with {convert}"
             )
         if a.dtype != self.dtype:
+            fix = f"convert with layer.xp.astype({name}, layer.dtype)"
+            if str(a.dtype).endswith(_DTYPES):
+                fix += f" or build the layer with dtype={dtype_name(a.dtype)!r}"
             raise TypeError(
-                f"{name} has dtype {a.dtype} but this layer computes in {self.dtype}; convert "
-                f"with layer.xp.astype({name}, layer.dtype) or build the layer with "
-                f"dtype={dtype_name(a.dtype) if self._is_float(a) else 'float32'!r}"
+                f"{name} has dtype {a.dtype} but this layer computes in {self.dtype}; {fix}"
             )
         expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
         if a.ndim != len(shape) or any(
@@ -182,5 +183,4 @@ class Layer:
         if any(n == 0 for n in a.shape):
             raise ValueError(f"{name} has an empty axis: shape {tuple(a.shape)}")
 
-    def _is_float(self, a: Array) -> bool:
-        return self.xp.isdtype(a.dtype, "real floating")
+

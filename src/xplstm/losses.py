@@ -31,7 +31,9 @@ def _namespace(first: tuple[str, Array], second: tuple[str, Array]) -> Any:
     where_a, where_b = array_api_compat.device(a), array_api_compat.device(b)
     if where_a != where_b:
         raise ValueError(
-            f"{name_a} is on device {where_a} but {name_b} is on {where_b}; move one of them"
+            f"{name_a} is on device {where_a} but {name_b} is on {where_b}; move {name_b} to "
+            f"{name_a}'s device with xp.asarray({name_b}, device={name_a}.device), or the model "
+            f"to {name_b}'s with model.to(backend, device={name_b}.device)"
         )
     if not xp.isdtype(a.dtype, "real floating"):
         raise TypeError(f"{name_a} must be a floating array, got dtype {a.dtype}")
@@ -79,6 +81,8 @@ def softmax_cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
             f"targets must be integer class indices, got dtype {targets.dtype}; convert with "
             "xp.astype(targets, xp.int64)"
         )
+    # Compare in int64: a narrow dtype (uint8) could not count past its range and would wrap.
+    targets = xp.astype(targets, xp.int64)
     classes = logits.shape[-1]
     if bool(xp.any((targets < 0) | (targets >= classes))):
         raise ValueError(
@@ -87,8 +91,10 @@ def softmax_cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
         )
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)
     log_p = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-    labels = xp.arange(classes, dtype=targets.dtype, device=array_api_compat.device(logits))
-    one_hot = xp.astype(xp.expand_dims(targets, axis=-1) == labels, logits.dtype)
+    labels = xp.arange(classes, dtype=xp.int64, device=array_api_compat.device(logits))
+    chosen = xp.expand_dims(targets, axis=-1) == labels
     scale = 1.0 / math.prod(targets.shape)
-    loss = -xp.sum(one_hot * log_p) * scale
-    return loss, (xp.exp(log_p) - one_hot) * scale
+    # Select rather than multiply by the one-hot: a -inf logit (a masked-out class) has
+    # log_p = -inf, and 0 * -inf would make the loss NaN.
+    loss = -xp.sum(xp.where(chosen, log_p, 0.0)) * scale
+    return loss, (xp.exp(log_p) - xp.astype(chosen, logits.dtype)) * scale

@@ -32,6 +32,31 @@ def _in_range(name: str, value: float, low: float, high: float, *, low_open: boo
     return value
 
 
+def _check_deltas(index: int, param: Weights) -> None:
+    """A clear error when ``param.deltas`` cannot update ``param.values``: another backend,
+    device, shape or dtype."""
+    owner, home = backends.backend_of(param.deltas), backends.backend_of(param.values)
+    where, place = array_api_compat.device(param.deltas), array_api_compat.device(param.values)
+    if owner.name != home.name or where != place:
+        raise ValueError(
+            f"parameter {index}: deltas are {owner.name} arrays on {where} but values are "
+            f"{home.name} arrays on {place}; convert them on the values' backend with "
+            "xp.asarray(deltas, device=values.device)"
+        )
+    shape, got = tuple(param.values.shape), tuple(param.deltas.shape)
+    if got != shape:
+        raise ValueError(
+            f"parameter {index}: deltas have shape {got} but values have shape {shape}; "
+            f"backward must leave deltas shaped like values (set param.deltas to the gradient "
+            f"of shape {shape})"
+        )
+    if param.deltas.dtype != param.values.dtype:
+        raise TypeError(
+            f"parameter {index}: deltas have dtype {param.deltas.dtype} but values have dtype "
+            f"{param.values.dtype}; convert with xp.astype(deltas, values.dtype)"
+        )
+
+
 class Optimizer:
     """The shared loop: one state dict per parameter, updated functionally by ``_update``."""
 
@@ -51,7 +76,14 @@ class Optimizer:
         self._state: list[dict[str, Array]] = [{} for _ in self.parameters]
 
     def step(self) -> None:
-        """Update every parameter's ``values`` from its ``deltas``."""
+        """Update every parameter's ``values`` from its ``deltas``.
+
+        Refuses deltas whose backend, device, shape or dtype differ from the values' before
+        changing anything: the update would fail halfway, broadcast the parameter to a new
+        shape, or upcast it.
+        """
+        for index, param in enumerate(self.parameters):
+            _check_deltas(index, param)
         self.steps += 1
         updates = [
             self._update(param.values, param.deltas, state)

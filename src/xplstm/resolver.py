@@ -41,5 +41,9 @@ def resolve(backend: str | Backend | None = None, *arrays: Any) -> Backend:
 
 
 def to_numpy(array: Any) -> np.ndarray:
-    """Copy any supported array (CuPy, torch on CUDA, JAX, Dask, ...) to NumPy on the host."""
+    """Any supported array (CuPy, torch on CUDA, JAX, Dask, ...) as a NumPy array on the host.
+
+    Like ``numpy.asarray``, the result may share memory with ``array`` when that already lives
+    on the host (a NumPy array, a CPU torch tensor); copy it before writing into it.
+    """
     return backends.backend_of(array).to_numpy(array)
