@@ -35,7 +35,7 @@ clean:
 gpu-wheels:
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-	  -d .whl array-api-compat==1.16.0 array-api-strict==2.6.1
+	  -d .whl array-api-compat==1.16.0 array-api-strict==2.6.1 threadpoolctl==3.8.0
 
 gpu-check:
 	scripts/gpu-check
