@@ -13,12 +13,13 @@ import importlib
 import pkgutil
 from typing import Any
 
-from xplstm.backends._base import Backend, BackendError
+from xplstm.backends._base import Backend, BackendError, FastPath
 from xplstm.backends._generic import GenericBackend
 
 __all__ = [
     "Backend",
     "BackendError",
+    "FastPath",
     "available",
     "backend_of",
     "get",

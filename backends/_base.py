@@ -9,13 +9,30 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
 
 class BackendError(ValueError):
     """A backend or device was asked for that does not exist or cannot run here."""
+
+
+class FastPath(Protocol):
+    """A backend's faster route through a whole sequence, equal to the written-once path.
+
+    ``forward`` and ``backward`` take and return what :func:`xplstm.sequence.forward` and
+    :func:`xplstm.sequence.backward` do, less their ``xp`` and ``scan`` arguments; the cache is
+    opaque to the layer and handed back to the same object's ``backward``. One object serves
+    one layer, so it may keep workspaces between calls.
+    """
+
+    def forward(self, w: Any, b: Any, x: Any, h0: Any, c0: Any) -> tuple[Any, Any, Any, Any]: ...
+
+    def backward(
+        self, w: Any, cache: Any, dy: Any, dh_n: Any, dc_n: Any
+    ) -> tuple[Any, Any, Any, Any, Any]: ...
 
 
 class Backend:
@@ -96,3 +113,28 @@ class Backend:
         updated step after step (training) do not grow one ever longer graph; eager libraries
         return them as they are."""
         return arrays
+
+    def wait(self, *arrays: Any) -> None:
+        """Wait until ``arrays`` are computed; libraries that dispatch lazily override this."""
+        import array_api_compat
+
+        self.synchronize(array_api_compat.device(arrays[0]) if arrays else None)
+
+    def peak_memory(self, device: Any) -> int | None:
+        """Bytes at peak in this library's device memory pool since the last reset, if known.
+
+        ``None`` (the default, and on the host) means the caller measures host memory itself.
+        """
+        return None
+
+    def reset_peak_memory(self, device: Any) -> None:
+        """Start a new peak for :meth:`peak_memory`."""
+
+    # -- speed --------------------------------------------------------------------------
+    def fast_path(self, forward: Callable, backward: Callable) -> FastPath | None:
+        """A new :class:`FastPath` for one layer, or ``None`` when this backend has none.
+
+        ``forward`` and ``backward`` are the written-once functions of :mod:`xplstm.sequence`;
+        a fast path should transform them (jit, scan, fuse) rather than restate their math.
+        """
+        return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -63,6 +65,49 @@ class JaxBackend(Backend):
         import jax
 
         jax.effects_barrier()
+
+    def fast_path(self, forward: Callable, backward: Callable) -> _JitScan:
+        return _jit_scan(forward, backward)
+
+    def peak_memory(self, device: Any) -> int | None:
+        # XLA's GPU allocator reports a peak since start (it cannot be reset); none on the CPU.
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        return stats.get("peak_bytes_in_use") if stats else None
+
+    def wait(self, *arrays: Any) -> None:
+        import jax
+
+        jax.block_until_ready(arrays)
+
+
+def _lax_scan(
+    step: Callable, xp: Any, consts: Any, carry: Any, xs: tuple, reverse: bool = False
+) -> tuple[Any, tuple]:
+    """``xplstm.sequence``'s scan protocol on ``jax.lax.scan``: the loop compiled by XLA."""
+    import jax
+
+    return jax.lax.scan(lambda c, x_t: step(xp, consts, c, x_t), carry, xs, reverse=reverse)
+
+
+@functools.cache
+def _jit_scan(forward: Callable, backward: Callable) -> _JitScan:
+    """One compiled fast path shared by every layer: it holds no per-layer state."""
+    return _JitScan(forward, backward)
+
+
+class _JitScan:
+    """The written-once forward and backward, each under ``jax.jit`` with ``lax.scan``.
+
+    jit compiles once per shape and dtype and caches the result; the backward is xplstm's own
+    (the core's ``step_backward`` scanned in reverse), not ``jax.grad``.
+    """
+
+    def __init__(self, forward: Callable, backward: Callable) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        self.forward = jax.jit(functools.partial(forward, jnp, scan=_lax_scan))
+        self.backward = jax.jit(functools.partial(backward, jnp, scan=_lax_scan))
 
 
 BACKEND = JaxBackend()

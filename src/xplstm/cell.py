@@ -7,8 +7,9 @@ Gate blocks along the last axis are ordered input, forget, output, candidate (i,
     c_t = f * c_{t-1} + i * g
     h_t = o * tanh(c_t)
 
-These functions hold the math once. The layer drives them over time; a backend's fast path may
-jit, scan or fuse the same functions instead of restating them.
+These functions hold the math once. :mod:`xplstm.sequence` drives them over time; a backend's
+fast path may jit, scan or fuse the same functions instead of restating them (``cell_update``
+and ``gates_backward`` are purely element-wise, so a GPU library can fuse each into one kernel).
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ def sigmoid(xp: Any, z: Array) -> Array:
     return xp.where(z >= 0, r, e * r)
 
 
+def cell_update(
+    xp: Any, i: Array, f: Array, o: Array, g: Array, c_prev: Array
+) -> tuple[Array, Array]:
+    """The element-wise cell and output update from the four gates: returns ``(h, c)``."""
+    c = f * c_prev + i * g
+    return o * xp.tanh(c), c
+
+
 def step_forward(xp: Any, z: Array, c_prev: Array) -> tuple[Array, Array, Array]:
     """One step from pre-activations ``z`` (batch, 4H): returns ``(h, c, ifog)``.
 
@@ -34,9 +43,24 @@ def step_forward(xp: Any, z: Array, c_prev: Array) -> tuple[Array, Array, Array]
     ifo = sigmoid(xp, z[:, : 3 * hidden])
     g = xp.tanh(z[:, 3 * hidden :])
     i, f, o = ifo[:, :hidden], ifo[:, hidden : 2 * hidden], ifo[:, 2 * hidden :]
-    c = f * c_prev + i * g
-    h = o * xp.tanh(c)
+    h, c = cell_update(xp, i, f, o, g, c_prev)
     return h, c, xp.concat([ifo, g], axis=-1)
+
+
+def gates_backward(
+    xp: Any, dh: Array, dc: Array, i: Array, f: Array, o: Array, g: Array, c: Array, c_prev: Array
+) -> tuple[Array, Array, Array, Array, Array]:
+    """Element-wise backward through one step's gates: returns ``(di, df, do, dg, dc_prev)``.
+
+    ``di .. dg`` are the gradients of the gates' pre-activations.
+    """
+    tanh_c = xp.tanh(c)
+    dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+    di = dc * g * i * (1.0 - i)
+    df = dc * c_prev * f * (1.0 - f)
+    do = dh * tanh_c * o * (1.0 - o)
+    dg = dc * i * (1.0 - g * g)
+    return di, df, do, dg, dc * f
 
 
 def step_backward(
@@ -51,10 +75,5 @@ def step_backward(
     hidden = c.shape[-1]
     i, f = ifog[:, :hidden], ifog[:, hidden : 2 * hidden]
     o, g = ifog[:, 2 * hidden : 3 * hidden], ifog[:, 3 * hidden :]
-    tanh_c = xp.tanh(c)
-    dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
-    di = dc * g * i * (1.0 - i)
-    df = dc * c_prev * f * (1.0 - f)
-    do = dh * tanh_c * o * (1.0 - o)
-    dg = dc * i * (1.0 - g * g)
-    return xp.concat([di, df, do, dg], axis=-1), dc * f
+    di, df, do, dg, dc_prev = gates_backward(xp, dh, dc, i, f, o, g, c, c_prev)
+    return xp.concat([di, df, do, dg], axis=-1), dc_prev

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-from xplstm import backends, interop
-from xplstm.backends import Backend
-from xplstm.cell import step_backward, step_forward
+from xplstm import backends, interop, sequence
+from xplstm.backends import Backend, FastPath
 from xplstm.layer import Layer, Weights, dtype_name, positive_int
 from xplstm.resolver import to_numpy
 
@@ -20,16 +21,18 @@ Array = Any
 __all__ = ["LSTM", "Weights"]
 
 
+#: Set to 0 to run the written-once path even where a backend has a fast path.
+FAST_PATH_ENV = "XPLSTM_FAST_PATH"
+
+
 @dataclass
 class _Cache:
-    """What backward needs from forward: the inputs, outputs, gate activations and cells."""
+    """What backward needs from forward: who ran it, its saved state, and the input's shape."""
 
-    x: Array  # (batch, seq, input)
-    h0: Array  # (batch, hidden)
-    c0: Array  # (batch, hidden)
-    y: Array  # (batch, seq, hidden): h_1 .. h_T, the forward's own output
-    gates: Array  # (batch, seq, 4*hidden): i, f, o, g activations
-    cells: Array  # (batch, seq, hidden): c_1 .. c_T
+    path: FastPath | None  # None: the written-once path of xplstm.sequence
+    saved: Any
+    batch: int
+    seq: int
 
 
 class LSTM(Layer):
@@ -58,6 +61,9 @@ class LSTM(Layer):
         device: a device of that backend (``"cpu"``, ``"cuda:0"``, ...); default its default.
         dtype: ``"float32"`` or ``"float64"``; inputs must match it.
         seed: seed for the default initialisation.
+        fast_path: use the backend's fast path where it has one (see ``backends``); it gives
+            the written-once path's results. Also off when ``$XPLSTM_FAST_PATH`` is ``0``.
+            The attribute ``layer.fast_path`` switches it later.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class LSTM(Layer):
         device: Any = None,
         dtype: Any = "float32",
         seed: int | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
@@ -86,6 +93,8 @@ class LSTM(Layer):
             dtype=dtype,
             seed=seed,
         )
+        self.fast_path = fast_path
+        self._fast: tuple[Backend, FastPath | None] | None = None
 
     def _sizes(self) -> str:
         return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
@@ -160,26 +169,14 @@ class LSTM(Layer):
         ``h0`` and ``c0`` are (batch, hidden_size), zeros when omitted. Returns ``(y, h_n, c_n)``:
         ``y`` (batch, seq, hidden_size) holds h_1 .. h_T; ``h_n``, ``c_n`` the final state.
         """
-        xp, hidden = self.xp, self.hidden_size
         self._check("x", x, (None, None, self.input_size), "(batch, seq, input_size)")
         batch, seq, _ = x.shape
         h0 = self._state("h0", h0, batch)
         c0 = self._state("c0", c0, batch)
-        w_x, w_h = (
-            self.weights.values[: self.input_size, :],
-            self.weights.values[self.input_size :, :],
-        )
-        x_flat = xp.reshape(x, (batch * seq, self.input_size))
-        z_x = xp.reshape(x_flat @ w_x + self.bias.values, (batch, seq, 4 * hidden))
-        h, c = h0, c0
-        hs, cs, gates = [], [], []
-        for t in range(seq):
-            h, c, ifog = step_forward(xp, z_x[:, t, :] + h @ w_h, c)
-            hs.append(h)
-            cs.append(c)
-            gates.append(ifog)
-        y = xp.stack(hs, axis=1)
-        self._cache = _Cache(x, h0, c0, y, xp.stack(gates, axis=1), xp.stack(cs, axis=1))
+        path = self._fast_path()
+        run = path.forward if path else partial(sequence.forward, self.xp)
+        y, h, c, saved = run(self.weights.values, self.bias.values, x, h0, c0)
+        self._cache = _Cache(path, saved, batch, seq)
         return y, h, c
 
     def backward(
@@ -195,29 +192,24 @@ class LSTM(Layer):
         cache = self._cache
         if cache is None:
             raise RuntimeError("backward() needs a forward() first: call layer.forward(x) first")
-        xp, hidden, inputs = self.xp, self.hidden_size, self.input_size
-        batch, seq, _ = cache.x.shape
+        batch, hidden = cache.batch, self.hidden_size
         if dy is not None:
-            self._check("dy", dy, (batch, seq, hidden), "(batch, seq, hidden_size) like y")
-        dh = self._state("dh_n", dh_n, batch)
-        dc = self._state("dc_n", dc_n, batch)
-        w_x, w_h = self.weights.values[:inputs, :], self.weights.values[inputs:, :]
-        w_h_t = w_h.T
-        dzs = []
-        for t in range(seq - 1, -1, -1):
-            c_prev = cache.cells[:, t - 1, :] if t > 0 else cache.c0
-            dh_t = dh if dy is None else dy[:, t, :] + dh
-            dz, dc = step_backward(xp, dh_t, dc, cache.gates[:, t, :], cache.cells[:, t, :], c_prev)
-            dh = dz @ w_h_t
-            dzs.append(dz)
-        dz_flat = xp.reshape(xp.stack(dzs[::-1], axis=1), (batch * seq, 4 * hidden))
-        x_flat = xp.reshape(cache.x, (batch * seq, inputs))
-        h_prev = xp.concat([xp.expand_dims(cache.h0, axis=1), cache.y[:, :-1, :]], axis=1)
-        h_prev_flat = xp.reshape(h_prev, (batch * seq, hidden))
-        self.weights.deltas = xp.concat([x_flat.T @ dz_flat, h_prev_flat.T @ dz_flat], axis=0)
-        self.bias.deltas = xp.sum(dz_flat, axis=0)
-        dx = xp.reshape(dz_flat @ w_x.T, (batch, seq, inputs))
-        return dx, dh, dc
+            self._check("dy", dy, (batch, cache.seq, hidden), "(batch, seq, hidden_size) like y")
+        dh_n = self._state("dh_n", dh_n, batch)
+        dc_n = self._state("dc_n", dc_n, batch)
+        run = cache.path.backward if cache.path else partial(sequence.backward, self.xp)
+        dx, dh0, dc0, d_w, d_b = run(self.weights.values, cache.saved, dy, dh_n, dc_n)
+        self.weights.deltas, self.bias.deltas = d_w, d_b
+        return dx, dh0, dc0
+
+    def _fast_path(self) -> FastPath | None:
+        """This layer's fast path on its backend, unless switched off (made once per backend)."""
+        if not self.fast_path or os.environ.get(FAST_PATH_ENV, "1").strip() == "0":
+            return None
+        if self._fast is None or self._fast[0] is not self._backend:
+            path = self._backend.fast_path(sequence.forward, sequence.backward)
+            self._fast = (self._backend, path)
+        return self._fast[1]
 
     # -- input state --------------------------------------------------------------------
     def _state(self, name: str, state: Array | None, batch: int) -> Array:
