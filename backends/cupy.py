@@ -81,5 +81,18 @@ class CuPyBackend(Backend):
         with device or cupy.cuda.Device():
             cupy.cuda.Device().synchronize()
 
+    def peak_memory(self, device: Any) -> int | None:
+        import cupy
+
+        # The pool keeps every block it was given since the reset: its size is the peak.
+        with device:
+            return cupy.get_default_memory_pool().total_bytes()
+
+    def reset_peak_memory(self, device: Any) -> None:
+        import cupy
+
+        with device:
+            cupy.get_default_memory_pool().free_all_blocks()
+
 
 BACKEND = CuPyBackend()

@@ -15,6 +15,7 @@ import numpy as np
 
 import xplstm
 from xplstm import backends, checkpoint, tasks
+from xplstm.bench import add_bench_command
 
 #: Exit status after Ctrl-C, as shells report a command ended by SIGINT.
 INTERRUPTED = 130
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     generate_parser.add_argument("--prime", default=tasks.PRIME, help="text to start from")
     generate_parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     generate_parser.set_defaults(run=generate)
+    add_bench_command(commands)
     return parser
 
 
