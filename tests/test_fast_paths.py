@@ -1,0 +1,143 @@
+"""Every backend's fast path gives the written-once path's outputs and gradients.
+
+Both paths run on the same layer and the same inputs; only ``layer.fast_path`` differs. The
+written-once path is itself held to torch.nn.LSTM by ``test_reference.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xplstm
+from tests.support import random_problem
+from xplstm import backends, sequence
+from xplstm.lstm import FAST_PATH_ENV
+
+#: Fast and written-once paths may round differently (a sigmoid formula, a summation order),
+#: never by more than a few ulps per operation.
+TIGHT = {"float64": {"rtol": 1e-12, "atol": 1e-13}, "float32": {"rtol": 2e-5, "atol": 2e-6}}
+SHAPES = {
+    "small": (3, 5, 4, 6),
+    "batch1": (1, 9, 3, 5),
+    "seq1": (4, 1, 2, 3),
+    "longer": (5, 60, 7, 8),
+}
+OUTPUTS = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "d_weights", "d_bias")
+
+
+def _fast_path_or_skip(target):
+    backend = backends.get(target.backend)
+    if backend.fast_path(sequence.forward, sequence.backward) is None:
+        pytest.skip(f"{target.backend} has no fast path")
+
+
+def run(layer, target, p: dict, dtype: str, state: bool = True, dy: bool = True) -> dict:
+    """Forward and backward on ``layer`` with the problem ``p``; results copied to the host."""
+    cast = {k: target.asarray(v.astype(dtype)) for k, v in p.items()}
+    h0, c0 = (cast["h0"], cast["c0"]) if state else (None, None)
+    y, h_n, c_n = layer.forward(cast["x"], h0, c0)
+    grads = (cast["dh_n"], cast["dc_n"]) if state else (None, None)
+    dx, dh0, dc0 = layer.backward(cast["dy"] if dy else None, *grads)
+    found = (y, h_n, c_n, dx, dh0, dc0, layer.weights.deltas, layer.bias.deltas)
+    return {name: xplstm.to_numpy(a) for name, a in zip(OUTPUTS, found, strict=True)}
+
+
+def both_paths(target, p: dict, dtype: str, **kwargs) -> tuple[dict, dict]:
+    inputs, hidden = p["x"].shape[2], p["h0"].shape[1]
+    layer = target.lstm(
+        inputs,
+        hidden,
+        weights=target.asarray(p["weights"].astype(dtype)),
+        bias=target.asarray(p["bias"].astype(dtype)),
+        dtype=dtype,
+    )
+    assert layer.fast_path, "the fast path is on by default"
+    fast = run(layer, target, p, dtype, **kwargs)
+    assert layer._cache.path is not None, "the fast path did not run"
+    layer.fast_path = False
+    written_once = run(layer, target, p, dtype, **kwargs)
+    assert layer._cache.path is None
+    return fast, written_once
+
+
+def assert_same(fast: dict, written_once: dict, dtype: str) -> None:
+    for name in OUTPUTS:
+        assert fast[name].dtype == np.dtype(dtype), name
+        np.testing.assert_allclose(fast[name], written_once[name], **TIGHT[dtype], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_fast_path_equals_written_once(target, shape, dtype):
+    _fast_path_or_skip(target)
+    p = random_problem(*shape, seed=sum(shape))
+    assert_same(*both_paths(target, p, dtype), dtype)
+
+
+@pytest.mark.parametrize(
+    ("state", "dy"), [(False, True), (True, False)], ids=["zero-state", "no-dy"]
+)
+def test_fast_path_defaults(target, state, dy):
+    """Omitted state and omitted ``dy`` take the same defaults on both paths."""
+    _fast_path_or_skip(target)
+    p = random_problem(2, 6, 3, 4, seed=3)
+    assert_same(*both_paths(target, p, "float64", state=state, dy=dy), "float64")
+
+
+def test_fast_path_saturated_gates(target):
+    """Pre-activations far past where exp overflows: the gates saturate to the same values."""
+    _fast_path_or_skip(target)
+    p = random_problem(2, 4, 3, 4, seed=5)
+    p["x"] = p["x"] * 400.0
+    assert_same(*both_paths(target, p, "float32"), "float32")
+
+
+def test_fast_path_reuses_nothing_it_returned(target):
+    """Workspaces are reused between calls, but nothing returned aliases them."""
+    _fast_path_or_skip(target)
+    p, q = random_problem(3, 5, 2, 4, seed=1), random_problem(3, 5, 2, 4, seed=2)
+    layer = target.lstm(2, 4, dtype="float64", seed=0)
+    first = run(layer, target, p, "float64")
+    held = layer.forward(target.asarray(p["x"]), target.asarray(p["h0"]), target.asarray(p["c0"]))
+    held_dx = layer.backward(target.asarray(p["dy"]))[0]
+    kept = [xplstm.to_numpy(a).copy() for a in (*held, held_dx)]
+    run(layer, target, q, "float64")  # the same shapes: the same workspaces
+    for before, now in zip(kept, (*held, held_dx), strict=True):
+        np.testing.assert_array_equal(xplstm.to_numpy(now), before)
+    again = run(layer, target, p, "float64")
+    for name in OUTPUTS:
+        np.testing.assert_array_equal(again[name], first[name], err_msg=name)
+
+
+def test_fast_path_follows_shape_changes(target):
+    """A new batch or length gets new workspaces; results still equal the written-once path."""
+    _fast_path_or_skip(target)
+    for shape in [(2, 3, 3, 4), (5, 7, 3, 4), (1, 2, 3, 4)]:
+        p = random_problem(*shape, seed=sum(shape))
+        assert_same(*both_paths(target, p, "float64"), "float64")
+
+
+def test_backward_twice_gives_the_same(target):
+    _fast_path_or_skip(target)
+    p = random_problem(2, 5, 3, 4, seed=7)
+    layer = target.lstm(3, 4, dtype="float64", seed=0)
+    first = run(layer, target, p, "float64")
+    again = layer.backward(*(target.asarray(p[k]) for k in ("dy", "dh_n", "dc_n")))
+    for name, value in zip(("dx", "dh0", "dc0"), again, strict=True):
+        np.testing.assert_array_equal(xplstm.to_numpy(value), first[name], err_msg=name)
+    np.testing.assert_array_equal(xplstm.to_numpy(layer.weights.deltas), first["d_weights"])
+
+
+def test_switches(monkeypatch):
+    """``fast_path=False`` and ``$XPLSTM_FAST_PATH=0`` turn the fast path off."""
+    x = np.zeros((1, 2, 3), dtype="float32")
+    layer = xplstm.LSTM(3, 4, backend="numpy", seed=0)
+    layer.forward(x)
+    assert layer._cache.path is not None
+    off = xplstm.LSTM(3, 4, backend="numpy", seed=0, fast_path=False)
+    off.forward(x)
+    assert off._cache.path is None
+    monkeypatch.setenv(FAST_PATH_ENV, "0")
+    layer.forward(x)
+    assert layer._cache.path is None
