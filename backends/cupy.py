@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -80,6 +81,12 @@ class CuPyBackend(Backend):
 
         with device or cupy.cuda.Device():
             cupy.cuda.Device().synchronize()
+
+    def fast_path(self, forward: Callable, backward: Callable) -> Any:
+        """The core's element-wise functions fused by ``cupy.fuse``: see ``_cupy_fast``."""
+        from xplstm.backends._cupy_fast import CuPyFastPath
+
+        return CuPyFastPath(forward, backward)
 
     def peak_memory(self, device: Any) -> int | None:
         import cupy
