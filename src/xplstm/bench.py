@@ -58,6 +58,7 @@ class Row:
     device: Any
     build: Callable[[], Runs]
     matmul_gflops: float | None = None
+    step_matmul_gflops: float | None = None
     memory_method: str = ""
 
 
@@ -74,6 +75,7 @@ class Result:
     gflops: float
     matmul_gflops: float | None
     fraction_of_matmul: float | None
+    step_matmul_gflops: float | None
     peak_mb: float | None = None
     peak_over_cache: float | None = None
     memory_method: str = ""
@@ -143,7 +145,13 @@ def _is_gpu(device: Any) -> bool:
 
 
 def build_rows(
-    names: Sequence[str], paths: Sequence[str], want: str, config: Config, dtype: str, naive: bool
+    names: Sequence[str],
+    paths: Sequence[str],
+    want: str,
+    config: Config,
+    dtype: str,
+    naive: bool,
+    reference: bool,
 ) -> tuple[list[Row], list[str]]:
     """The contenders for one configuration, and why any asked for is missing."""
     batch, seq, inputs, hidden = config
@@ -181,7 +189,7 @@ def build_rows(
                 return xplstm_runs(layer, x, dy)
 
             rows.append(Row(label, backend, device, build))
-    if "torch" in backends.available():
+    if reference and "torch" in backends.available():
         torch_backend = backends.get("torch")
         device = _device_for(torch_backend, want) or torch_backend.default_device()
 
@@ -190,7 +198,7 @@ def build_rows(
             return torch_backend.nn_lstm(hidden, x, torch_backend.from_numpy(host_dy, device))
 
         rows.insert(0, Row(REFERENCE, torch_backend, device, build_reference))
-    else:
+    elif reference:
         skipped.append(f"{REFERENCE}: {backends.unavailable()['torch']}")
     if naive:
         numpy_backend = backends.get("numpy")
@@ -213,14 +221,27 @@ def _timed(row: Row, run: Callable[[], Any]) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def matmul_gflops(backend: Backend, device: Any, dtype: str, repeats: int = 3) -> float:
-    """Throughput of a large square product on this library and device: the ceiling to quote."""
-    n = 4096 if _is_gpu(device) else 1024
-    host = np.random.default_rng(1).standard_normal((n, n)).astype(dtype)
-    a = backend.from_numpy(host, device)
+def matmul_gflops(
+    backend: Backend, device: Any, dtype: str, shape: tuple[int, int, int], repeats: int = 3
+) -> float:
+    """Throughput of ``(m, k) @ (k, n)`` products on this library and device, in GFLOP/s.
+
+    Each timing covers enough back-to-back products to last about a millisecond or more.
+    """
+    m, k, n = shape
+    rng = np.random.default_rng(1)
+    a = backend.from_numpy(rng.standard_normal((m, k)).astype(dtype), device)
+    b = backend.from_numpy(rng.standard_normal((k, n)).astype(dtype), device)
+    count = max(1, int(2e7 // (2 * m * k * n)))
     row = Row("matmul", backend, device, dict)
-    times = [_timed(row, lambda: a @ a) for _ in range(repeats + 1)][1:]
-    return 2.0 * n**3 / (min(times) * 1e-3) / 1e9
+
+    def products() -> Any:
+        for _ in range(count):
+            out = a @ b
+        return out
+
+    times = [_timed(row, products) for _ in range(repeats + 1)][1:]
+    return 2.0 * m * k * n * count / (min(times) * 1e-3) / 1e9
 
 
 def _rss_kb(field_name: str) -> int:
@@ -291,10 +312,11 @@ def run_config(
             results.append(
                 Result(
                     config, mode, row.name, row.backend.name, str(row.device),
-                    [round(t, 3) for t in row_times], round(median, 3),
-                    round(median / reference, 3) if reference else None,
-                    round(gflops, 2), row.matmul_gflops,
-                    round(gflops / row.matmul_gflops, 3) if row.matmul_gflops else None,
+                    [_sig(t) for t in row_times], _sig(median),
+                    _sig(median / reference) if reference else None,
+                    _sig(gflops), row.matmul_gflops,
+                    _sig(gflops / row.matmul_gflops) if row.matmul_gflops else None,
+                    row.step_matmul_gflops,
                 )
             )  # fmt: skip
     del runs
@@ -305,9 +327,14 @@ def run_config(
                 if result.row == row.name and result.mode == "forward+backward":
                     result.memory_method = method
                     if peak is not None:
-                        result.peak_mb = round(peak / 2**20, 2)
-                        result.peak_over_cache = round(peak / cache_bytes, 2)
+                        result.peak_mb = _sig(peak / 2**20)
+                        result.peak_over_cache = _sig(peak / cache_bytes)
     return results
+
+
+def _sig(value: float) -> float:
+    """Four significant digits: what a shared machine's timings can support."""
+    return float(f"{value:.4g}")
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -337,7 +364,7 @@ def environment() -> dict[str, Any]:
 def format_table(results: list[Result]) -> str:
     header = (
         f"{'row':34s} {'ms':>9s} {'x torch':>8s} {'GFLOP/s':>8s} {'of mm':>6s} "
-        f"{'peak MB':>8s} {'/5BTH':>6s}"
+        f"{'step mm':>8s} {'peak MB':>8s} {'/5BTH':>6s}"
     )
     lines, current = [], None
     for r in results:
@@ -350,7 +377,7 @@ def format_table(results: list[Result]) -> str:
         over = f"{r.peak_over_cache:.2f}" if r.peak_over_cache is not None else "-"
         lines.append(
             f"{r.row:34s} {r.median_ms:9.2f} {ratio:>8s} {r.gflops:8.1f} {share:>6s} "
-            f"{peak:>8s} {over:>6s}"
+            f"{r.step_matmul_gflops or 0:8.1f} {peak:>8s} {over:>6s}"
         )
     return "\n".join(lines)
 
@@ -383,12 +410,20 @@ def bench(args: argparse.Namespace) -> int:
     peaks: dict[tuple[str, str], float] = {}
     results, skipped = [], []
     for config in configs:
-        rows, skipped = build_rows(names, args.paths, args.device, config, args.dtype, args.naive)
+        rows, skipped = build_rows(
+            names, args.paths, args.device, config, args.dtype, args.naive, args.reference
+        )
+        per_step: dict[tuple[str, str], float] = {}
         for row in rows:
             key = (row.backend.name, str(row.device))
+            measure = (row.backend, row.device, args.dtype)
             if key not in peaks:
-                peaks[key] = round(matmul_gflops(row.backend, row.device, args.dtype), 1)
-            row.matmul_gflops = peaks[key]
+                n = 4096 if _is_gpu(row.device) else 1024
+                peaks[key] = _sig(matmul_gflops(*measure, (n, n, n)))
+            if key not in per_step:
+                batch, _, _, hidden = config
+                per_step[key] = _sig(matmul_gflops(*measure, (batch, hidden, 4 * hidden)))
+            row.matmul_gflops, row.step_matmul_gflops = peaks[key], per_step[key]
         found = run_config(rows, config, args.modes, args.repeats, args.warmup, args.dtype)
         results += found
         if not args.json:
@@ -439,6 +474,9 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
         help="auto: a GPU where a backend has one (then the GPU configs too)",
     )  # fmt: skip
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the baseline")
+    parser.add_argument(
+        "--no-reference", dest="reference", action="store_false", help=f"skip {REFERENCE}"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON report instead")
     parser.set_defaults(run=bench)
     return parser

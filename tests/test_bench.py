@@ -1,0 +1,65 @@
+"""``xplstm bench`` runs end to end on a tiny configuration (a smoke test: nothing is timed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xplstm import backends
+from xplstm.cli import main
+
+
+def test_bench_json_report(capsys):
+    code = main(
+        ["bench", "--backends", "numpy", "--configs", "2,3,4,5", "--repeats", "1", "--warmup", "0",
+         "--no-reference", "--json"]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = {(r["row"], r["mode"]): r for r in report["results"]}
+    for name in ("xplstm numpy fast", "xplstm numpy written-once", "naive concat (numpy)"):
+        for mode in ("forward", "forward+backward"):
+            row = rows[name, mode]
+            assert row["config"] == [2, 3, 4, 5]
+            assert len(row["times_ms"]) == 1 and row["median_ms"] > 0
+            assert row["gflops"] > 0 and row["matmul_gflops"] > 0
+    fast = rows["xplstm numpy fast", "forward+backward"]
+    assert fast["memory_method"] == "tracemalloc" and fast["peak_mb"] > 0
+    assert report["environment"]["backends"]["numpy"]
+
+
+def test_bench_reference_row(capsys):
+    pytest.importorskip("torch", reason="torch.nn.LSTM is the reference")
+    main(["bench", "--backends", "numpy", "--configs", "1,2,3,4", "--repeats", "1", "--warmup",
+          "0", "--modes", "forward", "--paths", "fast", "--no-naive", "--json"])  # fmt: skip
+    rows = {r["row"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert rows["torch.nn.LSTM"]["ratio_to_torch"] == 1.0
+    assert rows["xplstm numpy fast"]["ratio_to_torch"] > 0
+
+
+def test_bench_table(capsys):
+    main(["bench", "--backends", "numpy", "--configs", "1,2,3,4", "--repeats", "1",
+          "--modes", "forward", "--paths", "fast", "--no-naive", "--no-reference"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "(B,T,I,H) = (1, 2, 3, 4)  forward" in out
+    assert "xplstm numpy fast" in out and "written-once" not in out and "naive" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--configs", "1,2,3"], "a config is B,T,I,H as four positive ints"),
+        (["--modes", "sideways"], "--modes takes forward, forward+backward"),
+        (["--paths", "slow"], "--paths takes fast, written-once"),
+    ],
+)
+def test_bench_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["bench", "--backends", "numpy", *argv])
+    assert message in str(raised.value) + capsys.readouterr().err
+
+
+def test_bench_unknown_backend():
+    with pytest.raises(backends.BackendError, match="unknown backend 'nope'"):
+        main(["bench", "--backends", "nope"])
