@@ -1,0 +1,52 @@
+"""Markdown tables from ``xplstm bench --json`` output, for ``docs/benchmarks.md``.
+
+xplstm bench --json > bench.json && python benchmarks/report.py bench.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown(report: dict) -> str:
+    by_config: dict[tuple, dict[str, dict[str, dict]]] = {}
+    for r in report["results"]:
+        by_config.setdefault(tuple(r["config"]), {}).setdefault(r["row"], {})[r["mode"]] = r
+    lines = [
+        f"`{report['command']}` ({report['dtype']}, {report['warmup']} warm-up, "
+        f"median of {report['repeats']}); matmul GFLOP/s in the same run: "
+        + ", ".join(f"{k} {v:g}" for k, v in report["matmul_gflops"].items()),
+    ]
+    for config, rows in by_config.items():
+        lines += [
+            "",
+            f"**(B,T,I,H) = {config}**",
+            "",
+            "| row | fwd ms | fwd x torch | fwd+bwd ms | fwd+bwd x torch | GFLOP/s | of mm"
+            " | step mm GFLOP/s | peak MB | peak / 5BTH |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, modes in rows.items():
+            f, fb = modes.get("forward", {}), modes.get("forward+backward", {})
+            both = fb or f
+            lines.append(
+                f"| {name} | {_cell(f.get('median_ms'), '.2f')} "
+                f"| {_cell(f.get('ratio_to_torch'), '.2f')} "
+                f"| {_cell(fb.get('median_ms'), '.2f')} "
+                f"| {_cell(fb.get('ratio_to_torch'), '.2f')} "
+                f"| {_cell(both.get('gflops'), '.1f')} "
+                f"| {_cell(both.get('fraction_of_matmul'), '.0%')} "
+                f"| {_cell(both.get('step_matmul_gflops'), '.1f')} "
+                f"| {_cell(fb.get('peak_mb'), '.1f')} | {_cell(fb.get('peak_over_cache'), '.2f')} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as source:
+        print(markdown(json.load(source)))
