@@ -29,7 +29,7 @@ import numpy as np
 
 import xplstm
 from xplstm import backends, sequence
-from xplstm.backends import Backend, BackendError
+from xplstm.backends import Backend
 from xplstm.cell import step_backward, step_forward
 
 CPU_CONFIGS = (
@@ -130,7 +130,7 @@ def _device_for(backend: Backend, want: str) -> Any | None:
     """The backend's GPU for ``want="gpu"``, its CPU for ``"cpu"``, a GPU if any for auto."""
     try:
         gpu = backend.parse_device("cuda")
-    except (BackendError, ValueError):
+    except ValueError:  # BackendError included
         gpu = None
     if want == "gpu":
         return gpu
@@ -401,10 +401,10 @@ def bench(args: argparse.Namespace) -> int:
         backends.get(name)  # a clear error for unknown or missing backends
     for mode in args.modes:
         if mode not in MODES:
-            raise SystemExit(f"xplstm bench: --modes takes {', '.join(MODES)}; got {mode!r}")
+            raise ValueError(f"--modes takes {', '.join(MODES)}; got {mode!r}")
     for path in args.paths:
         if path not in ("fast", "written-once"):
-            raise SystemExit(f"xplstm bench: --paths takes fast, written-once; got {path!r}")
+            raise ValueError(f"--paths takes fast, written-once; got {path!r}")
     probe = [_device_for(backends.get(n), args.device) for n in names]
     on_gpu = any(d is not None and _is_gpu(d) for d in probe)
     configs = args.configs or (GPU_CONFIGS if on_gpu else CPU_CONFIGS)
