@@ -106,7 +106,11 @@ class Backend:
         return np.asarray(x)
 
     def synchronize(self, device: Any = None) -> None:
-        """Wait until queued work on ``device`` has finished (for honest timings)."""
+        """Wait until queued work on ``device`` has finished (for honest timings).
+
+        Libraries with no device-wide barrier (JAX) leave this a no-op and override
+        :meth:`wait`, which waits for given arrays.
+        """
 
     def persist(self, arrays: list[Any]) -> list[Any]:
         """The ``arrays`` computed now, together, when the library is lazy (Dask), so that values

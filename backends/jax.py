@@ -61,11 +61,6 @@ class JaxBackend(Backend):
             )
         return placed
 
-    def synchronize(self, device: Any = None) -> None:
-        import jax
-
-        jax.effects_barrier()
-
     def fast_path(self, forward: Callable, backward: Callable) -> _JitScan:
         return _jit_scan(forward, backward)
 
