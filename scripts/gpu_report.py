@@ -129,7 +129,7 @@ def render(found: dict, pytest_logs: dict[str, str], rows: list[dict], bench: st
                 f"| {r['target']} | {r['dtype']} | {r['shape']} | "
                 f"{r['relative_error']:.2e} | {r['worst_output']} |"
             )
-    lines += ["", "## Benchmark against cuDNN", "", bench or "(not run)", ""]
+    lines += ["", "## Benchmark against cuDNN", "", "```", bench or "(not run)", "```", ""]
     return "\n".join(lines)
 
 
