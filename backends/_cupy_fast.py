@@ -76,6 +76,9 @@ class CuPyFastPath:
 
         self._xp, self._forward, self._backward = xp, forward, backward
 
+    def __deepcopy__(self, memo: dict) -> CuPyFastPath:
+        return self  # stateless: shared by every copy of a layer
+
     def forward(self, w: Any, b: Any, x: Any, h0: Any, c0: Any) -> tuple:
         return self._forward(self._xp, w, b, x, h0, c0, scan=_fused_scan)
 

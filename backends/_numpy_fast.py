@@ -52,6 +52,14 @@ class _Workspace:
             for t in range(seq - 1, -1, -1)
         ]
 
+    def __deepcopy__(self, memo: dict) -> _Workspace:
+        # The per-step views must view the copy's buffers, not be copies of their own.
+        copied = _Workspace(*self.key)
+        for name in ("gates", "cells", "dz", "a", "z_h", "tmp"):
+            getattr(copied, name)[...] = getattr(self, name)
+        memo[id(self)] = copied
+        return copied
+
 
 class NumPyFastPath:
     """Forward and backward for one layer; keeps its workspace between calls."""

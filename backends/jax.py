@@ -104,5 +104,8 @@ class _JitScan:
         self.forward = jax.jit(functools.partial(forward, jnp, scan=_lax_scan))
         self.backward = jax.jit(functools.partial(backward, jnp, scan=_lax_scan))
 
+    def __deepcopy__(self, memo: dict) -> _JitScan:
+        return self  # stateless: compiled functions only, shared by every copy of a layer
+
 
 BACKEND = JaxBackend()

@@ -40,7 +40,8 @@ def run(layer, target, p: dict, dtype: str, state: bool = True, dy: bool = True)
     grads = (cast["dh_n"], cast["dc_n"]) if state else (None, None)
     dx, dh0, dc0 = layer.backward(cast["dy"] if dy else None, *grads)
     found = (y, h_n, c_n, dx, dh0, dc0, layer.weights.deltas, layer.bias.deltas)
-    return {name: xplstm.to_numpy(a) for name, a in zip(OUTPUTS, found, strict=True)}
+    # Copies: to_numpy may return the very array, and the tests below look for aliasing.
+    return {name: np.array(xplstm.to_numpy(a)) for name, a in zip(OUTPUTS, found, strict=True)}
 
 
 def both_paths(target, p: dict, dtype: str, **kwargs) -> tuple[dict, dict]:
@@ -94,28 +95,34 @@ def test_fast_path_saturated_gates(target):
 
 
 def test_fast_path_reuses_nothing_it_returned(target):
-    """Workspaces are reused between calls, but nothing returned aliases them."""
+    """Workspaces are reused between calls, but nothing returned or stored aliases them."""
     _fast_path_or_skip(target)
     p, q = random_problem(3, 5, 2, 4, seed=1), random_problem(3, 5, 2, 4, seed=2)
     layer = target.lstm(2, 4, dtype="float64", seed=0)
     first = run(layer, target, p, "float64")
     held = layer.forward(target.asarray(p["x"]), target.asarray(p["h0"]), target.asarray(p["c0"]))
-    held_dx = layer.backward(target.asarray(p["dy"]))[0]
-    kept = [xplstm.to_numpy(a).copy() for a in (*held, held_dx)]
+    held += layer.backward(*(target.asarray(p[k]) for k in ("dy", "dh_n", "dc_n")))
+    held += (layer.weights.deltas, layer.bias.deltas)
+    kept = [np.array(xplstm.to_numpy(a)) for a in held]
     run(layer, target, q, "float64")  # the same shapes: the same workspaces
-    for before, now in zip(kept, (*held, held_dx), strict=True):
-        np.testing.assert_array_equal(xplstm.to_numpy(now), before)
+    for name, before, now in zip(OUTPUTS, kept, held, strict=True):
+        np.testing.assert_array_equal(xplstm.to_numpy(now), before, err_msg=name)
     again = run(layer, target, p, "float64")
     for name in OUTPUTS:
         np.testing.assert_array_equal(again[name], first[name], err_msg=name)
 
 
 def test_fast_path_follows_shape_changes(target):
-    """A new batch or length gets new workspaces; results still equal the written-once path."""
+    """One layer meets a new batch or length: new workspaces, still the written-once results."""
     _fast_path_or_skip(target)
-    for shape in [(2, 3, 3, 4), (5, 7, 3, 4), (1, 2, 3, 4)]:
+    fast = target.lstm(3, 4, dtype="float64", seed=0)
+    written_once = target.lstm(3, 4, dtype="float64", seed=0, fast_path=False)
+    for shape in [(2, 3, 3, 4), (5, 7, 3, 4), (2, 3, 3, 4), (1, 2, 3, 4), (5, 2, 3, 4)]:
         p = random_problem(*shape, seed=sum(shape))
-        assert_same(*both_paths(target, p, "float64"), "float64")
+        assert_same(
+            run(fast, target, p, "float64"), run(written_once, target, p, "float64"), "float64"
+        )
+        assert fast._cache.path is not None and written_once._cache.path is None
 
 
 def test_backward_twice_gives_the_same(target):
@@ -141,3 +148,19 @@ def test_switches(monkeypatch):
     monkeypatch.setenv(FAST_PATH_ENV, "0")
     layer.forward(x)
     assert layer._cache.path is None
+
+
+def test_a_deep_copy_computes_like_the_original(target):
+    """copy.deepcopy (keeping the best model while training) copies workspaces correctly."""
+    import copy
+
+    p = random_problem(2, 6, 3, 4, seed=4)
+    layer = target.lstm(3, 4, dtype="float64", seed=0)
+    first = run(layer, target, p, "float64")
+    twin = copy.deepcopy(layer)
+    again = layer.backward(*(target.asarray(p[k]) for k in ("dy", "dh_n", "dc_n")))
+    from_twin = twin.backward(*(target.asarray(p[k]) for k in ("dy", "dh_n", "dc_n")))
+    for name, a, b in zip(("dx", "dh0", "dc0"), again, from_twin, strict=True):
+        np.testing.assert_array_equal(xplstm.to_numpy(b), xplstm.to_numpy(a), err_msg=name)
+    for name, value in run(twin, target, p, "float64").items():
+        np.testing.assert_array_equal(value, first[name], err_msg=name)

@@ -3,6 +3,7 @@ a backend and device, moving them, and refusing inputs that do not match them.""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -74,7 +75,6 @@ class Layer:
     """
 
     _backend: Backend
-    xp: Any
     device: Any
     weights: Weights
     bias: Weights
@@ -115,11 +115,24 @@ class Layer:
             param.values = backend.from_numpy(host_values, device)
             param.deltas = backend.from_numpy(host_deltas, device)
         self._backend = backend
-        self.xp = array_api_compat.array_namespace(self.weights.values)
         self.device = array_api_compat.device(self.weights.values)
         self._cache: Any = None
 
+    def __deepcopy__(self, memo: dict) -> Layer:
+        """Copies of the arrays, on the same backend and device (which are shared, not copied)."""
+        copied = copy.copy(self)
+        memo[id(self)] = copied
+        for key, value in vars(self).items():
+            if key not in ("_backend", "device"):
+                setattr(copied, key, copy.deepcopy(value, memo))
+        return copied
+
     # -- public properties --------------------------------------------------------------
+    @property
+    def xp(self) -> Any:
+        """The array-API namespace of the parameters: build inputs with ``layer.xp.asarray``."""
+        return array_api_compat.array_namespace(self.weights.values)
+
     @property
     def backend(self) -> str:
         """The name of the backend holding the parameters."""
@@ -182,5 +195,3 @@ class Layer:
             raise ValueError(f"{name} must have shape {meaning} = {expected}, got {tuple(a.shape)}")
         if any(n == 0 for n in a.shape):
             raise ValueError(f"{name} has an empty axis: shape {tuple(a.shape)}")
-
-

@@ -79,7 +79,10 @@ class Linear(Layer):
         """Back-propagate ``dy`` (the shape of the last output): stores the parameter gradients
         in ``weights.deltas`` and ``bias.deltas`` and returns ``dx``."""
         if self._cache is None:
-            raise RuntimeError("backward() needs a forward() first: call layer.forward(x) first")
+            raise RuntimeError(
+                "backward() needs a forward() first (none since the layer was built or moved "
+                "with .to()): call layer.forward(x) first"
+            )
         x_flat, lead = self._cache
         xp = self.xp
         self._check("dy", dy, (*lead, self.out_features), "the shape of the forward's output")

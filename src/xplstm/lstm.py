@@ -23,6 +23,7 @@ __all__ = ["LSTM", "Weights"]
 
 #: Set to 0 to run the written-once path even where a backend has a fast path.
 FAST_PATH_ENV = "XPLSTM_FAST_PATH"
+_OFF = ("0", "false", "off", "no")
 
 
 @dataclass
@@ -130,6 +131,7 @@ class LSTM(Layer):
         return cls(
             input_size,
             weights.shape[1] // 4,
+            backend=kwargs.pop("backend", owner),  # where the tensors are, not $XPLSTM_BACKEND
             weights=owner.from_numpy(weights.astype(dtype), where),
             bias=owner.from_numpy(bias.astype(dtype), where),
             dtype=dtype,
@@ -191,7 +193,10 @@ class LSTM(Layer):
         """
         cache = self._cache
         if cache is None:
-            raise RuntimeError("backward() needs a forward() first: call layer.forward(x) first")
+            raise RuntimeError(
+                "backward() needs a forward() first (none since the layer was built or moved "
+                "with .to()): call layer.forward(x) first"
+            )
         batch, hidden = cache.batch, self.hidden_size
         if dy is not None:
             self._check("dy", dy, (batch, cache.seq, hidden), "(batch, seq, hidden_size) like y")
@@ -204,7 +209,7 @@ class LSTM(Layer):
 
     def _fast_path(self) -> FastPath | None:
         """This layer's fast path on its backend, unless switched off (made once per backend)."""
-        if not self.fast_path or os.environ.get(FAST_PATH_ENV, "1").strip() == "0":
+        if not self.fast_path or os.environ.get(FAST_PATH_ENV, "1").strip().lower() in _OFF:
             return None
         if self._fast is None or self._fast[0] is not self._backend:
             path = self._backend.fast_path(sequence.forward, sequence.backward)
