@@ -128,6 +128,12 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_model(
         (["--lr", "-1"], "--lr must be positive, got -1.0"),
         (["--seq-len", "1"], "--seq-len must be an integer of at least 2, got 1"),
         (["--backend", "nope"], "unknown backend 'nope'; available here: "),
+        (["--clip", "0"], "--clip must be positive (the largest gradient norm), got 0.0"),
+        (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+        (
+            ["--task", "text", "--seq-len", "18000"],
+            "--seq-len 18000 is too long for the text task: its held-out text has",
+        ),
     ],
 )
 def test_bad_options_say_what_is_wrong(

@@ -137,5 +137,8 @@ def test_generate_samples_from_the_vocabulary_and_checks_the_model() -> None:
     )
     with pytest.raises(ValueError, match=r"reads 2 and writes 1 classes.*not trained on"):
         task.generate(other, "HAMLET:\n", 5)
-    with pytest.raises(ValueError, match=r"temperature must be positive"):
-        task.generate(model, "HAMLET:\n", 5, temperature=0.0)
+    for temperature in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"temperature must be a positive number"):
+            task.generate(model, "HAMLET:\n", 5, temperature=temperature)
+    with pytest.raises(ValueError, match=r"length must be at least 1 character, got -3"):
+        task.generate(model, "HAMLET:\n", -3)

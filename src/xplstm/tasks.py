@@ -313,6 +313,12 @@ class Text(Task):
         codes = self.encode(self.text)
         split = int(len(codes) * (1.0 - self.held_out))
         self.train_codes, self.test_codes = codes[:split], codes[split:]
+        longest = len(self.test_codes) - 1  # at least one held-out window
+        if self.seq_len > longest:
+            raise ValueError(
+                f"--seq-len {self.seq_len} is too long for the text task: its held-out text has "
+                f"{len(self.test_codes)} characters; use --seq-len {longest} or less"
+            )
 
     def encode(self, text: str) -> np.ndarray:
         """Character codes of ``text``; characters outside the vocabulary are an error."""
@@ -363,8 +369,10 @@ class Text(Task):
         """
         if not prime:
             raise ValueError(f"prime must be at least one character, e.g. {PRIME!r}")
-        if temperature <= 0.0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0.0 < temperature < float("inf"):
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        if length < 1:
+            raise ValueError(f"length must be at least 1 character, got {length}")
         rng = np.random.default_rng() if rng is None else rng
         lstm, head = model.layers[0], model.layers[-1]
         if (lstm.input_size, head.out_features) != (self.input_size, self.output_size):

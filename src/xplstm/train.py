@@ -114,6 +114,12 @@ def _checked(settings: Settings) -> tuple[int, int, int, float]:
             raise ValueError(f"--{name} must be a positive integer, got {value!r}")
     if not lr > 0.0:
         raise ValueError(f"--lr must be positive, got {lr!r}")
+    if not settings.clip > 0.0:
+        raise ValueError(
+            f"--clip must be positive (the largest gradient norm), got {settings.clip}"
+        )
+    if settings.seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {settings.seed}")
     if settings.threads < 0:
         raise ValueError(
             f"--threads must be 0 (the library's default) or more, got {settings.threads}"
