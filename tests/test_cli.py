@@ -165,3 +165,11 @@ def test_self_check_catches_a_disagreeing_backend(monkeypatch: pytest.MonkeyPatc
         lambda self, host, device: from_numpy(self, host * 1.01, device),
     )
     assert cli.self_check()["array_api_strict"].startswith("DISAGREES")
+
+
+def test_metrics_json_is_strict_json_even_when_training_diverges() -> None:
+    from xplstm.train import _json_safe
+
+    metrics = {"test_metric": float("nan"), "evaluations": [(50, float("inf")), (100, 0.5)]}
+    text = json.dumps(_json_safe(metrics), allow_nan=False)
+    assert json.loads(text) == {"test_metric": None, "evaluations": [[50, None], [100, 0.5]]}

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -97,6 +99,7 @@ def _interruptible() -> Iterator[threading.Event]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
+        print("\nstopping after this step and saving (Ctrl-C again to quit now)", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -203,6 +206,9 @@ def train(settings: Settings) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
 
     history = _fit(model, task, test, backend, settings, batch, steps, lr)
+    checkpoint.save(
+        out / "model.npz", model
+    )  # first, so that the training is kept whatever follows
 
     test_metric, predictions = evaluate(model, task, test, backend)
     done, seconds = len(history.losses), history.seconds
@@ -235,10 +241,20 @@ def train(settings: Settings) -> dict[str, Any]:
         **task.showcase(model, np.random.default_rng([settings.seed, 2])),
         "out": str(out),
     }
-    checkpoint.save(out / "model.npz", model)
+    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     plot(out / "loss.png", task, history, test, predictions)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities (a diverged run) as ``null``: strict JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def plot(
