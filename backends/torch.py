@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -69,26 +68,6 @@ class TorchBackend(Backend):
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-
-    def nn_lstm(self, hidden: int, x: Any, dy: Any) -> dict[str, Callable[[], Any]]:
-        """torch.nn.LSTM (cuDNN on CUDA) with autograd on ``x``'s device and dtype, for
-        benchmarks: ``forward`` and ``forward+backward`` closures returning what to wait on."""
-        import torch
-
-        module = torch.nn.LSTM(x.shape[-1], hidden, batch_first=True, dtype=x.dtype)
-        module = module.to(x.device)
-        x = x.detach().requires_grad_(True)
-
-        def forward() -> Any:
-            return module(x)[0]
-
-        def forward_backward() -> Any:
-            module.zero_grad(set_to_none=True)
-            x.grad = None
-            module(x)[0].backward(dy)
-            return x.grad
-
-        return {"forward": forward, "forward+backward": forward_backward}
 
 
 BACKEND = TorchBackend()

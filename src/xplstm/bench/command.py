@@ -1,0 +1,130 @@
+"""The ``xplstm bench`` command line: options, the run over configurations, the output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from xplstm import backends
+from xplstm.bench.contenders import REFERENCE, Config, build_rows, device_for, is_gpu
+from xplstm.bench.report import environment, format_table
+from xplstm.bench.timing import Ceilings, ceilings, run_config
+
+CPU_CONFIGS = (
+    (64, 100, 32, 32),
+    (64, 100, 128, 128),
+    (64, 100, 256, 256),
+    (32, 200, 512, 512),
+    (1, 1000, 64, 64),
+)
+GPU_CONFIGS = (*CPU_CONFIGS, (64, 100, 512, 512), (256, 100, 1024, 1024))
+MODES = ("forward", "forward+backward")
+PATHS = ("fast", "written-once")
+#: Backends that exist for correctness (lazy graphs, a strict checker), not speed.
+NOT_BY_DEFAULT = ("array_api_strict", "dask")
+
+
+def _config(text: str) -> Config:
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"a config is B,T,I,H as four positive ints, got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _check_choices(option: str, given: list[str], choices: tuple[str, ...]) -> None:
+    for value in given:
+        if value not in choices:
+            raise ValueError(f"{option} takes {', '.join(choices)}; got {value!r}")
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Benchmark xplstm against torch.nn.LSTM (see ``xplstm bench --help``)."""
+    names = args.backends or [n for n in backends.available() if n not in NOT_BY_DEFAULT]
+    for name in names:
+        backends.get(name)  # a clear error for unknown or missing backends
+    _check_choices("--modes", args.modes, MODES)
+    _check_choices("--paths", args.paths, PATHS)
+    probe = [device_for(backends.get(n), args.device) for n in names]
+    on_gpu = any(d is not None and is_gpu(d) for d in probe)
+    configs = args.configs or (GPU_CONFIGS if on_gpu else CPU_CONFIGS)
+    peaks: dict[str, list[float]] = {}
+    results, skipped = [], []
+    for config in configs:
+        rows, skipped = build_rows(
+            names, args.paths, args.device, config, args.dtype, args.naive, args.reference
+        )
+        # The ceilings are measured again for every configuration, next to its timings.
+        measured: dict[tuple[str, str], Ceilings] = {}
+        for row in rows:
+            key = (row.backend.name, str(row.device))
+            if key not in measured:
+                measured[key] = ceilings(row.backend, row.device, args.dtype, config)
+                peaks.setdefault(" ".join(key), []).append(measured[key].matmul)
+        limits = {row: measured[row.backend.name, str(row.device)] for row in rows}
+        found = run_config(
+            rows, config, args.modes,
+            limits=limits, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
+        )  # fmt: skip
+        results += found
+        if not args.json:
+            print(format_table(found), flush=True)
+    report = {
+        "command": " ".join(["xplstm", *sys.argv[1:]]),
+        "dtype": args.dtype,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "matmul_gflops": {k: statistics.median(v) for k, v in peaks.items()},
+        "skipped": skipped,
+        "environment": environment(),
+        "results": [asdict(r) for r in results],
+    }
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    else:
+        print("\nmatmul GFLOP/s (same run):", report["matmul_gflops"])
+        if skipped:
+            print("skipped:", "; ".join(skipped))
+    return 0
+
+
+def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``xplstm bench`` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "bench", help=bench.__doc__, description="xplstm against torch.nn.LSTM, side by side."
+    )
+    parser.add_argument(
+        "--backends", type=_names, default=None,
+        help=f"comma-separated xplstm backends (default: all available but {NOT_BY_DEFAULT})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--configs", type=_config, nargs="+", default=None, metavar="B,T,I,H",
+        help="shapes to run (default: the standard CPU list, plus GPU sizes on a GPU)",
+    )  # fmt: skip
+    parser.add_argument("--modes", type=_names, default=list(MODES), help=",".join(MODES))
+    parser.add_argument(
+        "--paths", type=_names, default=list(PATHS),
+        help="xplstm paths: fast (where a backend has one), written-once",
+    )  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per row first")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "gpu"), default="auto",
+        help="auto: a GPU where a backend has one (then the GPU configs too)",
+    )  # fmt: skip
+    parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the baseline")
+    parser.add_argument(
+        "--no-reference", dest="reference", action="store_false", help=f"skip {REFERENCE}"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON report instead")
+    parser.set_defaults(run=bench)
+    return parser
