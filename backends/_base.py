@@ -135,10 +135,13 @@ class Backend:
         """Start a new peak for :meth:`peak_memory`."""
 
     # -- speed --------------------------------------------------------------------------
-    def fast_path(self, forward: Callable, backward: Callable) -> FastPath | None:
+    def fast_path(self, forward: Callable, backward: Callable, kernels: Any) -> FastPath | None:
         """A new :class:`FastPath` for one layer, or ``None`` when this backend has none.
 
-        ``forward`` and ``backward`` are the written-once functions of :mod:`xplstm.sequence`;
-        a fast path should transform them (jit, scan, fuse) rather than restate their math.
+        ``forward`` and ``backward`` are the written-once functions of :mod:`xplstm.sequence`,
+        ``kernels`` the cell's element-wise functions (:data:`xplstm.cell.KERNELS`): a fast path
+        transforms them (jit, scan) or passes its own versions of the kernels (fused) rather
+        than restate their math. The one exception is NumPy's (see ``_numpy_fast``): plain
+        NumPy has nothing to transform with, so it restates the math, tested equal.
         """
         return None

@@ -82,11 +82,13 @@ class CuPyBackend(Backend):
         with device or cupy.cuda.Device():
             cupy.cuda.Device().synchronize()
 
-    def fast_path(self, forward: Callable, backward: Callable) -> Any:
+    def fast_path(self, forward: Callable, backward: Callable, kernels: Any) -> Any:
         """The core's element-wise functions fused by ``cupy.fuse``: see ``_cupy_fast``."""
+        import cupy
+
         from xplstm.backends._cupy_fast import CuPyFastPath
 
-        return CuPyFastPath(forward, backward)
+        return CuPyFastPath(cupy, self.namespace(), forward, backward, kernels)
 
     def peak_memory(self, device: Any) -> int | None:
         import cupy

@@ -61,7 +61,7 @@ class JaxBackend(Backend):
             )
         return placed
 
-    def fast_path(self, forward: Callable, backward: Callable) -> _JitScan:
+    def fast_path(self, forward: Callable, backward: Callable, kernels: Any) -> _JitScan:
         return _jit_scan(forward, backward)
 
     def peak_memory(self, device: Any) -> int | None:

@@ -22,7 +22,7 @@ class NumPyBackend(Backend):
 
         return array_api_compat.numpy
 
-    def fast_path(self, forward: Callable, backward: Callable) -> Any:
+    def fast_path(self, forward: Callable, backward: Callable, kernels: Any) -> Any:
         """In-place ufuncs into reused workspaces: see ``_numpy_fast`` (restated, tested equal)."""
         from xplstm.backends._numpy_fast import NumPyFastPath
 

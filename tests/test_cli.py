@@ -12,7 +12,7 @@ import pytest
 
 import xplstm
 from tests.support import Target
-from xplstm import checkpoint, cli, tasks
+from xplstm import checkpoint, cli, sampling, tasks
 
 # `xplstm train` needs these; an offline install with --no-deps (the GPU check) may lack them.
 pytest.importorskip("threadpoolctl", reason="xplstm train limits BLAS threads with threadpoolctl")
@@ -61,7 +61,7 @@ def test_text_run_prints_a_sample_and_generate_samples_more(
 ) -> None:
     _, metrics = train(tmp_path, "text")
     assert metrics["metric_name"] == "bits per character"
-    assert metrics["sample"].startswith(tasks.PRIME) and len(metrics["sample"]) > 300
+    assert metrics["sample"].startswith(sampling.PRIME) and len(metrics["sample"]) > 300
     assert "sample:\n" + metrics["sample"] in capsys.readouterr().out
     model = str(tmp_path / "text" / "model.npz")
     argv = ["generate", "--model", model, "--length", "30", "--prime", "KING:", "--seed", "1"]
@@ -124,9 +124,9 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_model(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--steps", "0"], "--steps must be a positive int, got 0"),
         (["--lr", "-1"], "--lr must be positive, got -1.0"),
-        (["--seq-len", "1"], "--seq-len must be an integer of at least 2, got 1"),
+        (["--seq-len", "1"], "--seq-len must be an int of at least 2, got 1"),
         (["--backend", "nope"], "unknown backend 'nope'; available here: "),
         (["--clip", "0"], "--clip must be positive (the largest gradient norm), got 0.0"),
         (["--seed", "-1"], "--seed must be 0 or more, got -1"),

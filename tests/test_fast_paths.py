@@ -6,13 +6,16 @@ written-once path is itself held to torch.nn.LSTM by ``test_reference.py``.
 
 from __future__ import annotations
 
+import types
+from collections import Counter
+
 import numpy as np
 import pytest
 
 import xplstm
-from tests.support import random_problem
-from xplstm import backends, sequence
-from xplstm.lstm import FAST_PATH_ENV
+from tests.support import Target, random_problem
+from xplstm import backends
+from xplstm.lstm import FAST_PATH_ENV, fast_path_of
 
 #: Fast and written-once paths may round differently (a sigmoid formula, a summation order),
 #: never by more than a few ulps per operation.
@@ -27,8 +30,7 @@ OUTPUTS = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "d_weights", "d_bias")
 
 
 def _fast_path_or_skip(target):
-    backend = backends.get(target.backend)
-    if backend.fast_path(sequence.forward, sequence.backward) is None:
+    if fast_path_of(backends.get(target.backend)) is None:
         pytest.skip(f"{target.backend} has no fast path")
 
 
@@ -164,3 +166,43 @@ def test_a_deep_copy_computes_like_the_original(target):
         np.testing.assert_array_equal(xplstm.to_numpy(b), xplstm.to_numpy(a), err_msg=name)
     for name, value in run(twin, target, p, "float64").items():
         np.testing.assert_array_equal(value, first[name], err_msg=name)
+
+
+def test_cupy_fast_path_runs_through_its_seam(monkeypatch):
+    """The CuPy fast path's own code, run here: a stand-in ``cupy`` made of NumPy functions,
+    whose ``fuse`` records each kernel and returns it unfused, serves as CuPy's fast path on the
+    NumPy backend. Only what ``cupy.fuse`` compiles is left for a GPU to check."""
+    from xplstm.backends._cupy_fast import CuPyFastPath
+
+    fused, calls = [], []
+
+    def fuse(kernel_name: str):
+        def record(kernel):
+            fused.append(kernel_name)
+
+            def counted(*arrays):
+                calls.append(kernel_name)
+                return kernel(*arrays)
+
+            return counted
+
+        return record
+
+    fake_cupy = types.SimpleNamespace(
+        fuse=fuse, exp=np.exp, abs=np.abs, where=np.where, tanh=np.tanh
+    )
+    numpy_backend = backends.get("numpy")
+    monkeypatch.setattr(
+        type(numpy_backend),
+        "fast_path",
+        lambda self, forward, backward, kernels: CuPyFastPath(
+            fake_cupy, self.namespace(), forward, backward, kernels
+        ),
+    )
+    target = Target("numpy", None, "numpy")
+    for dtype in ("float64", "float32"):
+        p = random_problem(3, 7, 4, 5, seed=11)
+        assert_same(*both_paths(target, p, dtype), dtype)
+    kernels = ("xplstm_sigmoid", "xplstm_cell_update", "xplstm_gates_backward")
+    assert Counter(fused) == dict.fromkeys(kernels, 2)  # fused once per layer, one per dtype
+    assert Counter(calls) == dict.fromkeys(kernels, 2 * 7)  # called once per step

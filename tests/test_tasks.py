@@ -9,12 +9,13 @@ import pytest
 
 import xplstm
 from xplstm import tasks
+from xplstm.sampling import generate
 
 
 def test_get_refuses_unknown_tasks_and_bad_lengths() -> None:
     with pytest.raises(ValueError, match=r"unknown task 'add'; choose one of adding, copy"):
         tasks.get("add")
-    with pytest.raises(ValueError, match=r"--seq-len must be an integer of at least 2, got 1"):
+    with pytest.raises(ValueError, match=r"--seq-len must be an int of at least 2, got 1"):
         tasks.get("adding", seq_len=1)
 
 
@@ -129,16 +130,16 @@ def test_generate_samples_from_the_vocabulary_and_checks_the_model() -> None:
         xplstm.LSTM(task.input_size, 8, backend="numpy", seed=0),
         xplstm.Linear(8, task.output_size, backend="numpy", seed=1),
     )
-    first = task.generate(model, "HAMLET:\n", 40, rng=np.random.default_rng(5))
-    again = task.generate(model, "HAMLET:\n", 40, rng=np.random.default_rng(5))
+    first = generate(model, task, "HAMLET:\n", 40, rng=np.random.default_rng(5))
+    again = generate(model, task, "HAMLET:\n", 40, rng=np.random.default_rng(5))
     assert first == again and len(first) == 40 and set(first) <= set(task.vocab)
     other = xplstm.Sequential(
         xplstm.LSTM(2, 8, backend="numpy", seed=0), xplstm.Linear(8, 1, backend="numpy")
     )
     with pytest.raises(ValueError, match=r"reads 2 and writes 1 classes.*not trained on"):
-        task.generate(other, "HAMLET:\n", 5)
+        generate(other, task, "HAMLET:\n", 5)
     for temperature in (0.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"temperature must be a positive number"):
-            task.generate(model, "HAMLET:\n", 5, temperature=temperature)
-    with pytest.raises(ValueError, match=r"length must be at least 1 character, got -3"):
-        task.generate(model, "HAMLET:\n", -3)
+            generate(model, task, "HAMLET:\n", 5, temperature=temperature)
+    with pytest.raises(ValueError, match=r"length must be a positive int, got -3"):
+        generate(model, task, "HAMLET:\n", -3)

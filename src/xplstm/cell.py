@@ -8,15 +8,19 @@ Gate blocks along the last axis are ordered input, forget, output, candidate (i,
     h_t = o * tanh(c_t)
 
 These functions hold the math once. :mod:`xplstm.sequence` drives them over time; a backend's
-fast path may jit, scan or fuse the same functions instead of restating them (``cell_update``
-and ``gates_backward`` are purely element-wise, so a GPU library can fuse each into one kernel).
+fast path may jit or scan the same functions, or hand the steps fused versions of the
+element-wise :data:`KERNELS` (``sigmoid``, ``cell_update``, ``gates_backward``: a GPU library
+can compile each into one kernel) instead of restating them. The one documented restatement is
+NumPy's fast path (``backends/_numpy_fast.py``): plain NumPy has no transformation to apply, so
+it rewrites this math with in-place ufuncs, and ``tests/test_fast_paths.py`` holds it equal.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-Array = Any
+from xplstm.types import Array
 
 
 def sigmoid(xp: Any, z: Array) -> Array:
@@ -34,16 +38,32 @@ def cell_update(
     return o * xp.tanh(c), c
 
 
-def step_forward(xp: Any, z: Array, c_prev: Array) -> tuple[Array, Array, Array]:
+class Kernels(NamedTuple):
+    """The element-wise functions the steps are built from, each called as ``f(xp, *arrays)``.
+
+    The seam for fast paths: a backend passes its own versions (fused, compiled) of these to
+    :func:`step_forward` and :func:`step_backward` through :mod:`xplstm.sequence`, and every
+    other line of the math stays the written-once one.
+    """
+
+    sigmoid: Callable[..., Array]
+    cell_update: Callable[..., tuple[Array, Array]]
+    gates_backward: Callable[..., tuple[Array, Array, Array, Array, Array]]
+
+
+def step_forward(
+    xp: Any, z: Array, c_prev: Array, kernels: Kernels | None = None
+) -> tuple[Array, Array, Array]:
     """One step from pre-activations ``z`` (batch, 4H): returns ``(h, c, ifog)``.
 
     ``ifog`` (batch, 4H) holds the gate activations, kept for the backward step.
     """
+    k = kernels or KERNELS
     hidden = c_prev.shape[-1]
-    ifo = sigmoid(xp, z[:, : 3 * hidden])
+    ifo = k.sigmoid(xp, z[:, : 3 * hidden])
     g = xp.tanh(z[:, 3 * hidden :])
     i, f, o = ifo[:, :hidden], ifo[:, hidden : 2 * hidden], ifo[:, 2 * hidden :]
-    h, c = cell_update(xp, i, f, o, g, c_prev)
+    h, c = k.cell_update(xp, i, f, o, g, c_prev)
     return h, c, xp.concat([ifo, g], axis=-1)
 
 
@@ -64,7 +84,13 @@ def gates_backward(
 
 
 def step_backward(
-    xp: Any, dh: Array, dc: Array, ifog: Array, c: Array, c_prev: Array
+    xp: Any,
+    dh: Array,
+    dc: Array,
+    ifog: Array,
+    c: Array,
+    c_prev: Array,
+    kernels: Kernels | None = None,
 ) -> tuple[Array, Array]:
     """Backward through one step's gates: returns ``(dz, dc_prev)``.
 
@@ -75,5 +101,9 @@ def step_backward(
     hidden = c.shape[-1]
     i, f = ifog[:, :hidden], ifog[:, hidden : 2 * hidden]
     o, g = ifog[:, 2 * hidden : 3 * hidden], ifog[:, 3 * hidden :]
-    di, df, do, dg, dc_prev = gates_backward(xp, dh, dc, i, f, o, g, c, c_prev)
+    di, df, do, dg, dc_prev = (kernels or KERNELS).gates_backward(xp, dh, dc, i, f, o, g, c, c_prev)
     return xp.concat([di, df, do, dg], axis=-1), dc_prev
+
+
+#: The written-once element-wise functions of this module: the default kernels of every step.
+KERNELS = Kernels(sigmoid, cell_update, gates_backward)

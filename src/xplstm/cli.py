@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import xplstm
-from xplstm import backends, checkpoint, tasks
+from xplstm import backends, checkpoint, sampling, tasks
 from xplstm.bench import add_bench_command
 
 #: Exit status after Ctrl-C, as shells report a command ended by SIGINT.
@@ -103,7 +103,7 @@ def generate(args: argparse.Namespace) -> int:
     task = tasks.get("text")
     prime = args.prime.replace("\\n", "\n")
     rng = np.random.default_rng(args.seed)
-    text = task.generate(model, prime, args.length, temperature=args.temperature, rng=rng)
+    text = sampling.generate(model, task, prime, args.length, args.temperature, rng)
     print(prime + text)
     return 0
 
@@ -157,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     generate_parser.add_argument("--model", required=True, help="DIR/model.npz of a text run")
     generate_parser.add_argument("--length", type=int, default=500, help="characters to sample")
     generate_parser.add_argument("--temperature", type=float, default=0.8)
-    generate_parser.add_argument("--prime", default=tasks.PRIME, help="text to start from")
+    generate_parser.add_argument("--prime", default=sampling.PRIME, help="text to start from")
     generate_parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     generate_parser.set_defaults(run=generate)
     add_bench_command(commands)

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from xplstm.resolver import to_numpy
-
-Array = Any
+from xplstm.types import Array
 
 
 def _gates(hidden: int) -> np.ndarray:

@@ -13,12 +13,22 @@ import numpy as np
 from xplstm import backends
 from xplstm.backends import Backend
 from xplstm.resolver import resolve, to_numpy
-
-Array = Any
+from xplstm.types import Array
 
 _DTYPES = ("float32", "float64")
 
 LayerT = TypeVar("LayerT", bound="Layer")
+CacheT = TypeVar("CacheT")
+
+
+def last_forward(cache: CacheT | None) -> CacheT:
+    """What the last ``forward`` kept for ``backward``; an error saying what to do if none."""
+    if cache is None:
+        raise RuntimeError(
+            "backward() needs a forward() first (none since the layer was built or moved "
+            "with .to()): call layer.forward(x) first"
+        )
+    return cache
 
 
 @dataclass
@@ -35,13 +45,6 @@ def dtype_name(dtype: Any) -> str:
         if str(dtype) == name or str(dtype).endswith((f".{name}", f".{name}'>")):
             return name
     raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` when it is a positive int, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _host_parameter(

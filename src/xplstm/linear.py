@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 from xplstm.backends import Backend
-from xplstm.layer import Layer, positive_int
-
-Array = Any
+from xplstm.checks import positive_int
+from xplstm.layer import Layer, last_forward
+from xplstm.types import Array
 
 
 class Linear(Layer):
@@ -78,12 +78,7 @@ class Linear(Layer):
     def backward(self, dy: Array) -> Array:
         """Back-propagate ``dy`` (the shape of the last output): stores the parameter gradients
         in ``weights.deltas`` and ``bias.deltas`` and returns ``dx``."""
-        if self._cache is None:
-            raise RuntimeError(
-                "backward() needs a forward() first (none since the layer was built or moved "
-                "with .to()): call layer.forward(x) first"
-            )
-        x_flat, lead = self._cache
+        x_flat, lead = last_forward(self._cache)
         xp = self.xp
         self._check("dy", dy, (*lead, self.out_features), "the shape of the forward's output")
         dy_flat = xp.reshape(dy, (x_flat.shape[0], self.out_features))

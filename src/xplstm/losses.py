@@ -13,8 +13,7 @@ from typing import Any
 import array_api_compat
 
 from xplstm import backends
-
-Array = Any
+from xplstm.types import Array
 
 
 def _namespace(first: tuple[str, Array], second: tuple[str, Array]) -> Any:

@@ -11,12 +11,12 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from xplstm import backends, interop, sequence
+from xplstm import backends, cell, interop, sequence
 from xplstm.backends import Backend, FastPath
-from xplstm.layer import Layer, Weights, dtype_name, positive_int
+from xplstm.checks import positive_int
+from xplstm.layer import Layer, Weights, dtype_name, last_forward
 from xplstm.resolver import to_numpy
-
-Array = Any
+from xplstm.types import Array
 
 __all__ = ["LSTM", "Weights"]
 
@@ -34,6 +34,11 @@ class _Cache:
     saved: Any
     batch: int
     seq: int
+
+
+def fast_path_of(backend: Backend) -> FastPath | None:
+    """A new fast path of ``backend`` over the written-once functions, or ``None``."""
+    return backend.fast_path(sequence.forward, sequence.backward, cell.KERNELS)
 
 
 class LSTM(Layer):
@@ -191,12 +196,7 @@ class LSTM(Layer):
         when omitted, and ``dy`` may be omitted too). Stores the parameter gradients in
         ``weights.deltas`` and ``bias.deltas`` and returns ``(dx, dh0, dc0)``.
         """
-        cache = self._cache
-        if cache is None:
-            raise RuntimeError(
-                "backward() needs a forward() first (none since the layer was built or moved "
-                "with .to()): call layer.forward(x) first"
-            )
+        cache = last_forward(self._cache)
         batch, hidden = cache.batch, self.hidden_size
         if dy is not None:
             self._check("dy", dy, (batch, cache.seq, hidden), "(batch, seq, hidden_size) like y")
@@ -212,7 +212,7 @@ class LSTM(Layer):
         if not self.fast_path or os.environ.get(FAST_PATH_ENV, "1").strip().lower() in _OFF:
             return None
         if self._fast is None or self._fast[0] is not self._backend:
-            path = self._backend.fast_path(sequence.forward, sequence.backward)
+            path = fast_path_of(self._backend)
             self._fast = (self._backend, path)
         return self._fast[1]
 

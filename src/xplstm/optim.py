@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
 
 import array_api_compat
 
 from xplstm import backends
 from xplstm.layer import Weights
 from xplstm.resolver import to_numpy
-
-Array = Any
+from xplstm.types import Array
 
 
 def _in_range(name: str, value: float, low: float, high: float, *, low_open: bool) -> float:

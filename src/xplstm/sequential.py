@@ -7,9 +7,8 @@ from typing import Any
 import array_api_compat
 
 from xplstm.backends import Backend
-from xplstm.layer import Layer, Weights
-
-Array = Any
+from xplstm.layer import Layer, Weights, last_forward
+from xplstm.types import Array
 
 
 def _first(result: Any) -> Any:
@@ -37,10 +36,7 @@ class LastStep:
     def backward(self, d_last: Array) -> Array:
         """The gradient with respect to the whole sequence: ``d_last`` at the last step, zeros
         before it."""
-        shape = getattr(self, "_shape", None)
-        if shape is None:
-            raise RuntimeError("backward() needs a forward() first: call layer.forward(y) first")
-        batch, seq, features = shape
+        batch, seq, features = last_forward(getattr(self, "_shape", None))
         if tuple(d_last.shape) != (batch, features):
             raise ValueError(
                 f"d_last must have the shape of the last forward's output {(batch, features)}, "

@@ -15,11 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from xplstm import backends, losses
-from xplstm.resolver import to_numpy
-
-Array = Any
-
+from xplstm import losses
+from xplstm.checks import positive_int
+from xplstm.sampling import PRIME, generate
+from xplstm.types import Array
 
 #: Class targets are int32: JAX without 64-bit mode has no int64, and every backend has int32.
 CLASS_DTYPE = "int32"
@@ -68,9 +67,7 @@ class Task:
 
     def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:
         seq_len = self.defaults["seq_len"] if seq_len is None else seq_len
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-            raise ValueError(f"--seq-len must be an integer of at least 2, got {seq_len!r}")
-        self.seq_len = seq_len
+        self.seq_len = positive_int("--seq-len", seq_len, minimum=2)
         self.seed = seed
 
     def sample(self, rng: np.random.Generator, n: int) -> Data:
@@ -352,58 +349,13 @@ class Text(Task):
         return mean_loss / math.log(2)
 
     def showcase(self, model: Any, rng: np.random.Generator) -> dict[str, str]:
-        return {"sample": PRIME + self.generate(model, PRIME, 300, rng=rng)}
-
-    def generate(
-        self,
-        model: Any,
-        prime: str,
-        length: int,
-        temperature: float = 0.8,
-        rng: np.random.Generator | None = None,
-    ) -> str:
-        """``length`` characters sampled from ``model`` (an LSTM then a Linear) after ``prime``.
-
-        Lower ``temperature`` samples more conservatively; sampling happens on the host with
-        ``rng``, so a seed gives the same text on every backend.
-        """
-        if not prime:
-            raise ValueError(f"prime must be at least one character, e.g. {PRIME!r}")
-        if not 0.0 < temperature < float("inf"):
-            raise ValueError(f"temperature must be a positive number, got {temperature}")
-        if length < 1:
-            raise ValueError(f"length must be at least 1 character, got {length}")
-        rng = np.random.default_rng() if rng is None else rng
-        lstm, head = model.layers[0], model.layers[-1]
-        if (lstm.input_size, head.out_features) != (self.input_size, self.output_size):
-            raise ValueError(
-                f"this model reads {lstm.input_size} and writes {head.out_features} classes, "
-                f"but the text task has {self.input_size} characters: it was not trained on "
-                "the text task (train one with `xplstm train --task text`)"
-            )
-        backend = backends.backend_of(lstm.weights.values)
-        eye = np.eye(self.input_size, dtype="float32")
-        codes, state = self.encode(prime), (None, None)
-        sampled = []
-        for _ in range(length):
-            x = lstm.xp.astype(backend.from_numpy(eye[codes][None], lstm.device), lstm.dtype)
-            y, *state = lstm.forward(x, *state)
-            logits = to_numpy(head.forward(y[:, -1, :]))[0].astype("float64") / temperature
-            p = np.exp(logits - logits.max())
-            code = int(rng.choice(self.input_size, p=p / p.sum()))
-            sampled.append(self.vocab[code])
-            codes = np.array([code])
-        return "".join(sampled)
+        return {"sample": PRIME + generate(model, self, PRIME, 300, rng=rng)}
 
     @property
     def baseline(self) -> float:
         counts = np.bincount(self.train_codes, minlength=self.input_size) + 1.0
         probabilities = counts / counts.sum()
         return float(-np.mean(np.log2(probabilities[self.test_set().targets])))
-
-
-#: What text samples start from: a speaker's name, as in the play.
-PRIME = "HAMLET:\n"
 
 
 def corpus() -> str:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import xplstm
 from xplstm import checkpoint, optim, tasks
+from xplstm.checks import positive_int
 from xplstm.resolver import resolve, to_numpy
 
 #: Examples per forward pass when evaluating, to bound memory on long sequences.
@@ -113,8 +114,7 @@ def _checked(settings: Settings) -> tuple[int, int, int, float]:
     hidden, batch, steps, lr = (settings.setting(n) for n in ("hidden", "batch", "steps", "lr"))
     counts = {"hidden": hidden, "batch": batch, "steps": steps, "eval-every": settings.eval_every}
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+        positive_int(f"--{name}", value)
     if not lr > 0.0:
         raise ValueError(f"--lr must be positive, got {lr!r}")
     if not settings.clip > 0.0:

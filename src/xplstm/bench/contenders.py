@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 import xplstm
-from xplstm import backends, sequence
+from xplstm import backends
 from xplstm.backends import Backend
 from xplstm.cell import step_backward, step_forward
+from xplstm.lstm import fast_path_of
 
 #: The reference every ratio is taken against.
 REFERENCE = "torch.nn.LSTM"
@@ -138,7 +139,7 @@ def build_rows(
         if device is None:
             skipped.append(f"{name}: no {want} device")
             continue
-        has_fast = backend.fast_path(sequence.forward, sequence.backward) is not None
+        has_fast = fast_path_of(backend) is not None
         for path in paths:
             if path == "fast" and not has_fast:
                 continue
