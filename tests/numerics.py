@@ -39,17 +39,3 @@ def random_indices(
 def directional_derivative(f: Callable[[float], float]) -> float:
     """d f(t) / d t at t = 0 by central differences: checks a whole gradient along one direction."""
     return (f(EPS) - f(-EPS)) / (2 * EPS)
-
-
-#: How close an analytic float64 gradient must come to the central difference: rounding in
-#: f(x +- eps) is about 1e-16 * |f| / eps, so a few parts in 1e9 for the sizes tested here.
-FD_TOLERANCE = {"rtol": 1e-6, "atol": 1e-8}
-
-
-def assert_gradient(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
-    """An analytic gradient (any backend, float64) against its finite-difference estimate."""
-    from xplstm import to_numpy
-
-    host = to_numpy(actual)
-    assert host.dtype == np.float64, f"{name}: dtype {host.dtype}"
-    np.testing.assert_allclose(host, expected, **FD_TOLERANCE, err_msg=name)

@@ -5,13 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 import xplstm
 from xplstm import backends
+from xplstm.layer import dtype_name
 
-#: Tolerances by dtype, for comparing against a float64 reference on the host.
-TOLERANCES = {"float64": {"rtol": 1e-9, "atol": 1e-11}, "float32": {"rtol": 2e-4, "atol": 2e-5}}
+#: Named tolerance levels, ``(rtol, atol)`` by dtype: the one table every comparison draws from.
+TOLERANCES = {
+    # The same operations in the same order: equal bit for bit.
+    "exact": {"float64": (0.0, 0.0), "float32": (0.0, 0.0)},
+    # The same math rounded differently (a sigmoid formula, a summation order, another BLAS):
+    # a few ulps per operation, over a short chain of them.
+    "ulps": {"float64": (1e-12, 1e-14), "float32": (2e-5, 2e-6)},
+    # Against an independent reference (torch, another backend) computed in float64: float32
+    # drifts by about 1e-7 per operation over tens of recurrent steps.
+    "reference": {"float64": (1e-9, 1e-11), "float32": (2e-4, 2e-5)},
+    # Analytic gradients against central differences in float64 (tests/numerics.py): rounding
+    # in f(x +- eps) is about 1e-16 * |f| / eps, a few parts in 1e9 at the sizes tested.
+    "finite-difference": {"float64": (1e-6, 1e-8)},
+}
 
 
 #: Every target the suite knows: (backend, device as a user would write it, test id).
@@ -63,18 +77,102 @@ class Target:
         return backends.get(self.backend).from_numpy(np.asarray(host), self.device)
 
 
-def assert_close(actual: Any, expected: np.ndarray, layer: xplstm.LSTM, name: str = "") -> None:
-    """Check namespace, device, dtype, shape, then values against a host reference."""
-    assert layer.xp is backends.backend_of(actual).namespace() or (
-        backends.backend_of(actual).name == layer.backend
-    ), f"{name}: {type(actual)} is not a {layer.backend} array"
-    import array_api_compat
+def _expected_placement(like: Any) -> tuple[Any, Any, str | None]:
+    """The namespace, device and dtype name (``None``: any) that ``like`` stands for: a
+    :class:`Target`, a layer or model (its parameters), or an array."""
+    if isinstance(like, Target):
+        return backends.get(like.backend).namespace(), like.device, None
+    if hasattr(like, "xp") and hasattr(like, "device"):  # a layer or a Sequential
+        return like.xp, like.device, dtype_name(like.dtype)
+    return (
+        array_api_compat.array_namespace(like),
+        array_api_compat.device(like),
+        dtype_name(like.dtype),
+    )
 
-    assert array_api_compat.device(actual) == layer.device, f"{name}: wrong device"
-    assert actual.dtype == layer.dtype, f"{name}: dtype {actual.dtype} != {layer.dtype}"
-    assert tuple(actual.shape) == expected.shape, f"{name}: shape {actual.shape}"
-    tolerance = TOLERANCES[np.dtype(xplstm.to_numpy(actual).dtype).name]
-    np.testing.assert_allclose(xplstm.to_numpy(actual), expected, **tolerance, err_msg=name)
+
+def assert_placed(
+    actual: Any, *, like: Any, shape: tuple[int, ...] | None = None, name: str = ""
+) -> None:
+    """``actual`` is an array of ``like``'s namespace, on its device, in its dtype (with ``like``
+    a :class:`Target`: any float dtype), and of ``shape`` when given."""
+    __tracebackhide__ = True
+    what = f"{name}: " if name else ""
+    namespace, device, dtype = _expected_placement(like)
+    found = array_api_compat.array_namespace(actual)
+    assert found is namespace, f"{what}a {found.__name__} array, expected {namespace.__name__}"
+    assert array_api_compat.device(actual) == device, (
+        f"{what}on device {array_api_compat.device(actual)}, expected {device}"
+    )
+    found_dtype = dtype_name(actual.dtype)
+    assert dtype in (None, found_dtype), f"{what}dtype {found_dtype}, expected {dtype}"
+    assert shape is None or tuple(actual.shape) == tuple(shape), (
+        f"{what}shape {tuple(actual.shape)}, expected {tuple(shape)}"
+    )
+
+
+def assert_close(
+    actual: Any,
+    expected: Any,
+    *,
+    like: Any,
+    level: str = "reference",
+    rtol: float | None = None,
+    atol: float | None = None,
+    name: str = "",
+) -> None:
+    """Check ``actual``'s namespace, device, dtype and shape (see :func:`assert_placed`), then
+    its values against ``expected`` (any array; copied to the host) within a named tolerance
+    ``level`` for ``actual``'s dtype, or the ``rtol``/``atol`` given."""
+    __tracebackhide__ = True
+    host_expected = np.asarray(xplstm.to_numpy(expected))
+    assert_placed(actual, like=like, shape=host_expected.shape, name=name)
+    levels = TOLERANCES[level]
+    found_dtype = dtype_name(actual.dtype)
+    if found_dtype not in levels:
+        raise ValueError(f"tolerance level {level!r} has no {found_dtype} entry")
+    default_rtol, default_atol = levels[found_dtype]
+    np.testing.assert_allclose(
+        xplstm.to_numpy(actual),
+        host_expected,
+        rtol=default_rtol if rtol is None else rtol,
+        atol=default_atol if atol is None else atol,
+        err_msg=name,
+    )
+
+
+#: What :func:`forward_backward` returns, in order.
+OUTPUTS = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "d_weights", "d_bias")
+
+
+def forward_backward(
+    layer: xplstm.LSTM, target: Target, p: dict, *, state: bool = True, dy: bool = True
+) -> dict[str, Any]:
+    """Forward and backward of ``layer`` on the problem ``p`` (see :func:`random_problem`), cast
+    to the layer's dtype and placed on ``target``: every output and gradient, as the layer's
+    arrays, by the names of :data:`OUTPUTS`. ``state=False`` omits h0, c0, dh_n and dc_n (the
+    defaults), ``dy=False`` omits dy."""
+    dtype = dtype_name(layer.dtype)
+    cast = {k: target.asarray(v.astype(dtype)) for k, v in p.items()}
+    h0, c0 = (cast["h0"], cast["c0"]) if state else (None, None)
+    y, h_n, c_n = layer.forward(cast["x"], h0, c0)
+    grads = (cast["dh_n"], cast["dc_n"]) if state else (None, None)
+    dx, dh0, dc0 = layer.backward(cast["dy"] if dy else None, *grads)
+    found = (y, h_n, c_n, dx, dh0, dc0, layer.weights.deltas, layer.bias.deltas)
+    return dict(zip(OUTPUTS, found, strict=True))
+
+
+def layer_for(target: Target, p: dict, dtype: str, **kwargs: Any) -> xplstm.LSTM:
+    """A layer on ``target`` with the parameters of the problem ``p``, in ``dtype``."""
+    inputs, hidden = p["x"].shape[2], p["h0"].shape[1]
+    return target.lstm(
+        inputs,
+        hidden,
+        weights=target.asarray(p["weights"].astype(dtype)),
+        bias=target.asarray(p["bias"].astype(dtype)),
+        dtype=dtype,
+        **kwargs,
+    )
 
 
 def random_problem(batch: int, seq: int, inputs: int, hidden: int, seed: int = 0) -> dict:

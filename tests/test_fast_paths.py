@@ -13,20 +13,23 @@ import numpy as np
 import pytest
 
 import xplstm
-from tests.support import Target, random_problem
+from tests.support import (
+    OUTPUTS,
+    Target,
+    assert_close,
+    forward_backward,
+    layer_for,
+    random_problem,
+)
 from xplstm import backends
 from xplstm.lstm import FAST_PATH_ENV, fast_path_of
 
-#: Fast and written-once paths may round differently (a sigmoid formula, a summation order),
-#: never by more than a few ulps per operation.
-TIGHT = {"float64": {"rtol": 1e-12, "atol": 1e-13}, "float32": {"rtol": 2e-5, "atol": 2e-6}}
 SHAPES = {
     "small": (3, 5, 4, 6),
     "batch1": (1, 9, 3, 5),
     "seq1": (4, 1, 2, 3),
     "longer": (5, 60, 7, 8),
 }
-OUTPUTS = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "d_weights", "d_bias")
 
 
 def _fast_path_or_skip(target):
@@ -34,40 +37,27 @@ def _fast_path_or_skip(target):
         pytest.skip(f"{target.backend} has no fast path")
 
 
-def run(layer, target, p: dict, dtype: str, state: bool = True, dy: bool = True) -> dict:
-    """Forward and backward on ``layer`` with the problem ``p``; results copied to the host."""
-    cast = {k: target.asarray(v.astype(dtype)) for k, v in p.items()}
-    h0, c0 = (cast["h0"], cast["c0"]) if state else (None, None)
-    y, h_n, c_n = layer.forward(cast["x"], h0, c0)
-    grads = (cast["dh_n"], cast["dc_n"]) if state else (None, None)
-    dx, dh0, dc0 = layer.backward(cast["dy"] if dy else None, *grads)
-    found = (y, h_n, c_n, dx, dh0, dc0, layer.weights.deltas, layer.bias.deltas)
-    # Copies: to_numpy may return the very array, and the tests below look for aliasing.
-    return {name: np.array(xplstm.to_numpy(a)) for name, a in zip(OUTPUTS, found, strict=True)}
+def host_copies(results: dict) -> dict:
+    """Copies on the host: to_numpy may return the very array, and aliasing is looked for."""
+    return {name: np.array(xplstm.to_numpy(a)) for name, a in results.items()}
 
 
-def both_paths(target, p: dict, dtype: str, **kwargs) -> tuple[dict, dict]:
-    inputs, hidden = p["x"].shape[2], p["h0"].shape[1]
-    layer = target.lstm(
-        inputs,
-        hidden,
-        weights=target.asarray(p["weights"].astype(dtype)),
-        bias=target.asarray(p["bias"].astype(dtype)),
-        dtype=dtype,
-    )
+def both_paths(target, p: dict, dtype: str, **kwargs) -> tuple[dict, dict, xplstm.LSTM]:
+    """One layer's results with its fast path, then with the written-once path."""
+    layer = layer_for(target, p, dtype)
     assert layer.fast_path, "the fast path is on by default"
-    fast = run(layer, target, p, dtype, **kwargs)
+    fast = forward_backward(layer, target, p, **kwargs)
     assert layer._cache.path is not None, "the fast path did not run"
     layer.fast_path = False
-    written_once = run(layer, target, p, dtype, **kwargs)
+    written_once = forward_backward(layer, target, p, **kwargs)
     assert layer._cache.path is None
-    return fast, written_once
+    return fast, written_once, layer
 
 
-def assert_same(fast: dict, written_once: dict, dtype: str) -> None:
+def assert_same(fast: dict, written_once: dict, layer: xplstm.LSTM) -> None:
+    """Fast and written-once paths may round differently, never by more than a few ulps."""
     for name in OUTPUTS:
-        assert fast[name].dtype == np.dtype(dtype), name
-        np.testing.assert_allclose(fast[name], written_once[name], **TIGHT[dtype], err_msg=name)
+        assert_close(fast[name], written_once[name], like=layer, level="ulps", name=name)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -75,7 +65,7 @@ def assert_same(fast: dict, written_once: dict, dtype: str) -> None:
 def test_fast_path_equals_written_once(target, shape, dtype):
     _fast_path_or_skip(target)
     p = random_problem(*shape, seed=sum(shape))
-    assert_same(*both_paths(target, p, dtype), dtype)
+    assert_same(*both_paths(target, p, dtype))
 
 
 @pytest.mark.parametrize(
@@ -85,7 +75,7 @@ def test_fast_path_defaults(target, state, dy):
     """Omitted state and omitted ``dy`` take the same defaults on both paths."""
     _fast_path_or_skip(target)
     p = random_problem(2, 6, 3, 4, seed=3)
-    assert_same(*both_paths(target, p, "float64", state=state, dy=dy), "float64")
+    assert_same(*both_paths(target, p, "float64", state=state, dy=dy))
 
 
 def test_fast_path_saturated_gates(target):
@@ -93,7 +83,7 @@ def test_fast_path_saturated_gates(target):
     _fast_path_or_skip(target)
     p = random_problem(2, 4, 3, 4, seed=5)
     p["x"] = p["x"] * 400.0
-    assert_same(*both_paths(target, p, "float32"), "float32")
+    assert_same(*both_paths(target, p, "float32"))
 
 
 def test_fast_path_reuses_nothing_it_returned(target):
@@ -101,17 +91,13 @@ def test_fast_path_reuses_nothing_it_returned(target):
     _fast_path_or_skip(target)
     p, q = random_problem(3, 5, 2, 4, seed=1), random_problem(3, 5, 2, 4, seed=2)
     layer = target.lstm(2, 4, dtype="float64", seed=0)
-    first = run(layer, target, p, "float64")
-    held = layer.forward(target.asarray(p["x"]), target.asarray(p["h0"]), target.asarray(p["c0"]))
-    held += layer.backward(*(target.asarray(p[k]) for k in ("dy", "dh_n", "dc_n")))
-    held += (layer.weights.deltas, layer.bias.deltas)
-    kept = [np.array(xplstm.to_numpy(a)) for a in held]
-    run(layer, target, q, "float64")  # the same shapes: the same workspaces
-    for name, before, now in zip(OUTPUTS, kept, held, strict=True):
-        np.testing.assert_array_equal(xplstm.to_numpy(now), before, err_msg=name)
-    again = run(layer, target, p, "float64")
+    held = forward_backward(layer, target, p)
+    kept = host_copies(held)
+    forward_backward(layer, target, q)  # the same shapes: the same workspaces
+    again = forward_backward(layer, target, p)
     for name in OUTPUTS:
-        np.testing.assert_array_equal(again[name], first[name], err_msg=name)
+        assert_close(held[name], kept[name], like=layer, level="exact", name=name)
+        assert_close(again[name], kept[name], like=layer, level="exact", name=name)
 
 
 def test_fast_path_follows_shape_changes(target):
@@ -121,9 +107,8 @@ def test_fast_path_follows_shape_changes(target):
     written_once = target.lstm(3, 4, dtype="float64", seed=0, fast_path=False)
     for shape in [(2, 3, 3, 4), (5, 7, 3, 4), (2, 3, 3, 4), (1, 2, 3, 4), (5, 2, 3, 4)]:
         p = random_problem(*shape, seed=sum(shape))
-        assert_same(
-            run(fast, target, p, "float64"), run(written_once, target, p, "float64"), "float64"
-        )
+        from_fast = forward_backward(fast, target, p)
+        assert_same(from_fast, forward_backward(written_once, target, p), fast)
         assert fast._cache.path is not None and written_once._cache.path is None
 
 
@@ -131,11 +116,11 @@ def test_backward_twice_gives_the_same(target):
     _fast_path_or_skip(target)
     p = random_problem(2, 5, 3, 4, seed=7)
     layer = target.lstm(3, 4, dtype="float64", seed=0)
-    first = run(layer, target, p, "float64")
+    first = host_copies(forward_backward(layer, target, p))
     again = layer.backward(*(target.asarray(p[k]) for k in ("dy", "dh_n", "dc_n")))
-    for name, value in zip(("dx", "dh0", "dc0"), again, strict=True):
-        np.testing.assert_array_equal(xplstm.to_numpy(value), first[name], err_msg=name)
-    np.testing.assert_array_equal(xplstm.to_numpy(layer.weights.deltas), first["d_weights"])
+    again += (layer.weights.deltas, layer.bias.deltas)
+    for name, value in zip(OUTPUTS[3:], again, strict=True):
+        assert_close(value, first[name], like=layer, level="exact", name=name)
 
 
 def test_switches(monkeypatch):
@@ -158,14 +143,14 @@ def test_a_deep_copy_computes_like_the_original(target):
 
     p = random_problem(2, 6, 3, 4, seed=4)
     layer = target.lstm(3, 4, dtype="float64", seed=0)
-    first = run(layer, target, p, "float64")
+    first = host_copies(forward_backward(layer, target, p))
     twin = copy.deepcopy(layer)
     again = layer.backward(*(target.asarray(p[k]) for k in ("dy", "dh_n", "dc_n")))
     from_twin = twin.backward(*(target.asarray(p[k]) for k in ("dy", "dh_n", "dc_n")))
     for name, a, b in zip(("dx", "dh0", "dc0"), again, from_twin, strict=True):
-        np.testing.assert_array_equal(xplstm.to_numpy(b), xplstm.to_numpy(a), err_msg=name)
-    for name, value in run(twin, target, p, "float64").items():
-        np.testing.assert_array_equal(value, first[name], err_msg=name)
+        assert_close(b, a, like=layer, level="exact", name=name)
+    for name, value in forward_backward(twin, target, p).items():
+        assert_close(value, first[name], like=twin, level="exact", name=name)
 
 
 def test_cupy_fast_path_runs_through_its_seam(monkeypatch):
@@ -202,7 +187,7 @@ def test_cupy_fast_path_runs_through_its_seam(monkeypatch):
     target = Target("numpy", None, "numpy")
     for dtype in ("float64", "float32"):
         p = random_problem(3, 7, 4, 5, seed=11)
-        assert_same(*both_paths(target, p, dtype), dtype)
+        assert_same(*both_paths(target, p, dtype))
     kernels = ("xplstm_sigmoid", "xplstm_cell_update", "xplstm_gates_backward")
     assert Counter(fused) == dict.fromkeys(kernels, 2)  # fused once per layer, one per dtype
     assert Counter(calls) == dict.fromkeys(kernels, 2 * 7)  # called once per step

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 import xplstm
-from tests.numerics import assert_gradient, numeric_partials, random_indices
-from tests.support import random_problem
+from tests.numerics import numeric_partials, random_indices
+from tests.support import assert_close, assert_placed, random_problem
 
 
 def test_finite_differences(target):
@@ -35,6 +35,6 @@ def test_finite_differences(target):
         # A few random coordinates of each input: enough to catch any wrong term.
         indices = random_indices(rng, p[name].shape, 6)
         expected = numeric_partials(lambda v, name=name: loss(p | {name: v}), p[name], indices)
-        host = xplstm.to_numpy(grad)
-        assert host.shape == p[name].shape, f"d{name}: shape {host.shape}"
-        assert_gradient(host[tuple(zip(*indices, strict=True))], expected, f"d{name}")
+        assert_placed(grad, like=layer, shape=p[name].shape, name=f"d{name}")
+        picked = xplstm.to_numpy(grad)[tuple(zip(*indices, strict=True))]
+        assert_close(picked, expected, like=picked, level="finite-difference", name=f"d{name}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import xplstm
-from tests.support import assert_close
+from tests.support import assert_close, forward_backward, random_problem
 
 torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
 
@@ -21,27 +21,19 @@ def torch_lstm(inputs: int, hidden: int, seed: int = 0, **kwargs) -> torch.nn.LS
     return module
 
 
-def torch_run(module, x: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> dict[str, np.ndarray]:
+def torch_run(module, p: dict) -> dict[str, np.ndarray]:
+    """The module's outputs on the problem ``p`` (see tests.support.random_problem)."""
+    x, h0, c0 = (torch.from_numpy(p[k]) for k in ("x", "h0", "c0"))
     with torch.no_grad():
-        y, (h_n, c_n) = module(
-            torch.from_numpy(x), (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None])
-        )
+        y, (h_n, c_n) = module(x, (h0[None], c0[None]))
     return {"y": y.numpy(), "h_n": h_n[0].numpy(), "c_n": c_n[0].numpy()}
 
 
-def inputs(batch: int, seq: int, features: int, hidden: int) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(7)
-    return (
-        rng.standard_normal((batch, seq, features)),
-        rng.standard_normal((batch, hidden)) * 0.5,
-        rng.standard_normal((batch, hidden)) * 0.5,
-    )
-
-
-def our_run(layer, target, *host: np.ndarray) -> dict:
-    dtype = np.dtype(xplstm.to_numpy(layer.weights.values).dtype).name
-    y, h_n, c_n = layer(*(target.asarray(a.astype(dtype)) for a in host))
-    return {"y": y, "h_n": h_n, "c_n": c_n}
+def assert_outputs(layer, target, p: dict, expected: dict) -> None:
+    """The layer's y, h_n and c_n on ``p`` equal ``expected``."""
+    actual = forward_backward(layer, target, p)
+    for name in ("y", "h_n", "c_n"):
+        assert_close(actual[name], expected[name], like=layer, name=name)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -51,10 +43,8 @@ def test_from_torch_gives_torch_outputs(target, dtype):
         module, backend=target.backend, device=target.device, dtype=dtype
     )
     assert (layer.input_size, layer.hidden_size, layer.backend) == (3, 5, target.backend)
-    host = inputs(2, 7, 3, 5)
-    expected = torch_run(module, *host)
-    for name, value in our_run(layer, target, *host).items():
-        assert_close(value, expected[name], layer, name)
+    p = random_problem(2, 7, 3, 5, seed=7)
+    assert_outputs(layer, target, p, torch_run(module, p))
 
 
 def test_to_torch_state_dict_loads_into_torch_with_the_same_outputs(target):
@@ -72,10 +62,8 @@ def test_to_torch_state_dict_loads_into_torch_with_the_same_outputs(target):
     )
     module = torch.nn.LSTM(4, 3, batch_first=True, dtype=torch.float64)
     module.load_state_dict(state)
-    host = inputs(3, 5, 4, 3)
-    expected = torch_run(module, *host)
-    for name, value in our_run(layer, target, *host).items():
-        assert_close(value, expected[name], layer, name)
+    p = random_problem(3, 5, 4, 3, seed=7)
+    assert_outputs(layer, target, p, torch_run(module, p))
 
 
 def test_torch_round_trip_is_exact_with_the_biases_summed():
@@ -94,12 +82,13 @@ def test_lstm_cell_and_bias_free_modules():
     torch.manual_seed(0)
     cell = torch.nn.LSTMCell(3, 2, dtype=torch.float64)
     layer = xplstm.LSTM.from_torch(cell, backend="numpy")
-    x, h0, c0 = inputs(4, 1, 3, 2)
+    p = random_problem(4, 1, 3, 2, seed=7)
     with torch.no_grad():
-        h, c = cell(torch.from_numpy(x[:, 0]), (torch.from_numpy(h0), torch.from_numpy(c0)))
-    _, h_n, c_n = layer(x, h0, c0)
-    np.testing.assert_allclose(h_n, h.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(c_n, c.numpy(), rtol=1e-12)
+        x, h0, c0 = (torch.from_numpy(a) for a in (p["x"][:, 0], p["h0"], p["c0"]))
+        h, c = cell(x, (h0, c0))
+    _, h_n, c_n = layer(p["x"], p["h0"], p["c0"])
+    assert_close(h_n, h.numpy(), like=layer, level="ulps", name="h_n")
+    assert_close(c_n, c.numpy(), like=layer, level="ulps", name="c_n")
     no_bias = xplstm.LSTM.from_torch(torch.nn.LSTM(3, 2, bias=False), backend="numpy")
     assert not np.any(no_bias.bias.values) and str(no_bias.dtype) == "float32"
 
@@ -159,27 +148,23 @@ def test_from_keras_gives_keras_outputs(target):
     weights = keras_weights(3, 4)
     layer = xplstm.LSTM.from_keras(weights, backend=target.backend, device=target.device)
     assert str(xplstm.to_numpy(layer.weights.values).dtype) == "float64"
-    host = inputs(2, 6, 3, 4)
-    expected = keras_reference(*host, *weights)
-    for name, value in our_run(layer, target, *host).items():
-        assert_close(value, expected[name], layer, name)
+    p = random_problem(2, 6, 3, 4, seed=7)
+    assert_outputs(layer, target, p, keras_reference(p["x"], p["h0"], p["c0"], *weights))
 
 
 def test_to_keras_weights_give_our_outputs_in_keras(target):
     layer = target.lstm(3, 2, dtype="float64", seed=5)
-    kernel, recurrent, bias = layer.to_keras_weights()
+    kernel, recurrent, bias = weights = layer.to_keras_weights()
     assert (kernel.shape, recurrent.shape, bias.shape) == ((3, 8), (2, 8), (8,))
-    host = inputs(2, 4, 3, 2)
-    expected = keras_reference(*host, kernel, recurrent, bias)
-    for name, value in our_run(layer, target, *host).items():
-        assert_close(value, expected[name], layer, name)
+    p = random_problem(2, 4, 3, 2, seed=7)
+    assert_outputs(layer, target, p, keras_reference(p["x"], p["h0"], p["c0"], *weights))
 
 
 def test_keras_round_trip_is_exact():
     weights = [w.astype("float32") for w in keras_weights(5, 3)]
     back = xplstm.LSTM.from_keras(weights).to_keras_weights()
     for ours, theirs in zip(back, weights, strict=True):
-        np.testing.assert_array_equal(ours, theirs)
+        assert_close(ours, theirs, like=theirs, level="exact")
     no_bias = xplstm.LSTM.from_keras(weights[:2])
     assert not np.any(no_bias.to_keras_weights()[2])
 

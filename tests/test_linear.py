@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import xplstm
-from tests.numerics import assert_gradient, directional_derivative, numeric_gradient
+from tests.numerics import directional_derivative, numeric_gradient
 from tests.support import assert_close
 
 SHAPES = {"sequence": (2, 3, 4), "flat": (5, 4)}
@@ -35,7 +35,7 @@ def test_forward_matches_torch_linear(target, shape, dtype):
         dtype=dtype,
     )
     expected = module(torch.from_numpy(x)).detach().numpy()
-    assert_close(layer(target.asarray(x.astype(dtype))), expected, layer, "y")
+    assert_close(layer(target.asarray(x.astype(dtype))), expected, like=layer, name="y")
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -60,7 +60,7 @@ def test_gradients_match_finite_differences(target, shape):
     actual = {"weights": layer.weights.deltas, "bias": layer.bias.deltas, "x": dx}
     for name, value in actual.items():
         expected = numeric_gradient(lambda v, name=name: loss(host | {name: v}), host[name])
-        assert_gradient(value, expected, f"d_{name}")
+        assert_close(value, expected, like=layer, level="finite-difference", name=f"d_{name}")
         assert tuple(value.shape) == expected.shape and value.dtype == layer.dtype
 
 
@@ -70,10 +70,8 @@ def test_init_is_seeded_bounded_and_the_same_on_every_backend(target):
     assert values.dtype == np.float32
     assert np.all(np.abs(values) <= 0.25) and values.std() > 0.1
     reference = xplstm.Linear(16, 5, backend="numpy", seed=3)
-    np.testing.assert_array_equal(values, xplstm.to_numpy(reference.weights.values))
-    np.testing.assert_array_equal(
-        xplstm.to_numpy(layer.bias.values), xplstm.to_numpy(reference.bias.values)
-    )
+    assert_close(layer.weights.values, reference.weights.values, like=layer, level="exact")
+    assert_close(layer.bias.values, reference.bias.values, like=layer, level="exact")
 
 
 def test_linear_refuses_bad_inputs(target):
@@ -110,10 +108,10 @@ def test_last_step_forward_and_gradient(target):
     d_last = rng.standard_normal((2, 3))
     step = xplstm.LastStep()
     out = step(target.asarray(y))
-    np.testing.assert_array_equal(xplstm.to_numpy(out), y[:, -1, :])
+    assert_close(out, y[:, -1, :], like=target, level="exact")
     dy = step.backward(target.asarray(d_last))
     expected = numeric_gradient(lambda v: float(np.sum(v[:, -1, :] * d_last)), y)
-    assert_gradient(dy, expected, "dy")
+    assert_close(dy, expected, like=target, level="finite-difference", name="dy")
     assert xplstm.backends.backend_of(dy).name == target.backend
     assert dy.dtype == out.dtype
     assert step.parameters() == [] and step.to("numpy") is step and repr(step) == "LastStep()"

@@ -44,4 +44,4 @@ def test_shapes_dtypes_and_values(target, batch, seq, inputs, hidden, dtype, see
     for name, a, e in zip(
         ("y", "h_n", "c_n", "dx", "dh0", "dc0", "dW", "db"), actual, expected, strict=True
     ):
-        assert_close(a, e, layer, name)  # checks namespace, device, dtype, shape, values
+        assert_close(a, e, like=layer, name=name)  # namespace, device, dtype, shape, values

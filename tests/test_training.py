@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import xplstm
+from tests.support import assert_close
 from xplstm import losses, optim
 
 #: Backends that run a few hundred eager steps in about a second. JAX without jit (~15 s here)
@@ -85,7 +86,7 @@ def train_steps(backend: str, device, steps: int) -> list[np.ndarray]:
         model.backward(d_prediction)
         optim.clip_grad_norm(model.parameters(), 0.1)
         optimizer.step()
-    return [xplstm.to_numpy(p.values) for p in model.parameters()]
+    return [p.values for p in model.parameters()]
 
 
 def test_every_backend_trains_exactly_as_numpy(target):
@@ -95,4 +96,4 @@ def test_every_backend_trains_exactly_as_numpy(target):
     with one_torch_thread():
         actual = train_steps(target.backend, target.device, 3)
     for ours, reference in zip(actual, expected, strict=True):
-        np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-12)
+        assert_close(ours, reference, like=target, level="reference")
