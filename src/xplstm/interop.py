@@ -1,4 +1,5 @@
-"""Exact conversion of LSTM weights between xplstm's layout and PyTorch's or Keras's, on the host.
+"""Exact conversion of LSTM weights between xplstm's layout and PyTorch's, Keras's or ONNX's, on the
+host.
 
 xplstm keeps one matrix ``weights`` (input_size + hidden_size, 4H) with rows ``[input; hidden]``
 and gate column blocks i, f, o, g, and one ``bias`` (4H,). The others differ only in
@@ -10,7 +11,11 @@ arrangement:
   (u, 4u), ``bias`` (4u,), gate column blocks i, f, c, o (c is xplstm's g), with the default
   ``activation="tanh"`` and ``recurrent_activation="sigmoid"``.
 
-Both foreign orders are i, f, g, o: swapping the last two blocks maps either way.
+- ONNX's ``LSTM`` operator (one direction): ``W`` (4H, input_size), ``R`` (4H, H), gate row blocks
+  i, o, f, c, and ``B`` (8H,) holding the input and the recurrent biases, added together.
+
+Torch's and Keras's orders are i, f, g, o: swapping the last two blocks maps either way. ONNX's
+is i, o, f, g: swapping the middle two maps either way.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ from xplstm.resolver import to_numpy
 from xplstm.types import Array
 
 
-def _gates(hidden: int) -> np.ndarray:
-    """Column indices that turn i, f, g, o blocks into i, f, o, g (and back: it is its own
-    inverse)."""
-    return np.arange(4 * hidden).reshape(4, hidden)[[0, 1, 3, 2]].reshape(-1)
+def _gates(hidden: int, blocks: tuple[int, int, int, int] = (0, 1, 3, 2)) -> np.ndarray:
+    """Column indices that reorder the four gate blocks as ``blocks`` says: by default i, f, g, o
+    into i, f, o, g and back (a swap of two blocks is its own inverse)."""
+    return np.arange(4 * hidden).reshape(4, hidden)[list(blocks)].reshape(-1)
 
 
 def _expect(name: str, array: np.ndarray, shape: tuple[int, ...], meaning: str) -> None:
@@ -122,3 +127,17 @@ def to_keras(weights: np.ndarray, bias: np.ndarray, input_size: int) -> list[np.
         np.ascontiguousarray(weights[input_size:, gates]),
         np.ascontiguousarray(bias[gates]),
     ]
+
+
+def to_onnx(
+    weights: np.ndarray, bias: np.ndarray, input_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(W, R, B)`` of one direction of ONNX's ``LSTM`` operator (host) from xplstm's: ``W``
+    (4H, input_size), ``R`` (4H, H), gate blocks i, o, f, c; the bias in the first half of ``B``
+    (8H,), zeros in the second."""
+    gates = _gates(bias.shape[0] // 4, (0, 2, 1, 3))
+    return (
+        np.ascontiguousarray(weights[:input_size, gates].T),
+        np.ascontiguousarray(weights[input_size:, gates].T),
+        np.concatenate([bias[gates], np.zeros_like(bias)]),
+    )
