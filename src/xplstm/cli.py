@@ -1,8 +1,9 @@
-"""The ``xplstm`` command: ``info``, ``train`` and ``generate``.
+"""The ``xplstm`` command: ``info``, ``train``, ``generate``, ``export`` and ``bench``.
 
 xplstm info                       the backends found here, and whether they agree
 xplstm train --task adding        train an LSTM on a task; writes runs/adding/
 xplstm generate --model runs/text/model.npz   sample text from a text model
+xplstm export --model runs/adding/model.npz --onnx adding.onnx   the model as an ONNX graph
 """
 
 from __future__ import annotations
@@ -108,6 +109,19 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    """Write a checkpoint as an ONNX graph that ONNX Runtime (or any ONNX runtime) runs."""
+    from xplstm import onnx as onnx_export  # needs the onnx package: pip install 'xplstm[onnx]'
+
+    model = checkpoint.load(args.model, backend="numpy")
+    options = {"dtype": args.dtype} | ({} if args.opset is None else {"opset": args.opset})
+    proto = onnx_export.export(model, args.onnx, **options)
+    opset = proto.opset_import[0].version
+    print(f"wrote {args.onnx} (ONNX opset {opset}) from {args.model}:")
+    print(onnx_export.summary(proto))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xplstm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,6 +174,22 @@ def _parser() -> argparse.ArgumentParser:
     generate_parser.add_argument("--prime", default=sampling.PRIME, help="text to start from")
     generate_parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     generate_parser.set_defaults(run=generate)
+
+    export_parser = commands.add_parser(
+        "export", help="write a checkpoint as an ONNX graph", description=export.__doc__
+    )
+    export_parser.add_argument("--model", required=True, help="a checkpoint, e.g. DIR/model.npz")
+    export_parser.add_argument("--onnx", required=True, help="the ONNX file to write")
+    export_parser.add_argument(
+        "--opset", type=int, help="ONNX opset version (default: xplstm.onnx.DEFAULT_OPSET, 18)"
+    )
+    export_parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        help="the graph's float type (default: the model's; a float64 model needs it said, as "
+        "ONNX Runtime's CPU LSTM runs float32 only)",
+    )
+    export_parser.set_defaults(run=export)
     add_bench_command(commands)
     return parser
 
@@ -169,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:
-        # Bad options, files or backends: say what was wrong, without a traceback.
+    except (ValueError, OSError, ImportError) as error:
+        # Bad options, files, backends or a missing optional package: say what was wrong,
+        # without a traceback.
         parser.exit(2, f"xplstm {args.command}: error: {error}\n")
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it
         print(f"xplstm {args.command}: interrupted", file=sys.stderr)

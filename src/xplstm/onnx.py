@@ -71,6 +71,9 @@ def export(
     The file is replaced only once it is complete.
     """
     proto = to_onnx(model, opset=opset, dtype=dtype)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {os.fspath(path)}: there is no folder {folder}")
     partial = f"{os.fspath(path)}.partial"
     onnx.save_model(proto, partial)
     os.replace(partial, path)
