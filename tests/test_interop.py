@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import xplstm
-from tests.support import assert_close, forward_backward, random_problem
+from tests.support import Target, assert_close, forward_backward, random_problem
 
 torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
 
@@ -113,64 +115,103 @@ def test_from_torch_refuses_what_it_cannot_convert():
 
 
 # -- Keras ------------------------------------------------------------------------------
-# Keras is not installed here. The reference below restates the Keras LSTM equations
-# (keras.layers.LSTMCell with its defaults activation="tanh", recurrent_activation="sigmoid";
-# see _compute_carry_and_output_fused in keras/src/layers/rnn/lstm.py):
-#     z = x_t @ kernel + h_{t-1} @ recurrent_kernel + bias;  z0, z1, z2, z3 = split(z, 4)
-#     i = sigmoid(z0); f = sigmoid(z1); c = f * c_{t-1} + i * tanh(z2); o = sigmoid(z3)
-#     h = o * tanh(c)
-# It is written from those equations alone, in Keras's own layout, not from xplstm's code.
+# Real Keras 3 on its JAX backend. Keras computes in float32 here, its default: in float64 its
+# tanh returns float32 (keras.ops dtype promotion in keras 3.15.1, about 1e-8 off), so the
+# comparisons are float32's.
 
 
-def keras_reference(x, h, c, kernel, recurrent_kernel, bias):
-    def sigmoid(z):
-        return 1.0 / (1.0 + np.exp(-z))
-
-    ys = []
-    for t in range(x.shape[1]):
-        z0, z1, z2, z3 = np.split(x[:, t] @ kernel + h @ recurrent_kernel + bias, 4, axis=1)
-        c = sigmoid(z1) * c + sigmoid(z0) * np.tanh(z2)
-        h = sigmoid(z3) * np.tanh(c)
-        ys.append(h)
-    return {"y": np.stack(ys, axis=1), "h_n": h, "c_n": c}
+@pytest.fixture(scope="module")
+def keras():
+    # Keras 3 imports TensorFlow unless KERAS_BACKEND names another backend; jax is in '.[test]'.
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    return pytest.importorskip(
+        "keras", reason=f"Keras 3 on KERAS_BACKEND={os.environ['KERAS_BACKEND']}: '.[test]'"
+    )
 
 
-def keras_weights(inputs: int, units: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(3)
-    return [
-        rng.uniform(-0.7, 0.7, (inputs, 4 * units)),
-        rng.uniform(-0.7, 0.7, (units, 4 * units)),
-        rng.uniform(-0.7, 0.7, 4 * units),
-    ]
+def keras_lstm(keras, inputs: int, units: int, seed: int | None = 3, **kwargs):
+    """A built ``keras.layers.LSTM`` returning sequences and states; with ``seed``, all of its
+    weights (the bias included) drawn from U(-0.7, 0.7), else Keras's own initialisation."""
+    layer = keras.layers.LSTM(units, return_sequences=True, return_state=True, **kwargs)
+    layer.build((None, None, inputs))
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
+    return layer
 
 
-def test_from_keras_gives_keras_outputs(target):
-    weights = keras_weights(3, 4)
-    layer = xplstm.LSTM.from_keras(weights, backend=target.backend, device=target.device)
-    assert str(xplstm.to_numpy(layer.weights.values).dtype) == "float64"
+def keras_run(keras, layer, p: dict) -> dict[str, np.ndarray]:
+    """The Keras layer's outputs on the problem ``p`` (see tests.support.random_problem)."""
+    x, h0, c0 = (p[k].astype("float32") for k in ("x", "h0", "c0"))
+    y, h_n, c_n = layer(x, initial_state=[h0, c0])
+    return {k: keras.ops.convert_to_numpy(v) for k, v in (("y", y), ("h_n", h_n), ("c_n", c_n))}
+
+
+@pytest.fixture(scope="module")
+def keras_source(keras) -> tuple[list[np.ndarray], dict, dict]:
+    """A Keras LSTM's random weights, a problem, and the Keras LSTM's outputs on it."""
+    layer = keras_lstm(keras, 3, 4)
     p = random_problem(2, 6, 3, 4, seed=7)
-    assert_outputs(layer, target, p, keras_reference(p["x"], p["h0"], p["c0"], *weights))
+    return layer.get_weights(), p, keras_run(keras, layer, p)
 
 
-def test_to_keras_weights_give_our_outputs_in_keras(target):
-    layer = target.lstm(3, 2, dtype="float64", seed=5)
-    kernel, recurrent, bias = weights = layer.to_keras_weights()
-    assert (kernel.shape, recurrent.shape, bias.shape) == ((3, 8), (2, 8), (8,))
+def ours_for_keras(target: Target) -> xplstm.LSTM:
+    layer = target.lstm(3, 2, seed=5)
+    layer.bias.values = target.asarray(np.linspace(-1.0, 1.0, 8).astype("float32"))
+    return layer
+
+
+@pytest.fixture(scope="module")
+def keras_of_ours(keras) -> tuple[list[np.ndarray], dict, dict]:
+    """The Keras weights of ``ours_for_keras``, a problem, and the outputs on it of a Keras LSTM
+    given those weights."""
+    weights = ours_for_keras(Target("numpy", None, "numpy")).to_keras_weights()
+    destination = keras_lstm(keras, 3, 2, seed=None)
+    destination.set_weights(weights)
     p = random_problem(2, 4, 3, 2, seed=7)
-    assert_outputs(layer, target, p, keras_reference(p["x"], p["h0"], p["c0"], *weights))
+    return weights, p, keras_run(keras, destination, p)
 
 
-def test_keras_round_trip_is_exact():
-    weights = [w.astype("float32") for w in keras_weights(5, 3)]
+def test_from_keras_gives_keras_outputs(target, keras_source):
+    weights, p, expected = keras_source
+    layer = xplstm.LSTM.from_keras(weights, backend=target.backend, device=target.device)
+    assert (layer.input_size, layer.hidden_size, layer.backend) == (3, 4, target.backend)
+    assert str(xplstm.to_numpy(layer.weights.values).dtype) == "float32"  # Keras's dtype
+    assert_outputs(layer, target, p, expected)
+
+
+def test_to_keras_weights_give_our_outputs_in_keras(target, keras_of_ours):
+    weights, p, expected = keras_of_ours
+    layer = ours_for_keras(target)
+    kernel, recurrent, bias = layer.to_keras_weights()
+    assert (kernel.shape, recurrent.shape, bias.shape) == ((3, 8), (2, 8), (8,))
+    for ours, fed_to_keras in zip((kernel, recurrent, bias), weights, strict=True):
+        assert_close(ours, fed_to_keras, like=fed_to_keras, level="exact")
+    assert_outputs(layer, target, p, expected)
+
+
+def test_keras_round_trip_is_exact(keras):
+    weights = keras_lstm(keras, 5, 3).get_weights()
     back = xplstm.LSTM.from_keras(weights).to_keras_weights()
     for ours, theirs in zip(back, weights, strict=True):
         assert_close(ours, theirs, like=theirs, level="exact")
-    no_bias = xplstm.LSTM.from_keras(weights[:2])
-    assert not np.any(no_bias.to_keras_weights()[2])
+    # Keras's own initialisation (unit_forget_bias) puts 1.0 in the forget gate's bias only.
+    fresh = xplstm.LSTM.from_keras(keras_lstm(keras, 5, 3, seed=None).get_weights())
+    forget_only = np.repeat(np.array([0.0, 1.0, 0.0, 0.0], dtype="float32"), 3)
+    assert_close(fresh.bias.values, forget_only, like=fresh, level="exact")
 
 
-def test_from_keras_refuses_bad_weights():
-    kernel, recurrent, bias = keras_weights(3, 2)
+def test_a_keras_lstm_without_bias(keras):
+    source = keras_lstm(keras, 3, 2, use_bias=False)
+    assert len(source.get_weights()) == 2
+    layer = xplstm.LSTM.from_keras(source.get_weights(), backend="numpy")
+    assert not np.any(layer.to_keras_weights()[2])
+    p = random_problem(2, 3, 3, 2, seed=7)
+    assert_outputs(layer, Target("numpy", None, "numpy"), p, keras_run(keras, source, p))
+
+
+def test_from_keras_refuses_bad_weights(keras):
+    kernel, recurrent, bias = keras_lstm(keras, 3, 2).get_weights()
     with pytest.raises(ValueError, match=r"as a list \[kernel, recurrent_kernel, bias\]"):
         xplstm.LSTM.from_keras([kernel])
     with pytest.raises(ValueError, match=r"recurrent_kernel must have shape \(units, 4 \* units\)"):
