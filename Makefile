@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# setuptools notes on every editable install of a package not laid out as plain src/ (ours maps
+# backends/ into it) that a folder named like the package could shadow it; none is at the root.
+QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation:UserWarning"
 
 .PHONY: demo test lint clean gpu-wheels gpu-check
 
@@ -11,12 +14,12 @@ $(BIN)/python:
 
 # The library alone (numpy, array-api-compat, tqdm, matplotlib, threadpoolctl): enough for the demo.
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install -q -e .
 	touch $@
 
 # The library and everything the tests compare against (torch==2.13.0 CPU, jax, dask, ...).
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed-base
 
 demo: $(VENV)/.installed-base

@@ -268,3 +268,19 @@ def test_cli_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture, monkey
     monkeypatch.delattr(xplstm, "onnx")
     model = tmp_path / "model.npz"
     assert "pip install 'xplstm[onnx]'" in error("--dtype", "float32")
+
+
+def test_the_readme_deploy_example_runs(tmp_path: Path, monkeypatch) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    # The model `xplstm train --task adding` trains: LSTM(2, 32), its last step, Linear(32, 1).
+    model = xplstm.Sequential(
+        xplstm.LSTM(2, 32, seed=0), xplstm.LastStep(), xplstm.Linear(32, 1, seed=1)
+    )
+    exporter.export(model, tmp_path / "adding.onnx")
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    exec(compile(example, "README.md (Deploy)", "exec"), names)
+    expected = ours(model, names["x"])
+    assert_outputs([names["y"], names["h_n"], names["c_n"]], expected, "float32")
