@@ -44,6 +44,7 @@ except ImportError as error:
 
 import xplstm
 from xplstm import interop
+from xplstm.checkpoint import Model
 from xplstm.layer import dtype_name
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
@@ -53,8 +54,6 @@ from xplstm.sequential import LastStep, Sequential
 #: The opset written by default, and the lowest one this exporter writes: from opset 18 on,
 #: ``OptionalHasElement`` accepts an optional input that was not fed.
 DEFAULT_OPSET = 18
-
-Model = LSTM | Linear | Sequential
 
 __all__ = ["DEFAULT_OPSET", "export", "summary", "to_onnx"]
 
@@ -263,9 +262,10 @@ class _Graph:
         self.outputs.insert(0 if first else len(self.outputs), info)
 
 
-def _batch_and(graph: _Graph, size: int) -> str:
-    """The 1-D shape ``(batch, size)``, with the batch read from ``x`` at run time."""
-    batch = graph.op("Shape", "x", name="batch", start=0, end=1)
+def _batch_and(graph: _Graph, x: str, size: int) -> str:
+    """The 1-D shape ``(batch, size)``, with the batch read from ``x`` (batch, ...) at run
+    time."""
+    batch = graph.op("Shape", x, name="batch", start=0, end=1)
     return graph.op("Concat", batch, graph.constant("size", np.array([size])), axis=0)
 
 
@@ -303,7 +303,7 @@ def _lstm(graph: _Graph, layer: LSTM, x: str, suffix: str) -> str:
         graph.constant(f"lstm{suffix}.{part}", np.stack(arrays))
         for part, arrays in zip("WRB", zip(*onnx_weights, strict=True), strict=True)
     )
-    zeros_shape = _batch_and(graph, hidden)
+    zeros_shape = _batch_and(graph, x, hidden)
     h0, c0 = (
         _initial_state(graph, f"{state}{suffix}", hidden, zeros_shape) for state in ("h0", "c0")
     )
