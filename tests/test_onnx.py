@@ -118,6 +118,21 @@ def test_float64_graphs_give_our_outputs(name: str) -> None:
         assert_outputs(got, expected, "float64")
 
 
+def test_a_long_sequence_runs_in_chunks_with_the_state_carried() -> None:
+    # Serving a stream: feed each chunk's h_n, c_n as the next chunk's h0, c0.
+    model = models("float32")["lstm"]
+    run = session(exporter.to_onnx(model))
+    x = data(2, 9, 3, 5, "float32")["x"]
+    state: dict[str, np.ndarray] = {}
+    chunks = []
+    for chunk in (x[:, :4], x[:, 4:7], x[:, 7:]):
+        y, h_n, c_n = run.run(None, {"x": chunk} | state)
+        chunks.append(y)
+        state = {"h0": h_n, "c0": c_n}
+    got = [np.concatenate(chunks, axis=1), h_n, c_n]
+    assert_outputs(got, ours(model, x), "float32")
+
+
 def test_a_model_on_any_backend_exports(target) -> None:
     layer = target.lstm(3, 4, seed=8)
     run = session(exporter.to_onnx(layer))
