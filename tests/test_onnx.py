@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import xplstm
+from tests.support import assert_close
 from xplstm import checkpoint, cli
 
 onnx = pytest.importorskip("onnx", reason="the exporter builds graphs with onnx: '.[test]'")
@@ -52,11 +53,12 @@ def ours(model, x, h0=None, c0=None) -> dict[str, np.ndarray]:
 
 
 def assert_outputs(got: list[np.ndarray], expected: dict[str, np.ndarray], dtype: str) -> None:
+    """The runtime's outputs, in order, are NumPy arrays equal to ``expected`` within
+    :data:`TOLERANCE`."""
     assert len(got) == len(expected)
+    tol = TOLERANCE[dtype]
     for actual, (name, wanted) in zip(got, expected.items(), strict=True):
-        assert actual.dtype == wanted.dtype and actual.shape == wanted.shape, name
-        tol = TOLERANCE[dtype]
-        np.testing.assert_allclose(actual, wanted, rtol=tol, atol=tol, err_msg=name)
+        assert_close(actual, wanted, like=wanted, rtol=tol, atol=tol, name=name)
 
 
 def models(dtype: str) -> dict[str, xplstm.LSTM | xplstm.Sequential]:
