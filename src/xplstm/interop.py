@@ -15,7 +15,7 @@ arrangement:
   i, o, f, c, and ``B`` (8H,) holding the input and the recurrent biases, added together.
 
 Torch's and Keras's orders are i, f, g, o: swapping the last two blocks maps either way. ONNX's
-is i, o, f, g: swapping the middle two maps either way.
+is i, o, f, c: swapping the middle two maps either way.
 """
 
 from __future__ import annotations
