@@ -10,6 +10,11 @@ The file holds one host array per parameter, named ``layers.<i>.weights`` and
 Files are read with ``numpy.load(..., allow_pickle=False)``: nothing in them is ever unpickled,
 so a checkpoint from an untrusted source cannot run code. Parameters are stored on the host,
 so a model trained on one backend loads on any other and computes the same outputs.
+
+A training checkpoint (``save(path, model, optimizer=..., training=...)``) adds the optimizer's
+state as arrays ``optimizer.<i>.<buffer>`` (one per parameter ``i``), its type and step count
+under ``"optimizer"``, and the training loop's own JSON under ``"training"``; :func:`load` reads
+the model from it as from any checkpoint, :func:`restore` puts everything back.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ import zipfile
 import zlib
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
+from xplstm import backends
 from xplstm.backends import Backend, BackendError
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
+from xplstm.optim import Optimizer
 from xplstm.resolver import resolve, to_numpy
 from xplstm.sequential import LastStep, Sequential
 
@@ -40,6 +48,8 @@ LAYERS: dict[str, tuple[type, tuple[str, ...]]] = {
     "LastStep": (LastStep, ()),
 }
 _PARAMETERS = ("weights", "bias")
+#: The prefix of the optimizer's arrays in a training checkpoint.
+_OPTIMIZER = "optimizer."
 
 Model = LSTM | Linear | Sequential
 _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
@@ -63,9 +73,12 @@ def _layers_of(model: Any) -> list[Any]:
     return layers
 
 
-def save(path: str | os.PathLike[str], model: Model) -> None:
-    """Write ``model`` (an LSTM, a Linear, or a Sequential of LSTM, Linear and LastStep) to
-    ``path`` as one ``.npz``; the file is replaced only once it is complete."""
+def model_arrays(model: Model) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON description of ``model`` and its parameters as host NumPy arrays, by name.
+
+    What :func:`save` writes; :func:`model_from_arrays` builds the model back from them on any
+    backend (``xplstm.distributed`` sends them to its workers this way).
+    """
     layers = _layers_of(model)
     arrays: dict[str, np.ndarray] = {}
     description: list[dict[str, Any]] = []
@@ -86,6 +99,32 @@ def save(path: str | os.PathLike[str], model: Model) -> None:
         "dtype": dtypes[0] if dtypes else None,
         "layers": description,
     }
+    return header, arrays
+
+
+def save(
+    path: str | os.PathLike[str],
+    model: Model,
+    *,
+    optimizer: Optimizer | None = None,
+    training: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model`` (an LSTM, a Linear, or a Sequential of LSTM, Linear and LastStep) to
+    ``path`` as one ``.npz``; the file is replaced only once it is complete.
+
+    With ``optimizer`` (built on ``model.parameters()``) its state is saved too, and with
+    ``training`` a JSON-serialisable dict of the training loop's progress: :func:`restore`
+    reads both back.
+    """
+    header, arrays = model_arrays(model)
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        header["optimizer"] = {"type": state["type"], "steps": state["steps"]}
+        for index, buffers in enumerate(state["buffers"]):
+            for key, value in buffers.items():
+                arrays[f"{_OPTIMIZER}{index}.{key}"] = value
+    if training is not None:
+        header["training"] = training
     arrays[DESCRIPTION_KEY] = np.array(json.dumps(header))
     partial = f"{os.fspath(path)}.partial"
     with open(partial, "wb") as file:
@@ -107,6 +146,26 @@ def load(
     device = chosen.parse_device(device)
     arrays = _read(path)
     header = _header(path, arrays)
+    _optimizer_arrays(arrays)
+    return model_from_arrays(header, arrays, chosen, device, source=os.fspath(path))
+
+
+def model_from_arrays(
+    header: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    backend: str | Backend | None = None,
+    device: Any = None,
+    *,
+    source: str = "the description",
+) -> Model:
+    """The model that ``header`` (a checked description) and ``arrays`` (its parameters on the
+    host, as :func:`model_arrays` gives them) describe, on ``backend`` and ``device``.
+
+    ``source`` names where they came from in error messages (a file's path).
+    """
+    chosen = resolve(backend)
+    device = chosen.parse_device(device)
+    arrays = dict(arrays)
     layers = []
     for index, spec in enumerate(header["layers"]):
         cls, sizes = LAYERS[spec["type"]]
@@ -118,7 +177,7 @@ def load(
             kwargs[name] = arrays.pop(f"layers.{index}.{name}", None)
             if kwargs[name] is None:
                 raise CheckpointError(
-                    f"{path}: array 'layers.{index}.{name}' of layer {index} ({spec['type']}) "
+                    f"{source}: array 'layers.{index}.{name}' of layer {index} ({spec['type']}) "
                     "is missing; the file is incomplete"
                 )
         try:
@@ -126,13 +185,62 @@ def load(
         except BackendError:
             raise  # the backend cannot hold these arrays (JAX without 64-bit floats): not the file
         except ValueError as exc:
-            raise CheckpointError(f"{path}: layer {index} ({spec['type']}): {exc}") from None
+            raise CheckpointError(f"{source}: layer {index} ({spec['type']}): {exc}") from None
         layers.append(layer)
     if arrays:
         raise CheckpointError(
-            f"{path}: arrays {sorted(arrays)} belong to no layer the description lists"
+            f"{source}: arrays {sorted(arrays)} belong to no layer the description lists"
         )
     return Sequential(*layers) if header["model"] == "Sequential" else layers[0]
+
+
+def restore(
+    path: str | os.PathLike[str], model: Model, optimizer: Optimizer | None = None
+) -> dict[str, Any] | None:
+    """Put the parameters of a checkpoint into ``model`` (where it lives: its backend and
+    device) and, with ``optimizer``, the optimizer state saved with them; returns the
+    ``training`` dict saved with them (``None`` when there is none).
+
+    Raises :class:`CheckpointError` when the file describes other layers than ``model`` has,
+    or holds no optimizer state, or another optimizer's, when ``optimizer`` asks for it.
+    """
+    arrays = _read(path)
+    header = _header(path, arrays)
+    saved = _optimizer_arrays(arrays)
+    expected, _ = model_arrays(model)
+    for key in ("model", "dtype", "layers"):
+        if header[key] != expected[key]:
+            raise CheckpointError(
+                f"{path} holds a {header['model']} {header['layers']} in {header['dtype']}, but "
+                f"the model is a {expected['model']} {expected['layers']} in {expected['dtype']}; "
+                "build the model as it was when the checkpoint was saved"
+            )
+    host = model_from_arrays(header, arrays, "numpy", source=os.fspath(path))
+    for param, loaded in zip(model.parameters(), host.parameters(), strict=True):
+        owner = backends.backend_of(param.values)
+        param.values = owner.from_numpy(loaded.values, array_api_compat.device(param.values))
+    if optimizer is not None:
+        described = header.get("optimizer")
+        if described is None:
+            raise CheckpointError(
+                f"{path} holds no optimizer state: it was saved without optimizer="
+            )
+        buffers: list[dict[str, np.ndarray]] = [{} for _ in optimizer.parameters]
+        for key, value in saved.items():
+            index, _, name = key.removeprefix(_OPTIMIZER).partition(".")
+            if not index.isdigit() or int(index) >= len(buffers):
+                raise CheckpointError(f"{path}: array {key!r} belongs to no parameter")
+            buffers[int(index)][name] = value
+        try:
+            optimizer.load_state_dict(described | {"buffers": buffers})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: the optimizer state does not fit: {exc}") from None
+    return header.get("training")
+
+
+def _optimizer_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The optimizer's arrays of a training checkpoint, removed from ``arrays``."""
+    return {key: arrays.pop(key) for key in list(arrays) if key.startswith(_OPTIMIZER)}
 
 
 def _read(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -225,4 +333,15 @@ def _layers_problem(layers: Any) -> str | None:
     return None
 
 
-__all__ = ["DESCRIPTION_KEY", "FORMAT", "LAYERS", "VERSION", "CheckpointError", "load", "save"]
+__all__ = [
+    "DESCRIPTION_KEY",
+    "FORMAT",
+    "LAYERS",
+    "VERSION",
+    "CheckpointError",
+    "load",
+    "model_arrays",
+    "model_from_arrays",
+    "restore",
+    "save",
+]

@@ -14,9 +14,10 @@ import math
 from collections.abc import Iterable
 
 import array_api_compat
+import numpy as np
 
 from xplstm import backends
-from xplstm.layer import Weights
+from xplstm.layer import Weights, dtype_name
 from xplstm.resolver import to_numpy
 from xplstm.types import Array
 
@@ -95,6 +96,46 @@ class Optimizer:
         for param in self.parameters:
             param.values = next(done)
         self._state = [{key: next(done) for key in state} for _, state in updates]
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resumes this optimizer where it stands: its type, the steps taken, and each
+        parameter's buffers (momentum, moments) as host NumPy copies, in parameter order."""
+        return {
+            "type": type(self).__name__,
+            "steps": self.steps,
+            "buffers": [{k: np.array(to_numpy(v)) for k, v in s.items()} for s in self._state],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take the state :meth:`state_dict` gave (of an optimizer of the same type over
+        parameters of the same shapes); buffers go where each parameter lives."""
+        if state["type"] != type(self).__name__:
+            raise TypeError(f"the state is a {state['type']}'s, not a {type(self).__name__}'s")
+        buffers = state["buffers"]
+        if len(buffers) != len(self.parameters):
+            raise ValueError(
+                f"the state has buffers for {len(buffers)} parameters; this optimizer has "
+                f"{len(self.parameters)}"
+            )
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"the state's step count must be an int >= 0, got {steps!r}")
+        placed = []
+        for index, (param, saved) in enumerate(zip(self.parameters, buffers, strict=True)):
+            values = param.values
+            for key, buffer in saved.items():
+                if buffer.shape != tuple(values.shape) or buffer.dtype.name != dtype_name(
+                    values.dtype
+                ):
+                    raise ValueError(
+                        f"parameter {index}: buffer {key!r} is {buffer.dtype.name} of shape "
+                        f"{buffer.shape}; the parameter is {values.dtype} of shape "
+                        f"{tuple(values.shape)}"
+                    )
+            owner, where = backends.backend_of(values), array_api_compat.device(values)
+            placed.append({key: owner.from_numpy(b, where) for key, b in saved.items()})
+        self.steps = steps
+        self._state = placed
 
     def _update(
         self, w: Array, g: Array, state: dict[str, Array]

@@ -1,0 +1,477 @@
+"""Batch-sharded inference and synchronous data-parallel training on a Dask cluster.
+
+The same model, unchanged, spread over the workers of a `Dask distributed
+<https://distributed.dask.org>`_ cluster: a ``LocalCluster`` on this machine by default, or any
+scheduler by address (Kubernetes, HPC job queues, ``dask_cuda.LocalCUDACluster`` with one worker
+per GPU). Dask schedules the tasks, moves the data, and restarts lost workers; xplstm adds:
+
+- :func:`predict`: the model's output for every row of ``x``, cut into blocks along the batch.
+- :func:`fit`: each global batch (drawn from ``seed`` by :func:`batch_rows`, whatever the number
+  of workers) is cut into fixed shards; workers compute each shard's loss and parameter
+  gradients with the model's own ``forward``/``backward``; the driver adds them up in shard
+  order, weighted by shard size over the global batch, clips, and steps the optimizer.
+- :class:`DataParallel`: that gradient step alone, for a training loop of one's own.
+
+Workers rebuild the model from its description and host parameters (as a checkpoint holds them)
+on the model's backend, on their own default device: under ``LocalCUDACluster`` each worker's
+GPU, where its shards go too; gradients come back to the host for the sum. Everything a worker
+needs travels through the task graph, never only by ``scatter``, so a task lost with its worker
+is recomputed elsewhere from its lineage.
+
+Scripts that start a ``LocalCluster`` (any of these functions without ``client=``) need
+``if __name__ == "__main__":``: its worker processes import the main module again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from xplstm import backends, checkpoint, optim
+from xplstm.layer import dtype_name
+from xplstm.resolver import to_numpy
+from xplstm.sequential import Sequential
+
+try:
+    import dask
+    import dask.array as da
+    from dask.distributed import Client, LocalCluster
+except ImportError as error:  # the extra is not installed
+    raise ImportError(
+        f"xplstm.distributed needs Dask distributed ({error}); install it with "
+        "pip install 'xplstm[distributed]'"
+    ) from error
+
+Array = Any
+Model = Any
+#: A loss as in :mod:`xplstm.losses`: ``(prediction, target) -> (loss, d_prediction)``.
+Loss = Callable[[Array, Array], tuple[Array, Array]]
+
+#: Seconds to wait for a scheduler (and for its first worker) before giving up.
+CONNECT_TIMEOUT = 10.0
+#: Rows per forward pass in :func:`predict`, unless told otherwise.
+PREDICT_BATCH = 256
+
+
+class ClusterError(ValueError):
+    """No usable cluster: no scheduler at an address, no workers, or workers that cannot run
+    the model's backend."""
+
+
+# -- the cluster ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def cluster(workers: int = 2, threads_per_worker: int = 1, **options: Any) -> Iterator[Client]:
+    """A ``LocalCluster`` of ``workers`` processes on this machine, and its ``Client``.
+
+    ``options`` go to ``dask.distributed.LocalCluster`` (``memory_limit``, ...). The client is
+    the default one while the block runs, so ``client=`` may be left out inside it. Each worker
+    runs ``threads_per_worker`` tasks at once, with one BLAS thread each (Dask's default)::
+
+        with xplstm.distributed.cluster(workers=4) as client:
+            y = xplstm.distributed.predict(model, x)
+    """
+    count = _positive("workers", workers)
+    threads = _positive("threads_per_worker", threads_per_worker)
+    options = {"processes": True, "dashboard_address": ":0"} | options
+    with (
+        LocalCluster(n_workers=count, threads_per_worker=threads, **options) as lc,
+        Client(lc) as client,
+    ):
+        yield client
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
+    """A ``Client`` of the scheduler at ``address`` (``tcp://host:8786``), or a
+    :class:`ClusterError` after ``timeout`` seconds when none answers there."""
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as error:
+        raise ClusterError(
+            f"no Dask scheduler answered at {address!r} within {timeout:g} s ({error}); check "
+            "the address, or start one there with `dask scheduler` and workers with "
+            f"`dask worker {address}`"
+        ) from None
+
+
+@contextlib.contextmanager
+def _using(client: Client | None) -> Iterator[Client]:
+    """``client``; else the default client; else a ``LocalCluster`` for the block."""
+    if client is not None:
+        yield client
+        return
+    try:
+        from dask.distributed import default_client
+
+        yield default_client()
+    except ValueError:  # no client in this process
+        with cluster() as local:
+            yield local
+
+
+def _check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT) -> list[str]:
+    """The workers' addresses, once every one of them can run ``backend``."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise ClusterError(
+            f"the scheduler at {client.scheduler.address} has no workers after {timeout:g} s; "
+            f"start some with `dask worker {client.scheduler.address}`"
+        ) from None
+    problems = client.run(_backend_problem, backend)
+    missing = {worker: reason for worker, reason in problems.items() if reason}
+    if missing:
+        said = "; ".join(f"{worker}: {reason}" for worker, reason in sorted(missing.items()))
+        raise ClusterError(
+            f"{len(missing)} of {len(problems)} workers cannot run the model's backend "
+            f"{backend!r} ({said}); install it where the workers run, or move the model "
+            "with model.to('numpy')"
+        )
+    return sorted(problems)
+
+
+def _backend_problem(name: str) -> str | None:
+    """On a worker: why it cannot run the backend ``name``, or ``None`` when it can."""
+    return backends.unavailable_reason(name)
+
+
+# -- the model on the workers ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Replica:
+    """What a worker needs to rebuild a model: its description and host parameters (as in a
+    checkpoint), and the name of its backend."""
+
+    description: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    backend: str
+
+    @classmethod
+    def of(cls, model: Model) -> Replica:
+        """The replica of ``model`` as it stands now."""
+        if model.backend == "dask":
+            raise ValueError(
+                "the model is on the dask backend; xplstm.distributed runs its own Dask tasks "
+                "over NumPy (or CuPy) models: move the model with model.to('numpy')"
+            )
+        description, arrays = checkpoint.model_arrays(model)
+        return cls(description, arrays, model.backend)
+
+    def build(self) -> Model:
+        """The model, on this backend's default device here (a worker's own GPU for CuPy)."""
+        return checkpoint.model_from_arrays(self.description, self.arrays, self.backend)
+
+
+def _onto(model: Model, a: Any) -> Array:
+    """``a`` (host NumPy, or already an array of the model's backend) on the model's device."""
+    backend = backends.backend_of(model.parameters()[0].values)
+    if backend.is_array(a) and backends.backend_of(a) is backend:
+        return a
+    return backend.from_numpy(np.ascontiguousarray(to_numpy(a)), model.device)
+
+
+def _output(result: Any) -> Array:
+    """A model's output: the first element when it returns a tuple (an LSTM: ``y``)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _predict_block(replica: Replica, block: Any, batch_size: int) -> np.ndarray:
+    """On a worker: the model's output for ``block``, run ``batch_size`` rows at a time."""
+    model = replica.build()
+    parts = [
+        to_numpy(_output(model(_onto(model, block[start : start + batch_size]))))
+        for start in range(0, block.shape[0], batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+def _shard_gradients(
+    replica: Replica, loss: Loss, x: Any, y: Any
+) -> tuple[float, list[np.ndarray]]:
+    """On a worker: the loss of one shard and its parameter gradients, on the host."""
+    model = replica.build()
+    value, d_prediction = loss(_output(model(_onto(model, x))), _onto(model, y))
+    model.backward(d_prediction)
+    return float(value), [to_numpy(param.deltas) for param in model.parameters()]
+
+
+# -- predict --------------------------------------------------------------------------------
+def predict(
+    model: Model, x: Any, *, client: Client | None = None, batch_size: int = PREDICT_BATCH
+) -> np.ndarray:
+    """The model's output for every row of ``x``, computed on the cluster; a host NumPy array
+    equal to ``model(x)`` on one machine (an LSTM's ``y``).
+
+    ``x`` (rows, seq, features) is a host NumPy array, cut into blocks of ``batch_size`` rows,
+    or a Dask array chunked along the rows only (its chunks are the blocks, run ``batch_size``
+    rows at a time): the recurrence cannot cross chunks along time. The parameters travel
+    once per call, as one key of the task graph. ``client``: see :func:`fit`.
+    """
+    batch_size = _positive("batch_size", batch_size)
+    _check_inputs(model, x, "x")
+    blocks: Sequence[Any]
+    if isinstance(x, da.Array):
+        blocks = list(x.to_delayed().ravel())
+    else:
+        blocks = [x[start : start + batch_size] for start in range(0, x.shape[0], batch_size)]
+    replica = dask.delayed(Replica.of(model), pure=False, traverse=False)
+    tasks = [dask.delayed(_predict_block, pure=True)(replica, b, batch_size) for b in blocks]
+    with _using(client) as active:
+        _check_workers(active, model.backend)
+        outputs = active.gather(active.compute(tasks))
+    return np.concatenate(outputs)
+
+
+# -- fit ------------------------------------------------------------------------------------
+def batch_rows(rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The rows of the global batch of training step ``step`` (0, 1, ...): epoch after epoch,
+    each a permutation of all rows drawn with ``numpy.random.default_rng([seed, epoch])``,
+    read ``batch_size`` rows at a time (a batch may straddle two epochs). Depends on nothing
+    else, so any number of workers sees the same batches, and a resumed run too."""
+    positions = np.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, offsets = np.divmod(positions, rows)
+    return np.concatenate(
+        [_permutation(rows, seed, int(e))[offsets[epochs == e]] for e in np.unique(epochs)]
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(rows: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(rows)
+
+
+def shard_bounds(batch_size: int, shards: int) -> list[tuple[int, int]]:
+    """Where each shard of a global batch starts and stops: ``shards`` contiguous pieces
+    whose sizes differ by at most one, the larger first (as ``numpy.array_split``)."""
+    size, extra = divmod(batch_size, shards)
+    stops = np.cumsum([size + (s < extra) for s in range(shards)])
+    return [(int(stop - size - (s < extra)), int(stop)) for s, stop in enumerate(stops)]
+
+
+class DataParallel:
+    """Synchronous data-parallel gradients of ``model``'s ``loss`` on a Dask cluster.
+
+    :meth:`gradients` cuts a global batch into ``shards`` fixed pieces (shard ``s`` goes to
+    worker ``s mod workers``, or elsewhere if that one is gone), has each worker compute its
+    shard's mean loss and parameter gradients with the model's own ``forward`` and
+    ``backward``, and leaves in each parameter's ``deltas`` the gradient of the global batch's
+    mean loss: ``sum_s (n_s / batch) * gradient_s``, added in shard order, so the result does
+    not depend on which worker ran what. Then clip and step the optimizer as in a local loop.
+    """
+
+    def __init__(self, model: Model, loss: Loss, client: Client, shards: int | None = None) -> None:
+        self.model = model
+        self.loss = loss
+        self.client = client
+        self.workers = _check_workers(client, model.backend)
+        #: Shards per global batch: by default one per worker at the start.
+        self.shards = len(self.workers) if shards is None else _positive("shards", shards)
+
+    def gradients(self, x: Any, y: Any) -> float:
+        """Set every parameter's ``deltas`` to the gradient of the mean loss over the global
+        batch ``x``, ``y`` (host NumPy arrays, or Dask arrays); return that loss."""
+        batch = x.shape[0]
+        if self.shards > batch:
+            raise ValueError(
+                f"a batch of {batch} rows cannot be cut into {self.shards} shards; use at most "
+                f"{batch} shards, or bigger batches"
+            )
+        replica = dask.delayed(Replica.of(self.model), pure=False, traverse=False)
+        workers = sorted(self.client.scheduler_info()["workers"]) or self.workers
+        futures = []
+        for shard, (start, stop) in enumerate(shard_bounds(batch, self.shards)):
+            task = dask.delayed(_shard_gradients, pure=False)(
+                replica, self.loss, x[start:stop], y[start:stop]
+            )
+            where = workers[shard % len(workers)]
+            futures.append(self.client.compute(task, workers=[where], allow_other_workers=True))
+        results = self.client.gather(futures)
+        loss = 0.0
+        total: list[np.ndarray] | None = None
+        for (start, stop), (shard_loss, grads) in zip(
+            shard_bounds(batch, self.shards), results, strict=True
+        ):
+            weight = (stop - start) / batch
+            loss += weight * shard_loss
+            scaled = [weight * g for g in grads]
+            total = scaled if total is None else [t + g for t, g in zip(total, scaled, strict=True)]
+        assert total is not None
+        for param, grad in zip(self.model.parameters(), total, strict=True):
+            param.deltas = _onto(self.model, grad)
+        return loss
+
+
+def fit(
+    model: Model,
+    optimizer: optim.Optimizer,
+    x: Any,
+    y: Any,
+    *,
+    loss: Loss,
+    batch_size: int,
+    steps: int,
+    client: Client | None = None,
+    shards: int | None = None,
+    seed: int = 0,
+    clip: float | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    every: int = 100,
+    progress: bool = False,
+) -> list[float]:
+    """Train ``model`` with ``optimizer`` for ``steps`` synchronous data-parallel steps on a
+    Dask cluster; return the loss of every step.
+
+    ``x`` (rows, seq, features) and ``y`` (rows, ...) are host NumPy arrays or Dask arrays
+    chunked along the rows; they are placed on the cluster once, and each step's global batch
+    of ``batch_size`` rows (:func:`batch_rows` with ``seed``) is cut into ``shards`` pieces
+    (default: one per worker) and run by :class:`DataParallel`; then the gradients are clipped
+    to a global norm of ``clip`` (unless ``None``) and the optimizer steps. In float64 the
+    result does not depend on the number of workers beyond rounding, and with fixed ``shards``
+    not at all; ``shards=1`` gives a plain single-process loop over the same batches.
+
+    ``client``: a ``Client`` (of any scheduler), else the default client, else a
+    ``LocalCluster`` started for the call. ``checkpoint``: a path; every ``every`` steps and at
+    the end the parameters, optimizer state, step and losses are saved there (an xplstm
+    checkpoint, loadable with :func:`xplstm.checkpoint.load`), and a call that finds the file
+    resumes from it, ending where an uninterrupted run ends.
+    """
+    batch_size = _positive("batch_size", batch_size)
+    steps = _positive("steps", steps)
+    every = _positive("every", every)
+    if clip is not None and not clip > 0.0:
+        raise ValueError(f"clip must be positive (the largest gradient norm) or None, got {clip}")
+    if optimizer.parameters != model.parameters():
+        raise ValueError(
+            "the optimizer must be built on this model: optim.Adam(model.parameters())"
+        )
+    _check_inputs(model, x, "x")
+    rows = x.shape[0]
+    if y.shape[0] != rows:
+        raise ValueError(
+            f"x has {rows} rows but y has {y.shape[0]}; they need one target per sequence "
+            "(the first axis)"
+        )
+    if batch_size > rows:
+        raise ValueError(f"batch_size {batch_size} is larger than the {rows} rows of x")
+    position = {"seed": seed, "batch_size": batch_size, "rows": rows}
+    history: list[float] = []
+    if checkpoint is not None and os.path.exists(checkpoint):
+        history = _resume(checkpoint, model, optimizer, position, steps)
+    with _using(client) as active:
+        engine = DataParallel(model, loss, active, shards)
+        data_x, data_y = active.persist([_rows_chunked(x, "x"), _rows_chunked(y, "y")])
+        with tqdm(total=steps, initial=len(history), unit="step", disable=not progress) as bar:
+            for step in range(len(history), steps):
+                chosen = batch_rows(rows, batch_size, seed, step)
+                history.append(engine.gradients(data_x[chosen], data_y[chosen]))
+                if clip is not None:
+                    optim.clip_grad_norm(model.parameters(), clip)
+                optimizer.step()
+                bar.set_postfix({"loss": f"{history[-1]:.4g}"}, refresh=False)
+                bar.update()
+                if checkpoint is not None and (len(history) % every == 0 or step + 1 == steps):
+                    _save(checkpoint, model, optimizer, position, history)
+    return history
+
+
+def _rows_chunked(a: Any, name: str) -> da.Array:
+    """``a`` as a Dask array chunked along the rows only (host arrays: about 64 MiB chunks)."""
+    if isinstance(a, da.Array):
+        return a
+    whole = {axis: -1 for axis in range(1, np.ndim(a))}
+    return da.from_array(np.asarray(a), chunks={0: "64MiB", **whole}, name=f"xplstm-{name}")
+
+
+def _save(
+    path: str | os.PathLike[str],
+    model: Model,
+    optimizer: optim.Optimizer,
+    position: dict[str, int],
+    history: list[float],
+) -> None:
+    training = {"step": len(history), **position, "losses": history}
+    checkpoint.save(path, model, optimizer=optimizer, training=training)
+
+
+def _resume(
+    path: str | os.PathLike[str],
+    model: Model,
+    optimizer: optim.Optimizer,
+    position: dict[str, int],
+    steps: int,
+) -> list[float]:
+    """Restore the model and optimizer from the training checkpoint at ``path``; the losses
+    of the steps it holds."""
+    training = checkpoint.restore(path, model, optimizer)
+    if training is None or "step" not in training:
+        raise checkpoint.CheckpointError(
+            f"{path} is not a training checkpoint of xplstm.distributed.fit (it holds no "
+            "training step); give fit another path, or remove the file"
+        )
+    saved = {key: training.get(key) for key in position}
+    if saved != position:
+        raise checkpoint.CheckpointError(
+            f"{path} was saved by a run with {saved}, not {position}: resuming would draw "
+            "other batches; use the same seed, batch_size and data, or another path"
+        )
+    if training["step"] > steps:
+        raise ValueError(
+            f"{path} is at step {training['step']}, past steps={steps}; ask for more steps"
+        )
+    return [float(v) for v in training["losses"]]
+
+
+# -- input checks ---------------------------------------------------------------------------
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _first_layer(model: Model) -> Any:
+    return model.layers[0] if isinstance(model, Sequential) else model
+
+
+def _check_inputs(model: Model, x: Any, name: str) -> None:
+    """``x`` is (rows, seq, features) for the model, in its dtype, chunked along rows only."""
+    if getattr(x, "ndim", None) != 3:
+        shape = tuple(getattr(x, "shape", ()))
+        raise ValueError(f"{name} must be (rows, seq, features), got shape {shape}")
+    layer = _first_layer(model)
+    features = getattr(layer, "input_size", getattr(layer, "in_features", None))
+    if x.shape[2] != features:
+        raise ValueError(
+            f"{name} has {x.shape[2]} features per step but the model takes {features}"
+        )
+    if np.dtype(x.dtype).name != dtype_name(model.dtype):
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the model computes in {dtype_name(model.dtype)}; "
+            f"convert with {name}.astype({dtype_name(model.dtype)!r})"
+        )
+    if isinstance(x, da.Array) and any(len(c) > 1 for c in x.chunks[1:]):
+        raise ValueError(
+            f"{name} is chunked along time or features (chunks {x.chunks[1:]}); the "
+            f"recurrence cannot cross chunks: rechunk with {name}.rechunk({{1: -1, 2: -1}})"
+        )
+    if math.prod(x.shape) == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "ClusterError",
+    "DataParallel",
+    "Replica",
+    "batch_rows",
+    "cluster",
+    "connect",
+    "fit",
+    "predict",
+    "shard_bounds",
+]

@@ -1,0 +1,299 @@
+"""xplstm.distributed on a real Dask LocalCluster in processes: sharded predict equals the
+forward, data-parallel fit equals a plain loop on any number of workers, survives a killed
+worker, resumes from a checkpoint, and refuses bad input with clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+pytest.importorskip(
+    "distributed", reason="xplstm.distributed needs pip install 'xplstm[distributed]'"
+)
+import dask.array as da
+from dask.distributed import Client, LocalCluster, get_task_stream
+
+import xplstm
+from xplstm import checkpoint, distributed, losses, optim
+
+ROWS, SEQ, FEATURES, HIDDEN = 24, 5, 3, 6
+
+
+def small_model(backend: str = "numpy", dtype: str = "float64") -> xplstm.Sequential:
+    return xplstm.Sequential(
+        xplstm.LSTM(FEATURES, HIDDEN, backend=backend, dtype=dtype, seed=0),
+        xplstm.LastStep(),
+        xplstm.Linear(HIDDEN, 2, backend=backend, dtype=dtype, seed=1),
+    )
+
+
+def data(rows: int = ROWS, dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, SEQ, FEATURES)).astype(dtype)
+    return x, rng.standard_normal((rows, 2)).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two worker processes for the whole module (not the default client: ``client=None``
+    must start its own cluster)."""
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+def parameters(model: xplstm.Sequential) -> list[np.ndarray]:
+    return [xplstm.to_numpy(p.values) for p in model.parameters()]
+
+
+def run_fit(client, steps: int = 4, **options):
+    """A fresh model trained by fit with Adam and clipping; (losses, parameters)."""
+    model = small_model()
+    optimizer = optim.Adam(model.parameters(), lr=0.05)
+    x, y = data()
+    options = {"loss": losses.mse, "batch_size": 8, "steps": steps, "clip": 0.5} | options
+    history = distributed.fit(model, optimizer, x, y, client=client, **options)
+    return history, parameters(model)
+
+
+def plain_loop(steps: int = 4) -> tuple[list[float], list[np.ndarray]]:
+    """The same training in one process: batches drawn as fit's docstring says (a permutation
+    of the rows per epoch from default_rng([seed, epoch]), read 8 rows at a time)."""
+    model = small_model()
+    optimizer = optim.Adam(model.parameters(), lr=0.05)
+    x, y = data()
+    order = np.concatenate([np.random.default_rng([0, e]).permutation(ROWS) for e in range(3)])
+    history = []
+    for step in range(steps):
+        rows = order[8 * step : 8 * (step + 1)]
+        loss, d_prediction = losses.mse(model(x[rows]), y[rows])
+        model.backward(d_prediction)
+        optim.clip_grad_norm(model.parameters(), 0.5)
+        optimizer.step()
+        history.append(float(loss))
+    return history, parameters(model)
+
+
+def assert_same(actual, expected, atol: float = 0.0) -> None:
+    """Equal losses and parameters: exactly, or to ``atol``."""
+    (got_losses, got_params), (want_losses, want_params) = actual, expected
+    np.testing.assert_allclose(got_losses, want_losses, rtol=0, atol=atol)
+    for got, want in zip(got_params, want_params, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+
+
+# -- predict --------------------------------------------------------------------------------
+def test_predict_with_a_ragged_last_chunk_equals_the_forward(client):
+    """Blocks of 4, 4 and 2 rows, from a NumPy array and from a Dask array; only the rounding
+    of matrix products over fewer rows may differ."""
+    model = small_model()
+    x, _ = data(10)
+    expected = model(x)
+    for given in (x, da.from_array(x, chunks=(4, -1, -1))):
+        outputs = distributed.predict(model, given, client=client, batch_size=4)
+        np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-15)
+    lstm = xplstm.LSTM(FEATURES, HIDDEN, dtype="float64", seed=3)  # a bare LSTM gives its y
+    outputs = distributed.predict(lstm, x, client=client, batch_size=3)
+    np.testing.assert_allclose(outputs, lstm(x)[0], rtol=0, atol=1e-15)
+
+
+def test_the_task_stream_shows_work_on_both_workers(client):
+    with get_task_stream(client) as stream:
+        run_fit(client, steps=2, shards=2)
+    workers = {task["worker"] for task in stream.data}
+    assert len(workers) == 2, workers
+
+
+# -- fit ------------------------------------------------------------------------------------
+def test_fit_on_one_two_and_three_workers_equals_a_plain_loop(client):
+    expected = plain_loop()
+    # client=None and one shard: a LocalCluster for the call, bit for bit the plain loop.
+    assert_same(run_fit(None, shards=1), expected)
+    fixed = run_fit(client, shards=3)
+    assert_same(run_fit(client), expected, atol=1e-10)  # two shards, one per worker
+    # One and three workers run in threads of this process: processes take seconds to start
+    # on this 2-core machine, and the two above were processes already.
+    for workers in (1, 3):
+        with distributed.cluster(workers=workers, processes=False) as other:
+            assert_same(run_fit(other), expected, atol=1e-10)  # one and three shards
+            assert_same(run_fit(other, shards=3), fixed)  # the same shards: the same bits
+
+
+@dataclass(frozen=True)
+class KillAtCall:
+    """MSE, but the process making call number ``at`` (counted across processes in the file
+    ``tickets``) kills itself with SIGKILL mid-step, between forward and backward."""
+
+    tickets: str
+    at: int
+
+    def __call__(self, prediction, target):
+        handle = os.open(self.tickets, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(handle, b".")
+            ticket = os.lseek(handle, 0, os.SEEK_CUR)  # this call's own place in the file
+        finally:
+            os.close(handle)
+        if ticket == self.at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return losses.mse(prediction, target)
+
+
+def test_a_worker_killed_mid_fit_does_not_change_the_result(client, tmp_path):
+    x, y = data()
+    chunked = (da.from_array(x, chunks=(6, -1, -1)), da.from_array(y, chunks=(6, -1)))
+
+    def run(loss):
+        model = small_model()
+        optimizer = optim.Adam(model.parameters(), lr=0.05)
+        history = distributed.fit(
+            model,
+            optimizer,
+            *chunked,
+            loss=loss,
+            batch_size=8,
+            steps=5,
+            shards=2,
+            client=client,
+            clip=0.5,
+        )
+        return history, parameters(model)
+
+    expected = run(losses.mse)
+    before = set(client.run(os.getpid).values())
+    tickets = tmp_path / "tickets"
+    survived = run(KillAtCall(str(tickets), at=5))  # the first shard of step 3
+    assert tickets.stat().st_size > 5, "the worker was not killed"
+    client.wait_for_workers(2, timeout=30)
+    after = set(client.run(os.getpid).values())
+    assert len(before - after) == 1, "exactly one worker process should have been replaced"
+    assert_same(survived, expected)
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
+    expected = run_fit(client, steps=5, shards=2)
+    path = tmp_path / "run.npz"
+    run_fit(client, steps=2, shards=2, checkpoint=path, every=2)  # the driver stops here
+    saved = checkpoint.load(path)  # an ordinary checkpoint too
+    assert isinstance(saved, xplstm.Sequential)
+    assert_same(run_fit(client, steps=5, shards=2, checkpoint=path, every=2), expected)
+    with pytest.raises(checkpoint.CheckpointError, match=r"saved by a run with .*'seed': 0"):
+        run_fit(client, steps=6, shards=2, checkpoint=path, seed=1)
+
+
+# -- the CuPy route, on the CPU -------------------------------------------------------------
+STRICT_PARSE = type(xplstm.backends.get("array_api_strict")).parse_device
+BACKEND_PROBLEM = xplstm.backends.unavailable_reason
+
+
+def _strict_default_device(name: str | None) -> None:
+    """On a worker: array_api_strict's default device becomes the fake ``name`` (as a
+    dask_cuda worker's default CuPy device is its own GPU), or its own again for ``None``."""
+    backend = type(xplstm.backends.get("array_api_strict"))
+    if name is None:
+        backend.parse_device = STRICT_PARSE
+    else:
+        backend.parse_device = lambda self, device: STRICT_PARSE(self, device or name)
+
+
+def test_workers_compute_on_their_own_device_and_send_host_gradients(client):
+    """Where the model's backend has devices, workers place the model and its shards on their
+    default one and return host gradients: array_api_strict refuses NumPy operands and mixed
+    devices, so any slip fails here as it would on a GPU."""
+    x, _ = data()
+    expected = run_fit(client, shards=2)
+    client.run(_strict_default_device, "device1")
+    try:
+        devices = client.run(
+            lambda: str(xplstm.backends.get("array_api_strict").parse_device(None))
+        )
+        assert set(devices.values()) == {"array_api_strict.Device('device1')"}
+        model = small_model("array_api_strict")
+        optimizer = optim.Adam(model.parameters(), lr=0.05)
+        x, y = data()
+        history = distributed.fit(
+            model,
+            optimizer,
+            x,
+            y,
+            loss=losses.mse,
+            batch_size=8,
+            steps=4,
+            shards=2,
+            client=client,
+            clip=0.5,
+        )
+        assert_same((history, parameters(model)), expected, atol=1e-12)
+        host = checkpoint.model_from_arrays(*checkpoint.model_arrays(model), "numpy")
+        np.testing.assert_allclose(
+            distributed.predict(model, x, client=client), host(x), rtol=0, atol=1e-12
+        )
+    finally:
+        client.run(_strict_default_device, None)
+
+
+# -- clear errors ---------------------------------------------------------------------------
+def test_no_scheduler_at_the_address_is_a_clear_error_within_the_timeout():
+    started = time.perf_counter()
+    with pytest.raises(
+        distributed.ClusterError,
+        match=r"no Dask scheduler answered at 'tcp://127.0.0.1:9' within 1 s",
+    ):
+        distributed.connect("tcp://127.0.0.1:9", timeout=1)
+    assert time.perf_counter() - started < 10
+
+
+def _numpy_missing(missing: bool) -> None:
+    """On a worker: pretend NumPy is not installed, or stop pretending."""
+    reason = lambda name: "not installed (pip install numpy)"  # noqa: E731
+    xplstm.backends.unavailable_reason = reason if missing else BACKEND_PROBLEM
+
+
+def test_workers_without_the_models_backend_are_a_clear_error(client):
+    client.run(_numpy_missing, True)
+    try:
+        with pytest.raises(
+            distributed.ClusterError,
+            match=r"2 of 2 workers cannot run the model's backend 'numpy' \(tcp://.*: not inst",
+        ):
+            distributed.predict(small_model(), data()[0], client=client)
+    finally:
+        client.run(_numpy_missing, False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"y": np.zeros((ROWS - 1, 2))}, f"x has {ROWS} rows but y has {ROWS - 1}"),
+        (
+            {"x": da.from_array(data()[0], chunks=(8, 2, -1))},
+            r"x is chunked along time or features \(chunks \(\(2, 2, 1\)",
+        ),
+        (
+            {"x": data()[0].astype("float32")},
+            "x has dtype float32 but the model computes in float64",
+        ),
+        ({"x": data()[0][:, :, :2]}, "x has 2 features per step but the model takes 3"),
+        ({"batch_size": ROWS + 1}, f"batch_size {ROWS + 1} is larger than the {ROWS} rows of x"),
+        ({"shards": 9}, "a batch of 8 rows cannot be cut into 9 shards"),
+    ],
+)
+def test_bad_input_to_fit_is_a_clear_error(client, change, message):
+    model = small_model()
+    x, y = data()
+    options = {"x": x, "y": y, "loss": losses.mse, "batch_size": 8, "steps": 1} | change
+    with pytest.raises((ValueError, TypeError), match=message):
+        distributed.fit(model, optim.SGD(model.parameters(), lr=0.1), client=client, **options)
+
+
+def test_a_model_on_dask_is_refused(client):
+    model = small_model("dask")
+    with pytest.raises(ValueError, match="the model is on the dask backend"):
+        distributed.predict(model, da.from_array(data()[0]), client=client)
