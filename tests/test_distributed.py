@@ -4,10 +4,12 @@ worker, resumes from a checkpoint, and refuses bad input with clear errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ import dask.array as da
 from dask.distributed import Client, LocalCluster, get_task_stream
 
 import xplstm
-from xplstm import checkpoint, distributed, losses, optim
+from xplstm import checkpoint, cli, distributed, losses, optim
 
 ROWS, SEQ, FEATURES, HIDDEN = 24, 5, 3, 6
 
@@ -112,14 +114,18 @@ def test_the_task_stream_shows_work_on_both_workers(client):
 
 
 # -- fit ------------------------------------------------------------------------------------
-def test_fit_on_one_two_and_three_workers_equals_a_plain_loop(client):
+def test_fit_on_one_two_and_three_workers_equals_a_plain_loop(client, tmp_path):
     expected = plain_loop()
-    # client=None and one shard: a LocalCluster for the call, bit for bit the plain loop.
-    assert_same(run_fit(None, shards=1), expected)
+    # client=None and one shard: a LocalCluster for the call, bit for bit the plain loop; a
+    # Ctrl-C reaches its workers too (they share the terminal's process group) and they go on.
+    calls = tmp_path / "calls"
+    interrupted = SignalAtCall(str(calls), at=2, signum=signal.SIGINT)
+    assert_same(run_fit(None, shards=1, loss=interrupted), expected)
+    assert callers(calls)[1] in callers(calls)[2:], "the interrupted worker did not go on"
     fixed = run_fit(client, shards=3)
     assert_same(run_fit(client), expected, atol=1e-10)  # two shards, one per worker
     # One and three workers run in threads of this process: processes take seconds to start
-    # on this 2-core machine, and the two above were processes already.
+    # on this 2-core machine, and the two clusters above run in processes.
     for workers in (1, 3):
         with distributed.cluster(workers=workers, processes=False) as other:
             assert_same(run_fit(other), expected, atol=1e-10)  # one and three shards
@@ -127,23 +133,29 @@ def test_fit_on_one_two_and_three_workers_equals_a_plain_loop(client):
 
 
 @dataclass(frozen=True)
-class KillAtCall:
-    """MSE, but the process making call number ``at`` (counted across processes in the file
-    ``tickets``) kills itself with SIGKILL mid-step, between forward and backward."""
+class SignalAtCall:
+    """MSE, but the process making call number ``at`` sends itself ``signum`` mid-step,
+    between forward and backward. Each call appends its process id to the file ``calls``."""
 
-    tickets: str
+    calls: str
     at: int
+    signum: int
 
     def __call__(self, prediction, target):
-        handle = os.open(self.tickets, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        handle = os.open(self.calls, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            os.write(handle, b".")
-            ticket = os.lseek(handle, 0, os.SEEK_CUR)  # this call's own place in the file
+            os.write(handle, b"%10d\n" % os.getpid())
+            number = os.lseek(handle, 0, os.SEEK_CUR) // 11  # this call's own line
         finally:
             os.close(handle)
-        if ticket == self.at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if number == self.at:
+            os.kill(os.getpid(), self.signum)
         return losses.mse(prediction, target)
+
+
+def callers(calls: Path) -> list[int]:
+    """The process ids of the calls of a ``SignalAtCall``, in order."""
+    return [int(line) for line in calls.read_text().split()]
 
 
 def test_a_worker_killed_mid_fit_does_not_change_the_result(client, tmp_path):
@@ -169,8 +181,8 @@ def test_a_worker_killed_mid_fit_does_not_change_the_result(client, tmp_path):
     expected = run(losses.mse)
     before = set(client.run(os.getpid).values())
     tickets = tmp_path / "tickets"
-    survived = run(KillAtCall(str(tickets), at=5))  # the first shard of step 3
-    assert tickets.stat().st_size > 5, "the worker was not killed"
+    survived = run(SignalAtCall(str(tickets), at=5, signum=signal.SIGKILL))  # step 3, shard 1
+    assert len(callers(tickets)) > 10, "the killed shard was not recomputed"
     client.wait_for_workers(2, timeout=30)
     after = set(client.run(os.getpid).values())
     assert len(before - after) == 1, "exactly one worker process should have been replaced"
@@ -297,3 +309,61 @@ def test_a_model_on_dask_is_refused(client):
     model = small_model("dask")
     with pytest.raises(ValueError, match="the model is on the dask backend"):
         distributed.predict(model, da.from_array(data()[0]), client=client)
+
+
+# -- the command line -----------------------------------------------------------------------
+def test_train_on_a_scheduler_equals_the_local_run(client, tmp_path, capsys):
+    argv = ["train", "--seq-len", "10", "--hidden", "8", "--batch", "8", "--steps", "4"]
+    assert cli.main([*argv, "--out", str(tmp_path / "here"), "--quiet"]) == 0
+    on_cluster = ["--scheduler", client.scheduler.address]
+    assert cli.main([*argv, "--out", str(tmp_path / "there"), "--quiet", *on_cluster]) == 0
+    printed = capsys.readouterr().out
+    assert "(cpu, data-parallel on 2 Dask workers): 4 steps" in printed
+    here, there = (
+        json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("here", "there")
+    )
+    assert (here["workers"], there["workers"]) == (None, 2)
+    assert there["train_loss"] == pytest.approx(here["train_loss"], rel=1e-5)  # float32
+    assert there["test_metric"] == pytest.approx(here["test_metric"], rel=1e-5)
+    ours, theirs = (checkpoint.load(tmp_path / d / "model.npz") for d in ("there", "here"))
+    for a, b in zip(parameters(ours), parameters(theirs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert (tmp_path / "there" / "loss.png").exists()
+
+
+def test_predict_writes_the_models_outputs_here_and_on_workers(tmp_path, capsys):
+    model = small_model(dtype="float32")
+    checkpoint.save(tmp_path / "m.npz", model)
+    x, _ = data(30, dtype="float32")
+    np.save(tmp_path / "x.npy", x)
+    argv = ["predict", "--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "x.npy")]
+    for where in ([], ["--workers", "1"]):
+        out = tmp_path / f"y{len(where)}.npy"
+        assert cli.main([*argv, "--output", str(out), "--batch-size", "8", *where]) == 0
+        np.testing.assert_allclose(np.load(out), model(x), rtol=0, atol=1e-6)
+    assert f"{out}: outputs (30, 2) float32 for 30 sequences" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "0.5"],
+            "no Dask scheduler answered at 'tcp://127.0.0.1:9' within 0.5 s",
+        ),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], "not allowed with argument"),
+    ],
+)
+def test_the_command_line_says_what_is_wrong(tmp_path, capsys, argv, message):
+    checkpoint.save(tmp_path / "m.npz", small_model())
+    np.save(tmp_path / "x.npy", data()[0].astype("float32"))
+    files = ["--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "x.npy")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["predict", *files, "--output", str(tmp_path / "y.npy"), *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["predict", *files, "--output", str(tmp_path / "y.npy")])
+    assert "x.npy has dtype float32 but the model computes in float64; convert it first" in (
+        capsys.readouterr().err
+    )

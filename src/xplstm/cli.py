@@ -1,8 +1,10 @@
-"""The ``xplstm`` command: ``info``, ``train``, ``generate``, ``export`` and ``bench``.
+"""The ``xplstm`` command: ``info``, ``train``, ``generate``, ``predict``, ``export`` and ``bench``.
 
 xplstm info                       the backends found here, and whether they agree
 xplstm train --task adding        train an LSTM on a task; writes runs/adding/
+xplstm train --workers 4          the same, data-parallel on 4 local Dask worker processes
 xplstm generate --model runs/text/model.npz   sample text from a text model
+xplstm predict --model M.npz --input X.npy --output Y.npy [--workers N]   a model's outputs
 xplstm export --model runs/adding/model.npz --onnx adding.onnx   the model as an ONNX graph
 """
 
@@ -92,6 +94,9 @@ def run_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         threads=args.threads,
         progress=not args.quiet,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        connect_timeout=args.connect_timeout,
     )
     metrics = train(settings)
     print(summary(metrics))
@@ -120,6 +125,45 @@ def export(args: argparse.Namespace) -> int:
     print(f"wrote {args.onnx} (ONNX opset {opset}) from {args.model}:")
     print(onnx_export.summary(proto))
     return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Write a model's outputs for every sequence of an .npy file (rows, seq, features) to
+    another .npy file: in this process, or spread over Dask workers with --workers or
+    --scheduler."""
+    model = checkpoint.load(args.model, backend=args.backend, device=args.device)
+    x = np.load(args.input, allow_pickle=False, mmap_mode="r")
+    if args.workers is None and args.scheduler is None:
+        from xplstm import batched
+
+        batched.check_inputs(model, x, str(args.input))
+        y = batched.predict(model, x, args.batch_size)
+    else:
+        from xplstm import distributed  # only here: Dask is an optional dependency
+
+        where = {"workers": args.workers, "scheduler": args.scheduler}
+        with distributed.client_for(**where, timeout=args.connect_timeout) as client:
+            y = distributed.predict(model, x, client=client, batch_size=args.batch_size)
+    partial = Path(f"{args.output}.partial")
+    with open(partial, "wb") as file:
+        np.save(file, y)
+    partial.replace(args.output)
+    print(f"{args.output}: outputs {y.shape} {y.dtype} for {x.shape[0]} sequences")
+    return 0
+
+
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    """--workers or --scheduler, and how long to wait for a scheduler."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers", type=int, help="spread the work over a Dask LocalCluster of N processes"
+    )
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS", help="... or over the Dask scheduler at ADDRESS"
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=10.0, help="seconds to wait for --scheduler"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="BLAS threads on the CPU (0: the library's default)"
     )
     train_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _cluster_options(train_parser)
     train_parser.set_defaults(run=run_train)
 
     generate_parser = commands.add_parser(
@@ -174,6 +219,21 @@ def _parser() -> argparse.ArgumentParser:
     generate_parser.add_argument("--prime", default=sampling.PRIME, help="text to start from")
     generate_parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
     generate_parser.set_defaults(run=generate)
+
+    predict_parser = commands.add_parser(
+        "predict",
+        parents=[where],
+        help="a model's outputs for sequences in an .npy file",
+        description=predict.__doc__,
+    )
+    predict_parser.add_argument("--model", required=True, help="a checkpoint (.npz)")
+    predict_parser.add_argument("--input", required=True, type=Path, help="(rows, seq, features)")
+    predict_parser.add_argument("--output", required=True, type=Path, help="where to write (.npy)")
+    predict_parser.add_argument(
+        "--batch-size", type=int, default=256, help="sequences per forward pass"
+    )
+    _cluster_options(predict_parser)
+    predict_parser.set_defaults(run=predict)
 
     export_parser = commands.add_parser(
         "export", help="write a checkpoint as an ONNX graph", description=export.__doc__

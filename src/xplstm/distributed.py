@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,15 +36,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from xplstm import backends, checkpoint, optim
-from xplstm.layer import dtype_name
+from xplstm import backends, batched, checkpoint, optim
 from xplstm.resolver import to_numpy
-from xplstm.sequential import Sequential
 
 try:
     import dask
     import dask.array as da
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client, LocalCluster, WorkerPlugin
 except ImportError as error:  # the extra is not installed
     raise ImportError(
         f"xplstm.distributed needs Dask distributed ({error}); install it with "
@@ -85,7 +84,22 @@ def cluster(workers: int = 2, threads_per_worker: int = 1, **options: Any) -> It
         LocalCluster(n_workers=count, threads_per_worker=threads, **options) as lc,
         Client(lc) as client,
     ):
+        if options["processes"]:
+            client.register_plugin(_IgnoreCtrlC())
         yield client
+
+
+class _IgnoreCtrlC(WorkerPlugin):
+    """Worker processes of a LocalCluster share the terminal's process group with the driver,
+    so a Ctrl-C meant for the driver (``xplstm train`` stops after the step) would kill them
+    mid-step. They ignore it; the driver stops them when it leaves :func:`cluster`. Applied to
+    every worker, restarted ones too."""
+
+    name = "xplstm-ignore-ctrl-c"
+
+    def setup(self, worker: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
@@ -99,6 +113,22 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
             "the address, or start one there with `dask scheduler` and workers with "
             f"`dask worker {address}`"
         ) from None
+
+
+@contextlib.contextmanager
+def client_for(
+    workers: int | None = None, scheduler: str | None = None, timeout: float = CONNECT_TIMEOUT
+) -> Iterator[Client]:
+    """A client of a ``LocalCluster`` of ``workers`` processes, or of the scheduler at the
+    address ``scheduler`` (closed at the end, the cluster left running): one, not both."""
+    if (workers is None) == (scheduler is None):
+        raise ValueError("give workers (a cluster on this machine) or scheduler, not both")
+    if scheduler is None:
+        with cluster(workers=workers) as client:
+            yield client
+    else:
+        with contextlib.closing(connect(scheduler, timeout)) as client:
+            yield client
 
 
 @contextlib.contextmanager
@@ -168,27 +198,9 @@ class Replica:
         return checkpoint.model_from_arrays(self.description, self.arrays, self.backend)
 
 
-def _onto(model: Model, a: Any) -> Array:
-    """``a`` (host NumPy, or already an array of the model's backend) on the model's device."""
-    backend = backends.backend_of(model.parameters()[0].values)
-    if backend.is_array(a) and backends.backend_of(a) is backend:
-        return a
-    return backend.from_numpy(np.ascontiguousarray(to_numpy(a)), model.device)
-
-
-def _output(result: Any) -> Array:
-    """A model's output: the first element when it returns a tuple (an LSTM: ``y``)."""
-    return result[0] if isinstance(result, tuple) else result
-
-
 def _predict_block(replica: Replica, block: Any, batch_size: int) -> np.ndarray:
     """On a worker: the model's output for ``block``, run ``batch_size`` rows at a time."""
-    model = replica.build()
-    parts = [
-        to_numpy(_output(model(_onto(model, block[start : start + batch_size]))))
-        for start in range(0, block.shape[0], batch_size)
-    ]
-    return np.concatenate(parts)
+    return batched.predict(replica.build(), block, batch_size)
 
 
 def _shard_gradients(
@@ -196,7 +208,8 @@ def _shard_gradients(
 ) -> tuple[float, list[np.ndarray]]:
     """On a worker: the loss of one shard and its parameter gradients, on the host."""
     model = replica.build()
-    value, d_prediction = loss(_output(model(_onto(model, x))), _onto(model, y))
+    prediction = batched.output(model(batched.on_model(model, x)))
+    value, d_prediction = loss(prediction, batched.on_model(model, y))
     model.backward(d_prediction)
     return float(value), [to_numpy(param.deltas) for param in model.parameters()]
 
@@ -303,7 +316,7 @@ class DataParallel:
             total = scaled if total is None else [t + g for t, g in zip(total, scaled, strict=True)]
         assert total is not None
         for param, grad in zip(self.model.parameters(), total, strict=True):
-            param.deltas = _onto(self.model, grad)
+            param.deltas = batched.on_model(self.model, grad)
         return loss
 
 
@@ -434,33 +447,14 @@ def _positive(name: str, value: Any) -> int:
     return value
 
 
-def _first_layer(model: Model) -> Any:
-    return model.layers[0] if isinstance(model, Sequential) else model
-
-
 def _check_inputs(model: Model, x: Any, name: str) -> None:
-    """``x`` is (rows, seq, features) for the model, in its dtype, chunked along rows only."""
-    if getattr(x, "ndim", None) != 3:
-        shape = tuple(getattr(x, "shape", ()))
-        raise ValueError(f"{name} must be (rows, seq, features), got shape {shape}")
-    layer = _first_layer(model)
-    features = getattr(layer, "input_size", getattr(layer, "in_features", None))
-    if x.shape[2] != features:
-        raise ValueError(
-            f"{name} has {x.shape[2]} features per step but the model takes {features}"
-        )
-    if np.dtype(x.dtype).name != dtype_name(model.dtype):
-        raise TypeError(
-            f"{name} has dtype {x.dtype} but the model computes in {dtype_name(model.dtype)}; "
-            f"convert with {name}.astype({dtype_name(model.dtype)!r})"
-        )
+    """``x`` fits the model (see :func:`xplstm.batched.check_inputs`), chunked along rows only."""
+    batched.check_inputs(model, x, name)
     if isinstance(x, da.Array) and any(len(c) > 1 for c in x.chunks[1:]):
         raise ValueError(
             f"{name} is chunked along time or features (chunks {x.chunks[1:]}); the "
             f"recurrence cannot cross chunks: rechunk with {name}.rechunk({{1: -1, 2: -1}})"
         )
-    if math.prod(x.shape) == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
 
 
 __all__ = [
@@ -469,6 +463,7 @@ __all__ = [
     "DataParallel",
     "Replica",
     "batch_rows",
+    "client_for",
     "cluster",
     "connect",
     "fit",

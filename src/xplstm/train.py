@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,12 @@ class Settings:
     #: BLAS threads on CPU backends while training; 0 leaves the library's default.
     threads: int = 1
     progress: bool = True
+    #: Data-parallel training on a LocalCluster of this many worker processes...
+    workers: int | None = None
+    #: ... or on the Dask scheduler at this address (see xplstm.distributed).
+    scheduler: str | None = None
+    #: Seconds to wait for the scheduler at ``scheduler``.
+    connect_timeout: float = 10.0
 
     def setting(self, name: str) -> Any:
         """The value asked for, else the task's default."""
@@ -127,6 +133,13 @@ def _checked(settings: Settings) -> tuple[int, int, int, float]:
         raise ValueError(
             f"--threads must be 0 (the library's default) or more, got {settings.threads}"
         )
+    if settings.workers is not None and settings.scheduler is not None:
+        raise ValueError("give --workers (a cluster on this machine) or --scheduler, not both")
+    workers = settings.workers
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise ValueError(f"--workers must be a positive integer, got {workers!r}")
     return hidden, batch, steps, lr
 
 
@@ -140,6 +153,40 @@ class _History:
     seconds: float = 0.0
 
 
+#: Leaves the gradient of a batch's loss in the model's ``deltas``; returns the loss.
+Gradients = Callable[[tasks.Data], float]
+
+
+def _local_gradients(model: xplstm.Sequential, task: tasks.Task, backend: Any) -> Gradients:
+    """Forward and backward in this process."""
+
+    def gradients(data: tasks.Data) -> float:
+        prediction = model(backend.from_numpy(data.inputs, model.device))
+        loss, d_prediction = task.loss(prediction, backend.from_numpy(data.targets, model.device))
+        model.backward(d_prediction)
+        return float(loss)
+
+    return gradients
+
+
+@contextlib.contextmanager
+def _gradients(
+    settings: Settings, model: xplstm.Sequential, task: tasks.Task, backend: Any
+) -> Iterator[tuple[Gradients, int | None]]:
+    """How gradients are computed, and on how many workers: here, or shard by shard on a Dask
+    cluster (a LocalCluster of ``settings.workers``, or the scheduler at ``settings.scheduler``).
+    """
+    if settings.workers is None and settings.scheduler is None:
+        yield _local_gradients(model, task, backend), None
+        return
+    from xplstm import distributed  # only here: Dask is an optional dependency
+
+    where = {"workers": settings.workers, "scheduler": settings.scheduler}
+    with distributed.client_for(**where, timeout=settings.connect_timeout) as active:
+        engine = distributed.DataParallel(model, task.loss, active)
+        yield (lambda data: engine.gradients(data.inputs, data.targets)), len(engine.workers)
+
+
 def _fit(
     model: xplstm.Sequential,
     task: tasks.Task,
@@ -149,6 +196,7 @@ def _fit(
     batch: int,
     steps: int,
     lr: float,
+    gradients: Gradients,
 ) -> _History:
     """The training loop: Adam with clipping, held-out checks, early stop, Ctrl-C."""
     optimizer = optim.Adam(model.parameters(), lr=lr)
@@ -167,15 +215,10 @@ def _fit(
     started = time.perf_counter()
     with _interruptible() as interrupted, bar, blas:
         for step in range(1, steps + 1):
-            data = task.sample(rng, batch)
-            prediction = model(backend.from_numpy(data.inputs, model.device))
-            loss, d_prediction = task.loss(
-                prediction, backend.from_numpy(data.targets, model.device)
-            )
-            model.backward(d_prediction)
+            loss = gradients(task.sample(rng, batch))
             optim.clip_grad_norm(model.parameters(), settings.clip)
             optimizer.step()
-            history.losses.append(float(loss))
+            history.losses.append(loss)
             bar.set_postfix({"loss": f"{history.losses[-1]:.4g}"}, refresh=False)
             bar.update()
             # The held-out set is checked only once the recent training loss is near the target.
@@ -205,7 +248,8 @@ def train(settings: Settings) -> dict[str, Any]:
     test = task.test_set()
     out.mkdir(parents=True, exist_ok=True)
 
-    history = _fit(model, task, test, backend, settings, batch, steps, lr)
+    with _gradients(settings, model, task, backend) as (gradients, workers):
+        history = _fit(model, task, test, backend, settings, batch, steps, lr, gradients)
     checkpoint.save(
         out / "model.npz", model
     )  # first, so that the training is kept whatever follows
@@ -228,6 +272,7 @@ def train(settings: Settings) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "steps_per_second": round(done / seconds, 2) if seconds > 0 else None,
         "stopped": history.stopped,
+        "workers": workers,
         "train_loss": float(np.mean(history.losses[-RECENT:])) if done else None,
         "metric_name": task.metric_name,
         "test_metric": test_metric,
@@ -293,6 +338,11 @@ def plot(
     pyplot.close(figure)
 
 
+def _on_workers(metrics: dict[str, Any]) -> str:
+    workers = metrics.get("workers")
+    return "" if workers is None else f", data-parallel on {workers} Dask workers"
+
+
 def summary(metrics: dict[str, Any]) -> str:
     """What ``xplstm train`` prints at the end: the result against the baseline, and the files."""
     metric, baseline = metrics["test_metric"], metrics["baseline"]
@@ -302,7 +352,8 @@ def summary(metrics: dict[str, Any]) -> str:
         versus = "no better"
     lines = [
         f"{metrics['task']} (seq-len {metrics['seq_len']}) on {metrics['backend']} "
-        f"({metrics['device']}): {metrics['steps']} steps in {metrics['seconds']:.1f} s "
+        f"({metrics['device']}{_on_workers(metrics)}): {metrics['steps']} steps in "
+        f"{metrics['seconds']:.1f} s "
         f"({metrics['steps_per_second']} steps/s), stopped: {metrics['stopped']}",
         f"held-out {metrics['metric_name']}: {metric:.4g}  vs baseline {baseline:.4g} "
         f"({metrics['baseline_name']}): {versus}; "

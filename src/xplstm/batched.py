@@ -1,0 +1,62 @@
+"""A model's outputs for many rows, a bounded batch at a time, from the host and back to it:
+what ``xplstm predict`` runs in this process, and each Dask worker runs on its blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xplstm import backends
+from xplstm.layer import dtype_name, positive_int
+from xplstm.resolver import to_numpy
+from xplstm.sequential import Sequential
+
+Array = Any
+
+
+def on_model(model: Any, a: Any) -> Array:
+    """``a`` on the model's backend and device: as it is when it is there already, else copied
+    from the host (or from another backend through the host)."""
+    backend = backends.backend_of(model.parameters()[0].values)
+    if backend.is_array(a) and backends.backend_of(a) is backend:
+        return a
+    return backend.from_numpy(np.ascontiguousarray(to_numpy(a)), model.device)
+
+
+def output(result: Any) -> Array:
+    """A model's output: the first element when it returns a tuple (an LSTM's ``y``)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+def check_inputs(model: Any, x: Any, name: str) -> None:
+    """A clear error unless ``x`` (any array with ``shape`` and ``dtype``: NumPy, a memory
+    map, Dask) is (rows, seq, features), with the model's features and dtype, and not empty."""
+    if getattr(x, "ndim", None) != 3:
+        shape = tuple(getattr(x, "shape", ()))
+        raise ValueError(f"{name} must be (rows, seq, features), got shape {shape}")
+    first = model.layers[0] if isinstance(model, Sequential) else model
+    features = getattr(first, "input_size", getattr(first, "in_features", None))
+    if x.shape[2] != features:
+        raise ValueError(
+            f"{name} has {x.shape[2]} features per step but the model takes {features}"
+        )
+    dtype = dtype_name(model.dtype)
+    if np.dtype(x.dtype).name != dtype:
+        raise ValueError(
+            f"{name} has dtype {x.dtype} but the model computes in {dtype}; convert it first "
+            f"(x.astype({dtype!r})), or load the model with that dtype"
+        )
+    if 0 in x.shape:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+
+
+def predict(model: Any, x: Any, batch_size: int) -> np.ndarray:
+    """``model(x)`` on the host, run ``batch_size`` rows of ``x`` at a time so that memory
+    stays bounded however many rows there are."""
+    positive_int("batch_size", batch_size)
+    parts = [
+        to_numpy(output(model(on_model(model, x[start : start + batch_size]))))
+        for start in range(0, x.shape[0], batch_size)
+    ]
+    return np.concatenate(parts)
