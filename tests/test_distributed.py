@@ -106,11 +106,46 @@ def test_predict_with_a_ragged_last_chunk_equals_the_forward(client):
     np.testing.assert_allclose(outputs, lstm(x)[0], rtol=0, atol=1e-15)
 
 
-def test_the_task_stream_shows_work_on_both_workers(client):
+def test_the_task_stream_shows_work_on_both_workers_and_the_parameters_sent_once(client):
     with get_task_stream(client) as stream:
         run_fit(client, steps=2, shards=2)
-    workers = {task["worker"] for task in stream.data}
-    assert len(workers) == 2, workers
+    assert len({task["worker"] for task in stream.data}) == 2
+    with get_task_stream(client) as stream:
+        distributed.predict(small_model(), data(40)[0], client=client, batch_size=4)
+    blocks = [t for t in stream.data if t["key"].startswith("_predict_block")]
+    assert len(blocks) == 10 and len({t["worker"] for t in blocks}) == 2
+    # One task holds the parameters; each block reads them where they are or fetches them
+    # once per worker, never once per task.
+    assert [t["key"].split("-")[0] for t in stream.data].count("Replica") == 1
+    fetched = [t for t in blocks if any(s["action"] == "transfer" for s in t["startstops"])]
+    assert len(fetched) <= 1, fetched
+
+
+def test_fit_and_predict_with_the_model_on_each_backend(client, target):
+    """The driver's model on any backend; workers rebuild it on theirs (their default device)
+    and the host gradients go back to the driver's device (float32: JAX workers lack x64)."""
+    if target.backend == "dask":
+        pytest.skip("a model on Dask is refused: see test_a_model_on_dask_is_refused")
+    if target.backend in ("torch", "jax"):
+        pytest.skip(f"{target.backend}: importing it in each worker takes 5-25 s on this machine")
+    trained = []
+    for backend, device in (("numpy", None), (target.backend, target.device)):
+        model = xplstm.Sequential(
+            xplstm.LSTM(FEATURES, HIDDEN, backend=backend, device=device, seed=0),
+            xplstm.LastStep(),
+            xplstm.Linear(HIDDEN, 2, backend=backend, device=device, seed=1),
+        )
+        x, y = data(dtype="float32")
+        optimizer = optim.Adam(model.parameters(), lr=0.05)
+        history = distributed.fit(
+            model, optimizer, x, y, loss=losses.mse, batch_size=8, steps=2, client=client
+        )
+        assert model.backend == backend and model.device == (device or model.device)
+        trained.append((history, parameters(model), distributed.predict(model, x, client=client)))
+    (want_losses, want_params, want_y), (losses_, params, y_) = trained
+    np.testing.assert_allclose(losses_, want_losses, rtol=1e-5)
+    for got, want in zip([*params, y_], [*want_params, want_y], strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 # -- fit ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import functools
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -271,18 +272,22 @@ class DataParallel:
     """Synchronous data-parallel gradients of ``model``'s ``loss`` on a Dask cluster.
 
     :meth:`gradients` cuts a global batch into ``shards`` fixed pieces (shard ``s`` goes to
-    worker ``s mod workers``, or elsewhere if that one is gone), has each worker compute its
+    worker ``s mod workers``, or to another if that one is gone), has each worker compute its
     shard's mean loss and parameter gradients with the model's own ``forward`` and
     ``backward``, and leaves in each parameter's ``deltas`` the gradient of the global batch's
-    mean loss: ``sum_s (n_s / batch) * gradient_s``, added in shard order, so the result does
-    not depend on which worker ran what. Then clip and step the optimizer as in a local loop.
+    mean loss, ``sum_s (n_s / batch) * gradient_s``, added in shard order: the result does not
+    depend on which worker ran what. Clip and step the optimizer then, as in a local loop.
     """
+
+    #: Seconds between looks at which workers there are (restarted ones have new addresses).
+    REFRESH = 10.0
 
     def __init__(self, model: Model, loss: Loss, client: Client, shards: int | None = None) -> None:
         self.model = model
         self.loss = loss
         self.client = client
         self.workers = _check_workers(client, model.backend)
+        self._seen = time.monotonic()
         #: Shards per global batch: by default one per worker at the start.
         self.shards = len(self.workers) if shards is None else _positive("shards", shards)
 
@@ -295,29 +300,40 @@ class DataParallel:
                 f"a batch of {batch} rows cannot be cut into {self.shards} shards; use at most "
                 f"{batch} shards, or bigger batches"
             )
+        bounds = shard_bounds(batch, self.shards)
         replica = dask.delayed(Replica.of(self.model), pure=False, traverse=False)
-        workers = sorted(self.client.scheduler_info()["workers"]) or self.workers
-        futures = []
-        for shard, (start, stop) in enumerate(shard_bounds(batch, self.shards)):
-            task = dask.delayed(_shard_gradients, pure=False)(
-                replica, self.loss, x[start:stop], y[start:stop]
+        workers = self._workers()
+        futures = [
+            self.client.compute(
+                dask.delayed(_shard_gradients, pure=False)(
+                    replica, self.loss, x[start:stop], y[start:stop]
+                ),
+                workers=[workers[shard % len(workers)]],
+                allow_other_workers=True,
             )
-            where = workers[shard % len(workers)]
-            futures.append(self.client.compute(task, workers=[where], allow_other_workers=True))
-        results = self.client.gather(futures)
-        loss = 0.0
-        total: list[np.ndarray] | None = None
-        for (start, stop), (shard_loss, grads) in zip(
-            shard_bounds(batch, self.shards), results, strict=True
-        ):
-            weight = (stop - start) / batch
-            loss += weight * shard_loss
-            scaled = [weight * g for g in grads]
-            total = scaled if total is None else [t + g for t, g in zip(total, scaled, strict=True)]
-        assert total is not None
-        for param, grad in zip(self.model.parameters(), total, strict=True):
-            param.deltas = batched.on_model(self.model, grad)
-        return loss
+            for shard, (start, stop) in enumerate(bounds)
+        ]
+        losses, gradients = zip(*self.client.gather(futures), strict=True)
+        weights = [(stop - start) / batch for start, stop in bounds]
+        for index, param in enumerate(self.model.parameters()):
+            total = _in_order(weights, [shard[index] for shard in gradients])
+            param.deltas = batched.on_model(self.model, total)
+        return _in_order(weights, losses)
+
+    def _workers(self) -> list[str]:
+        """The workers' addresses, looked up again every ``REFRESH`` seconds."""
+        if time.monotonic() - self._seen > self.REFRESH:
+            self.workers = sorted(self.client.scheduler_info()["workers"]) or self.workers
+            self._seen = time.monotonic()
+        return self.workers
+
+
+def _in_order(weights: Sequence[float], values: Sequence[Any]) -> Any:
+    """``sum(w * v)``, added strictly first to last: the same bits whatever computed them."""
+    total = weights[0] * values[0]
+    for weight, value in zip(weights[1:], values[1:], strict=True):
+        total = total + weight * value
+    return total
 
 
 def fit(
