@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,3 +404,15 @@ def test_the_command_line_says_what_is_wrong(tmp_path, capsys, argv, message):
     assert "x.npy has dtype float32 but the model computes in float64; convert it first" in (
         capsys.readouterr().err
     )
+
+
+def test_a_file_named_distributed_py_that_hides_dask_is_named(tmp_path):
+    """A script's folder comes first on sys.path: its distributed.py is what `dask.distributed`
+    imports then. Say which file, not only that Dask is missing."""
+    (tmp_path / "distributed.py").write_text("")
+    (tmp_path / "script.py").write_text("import xplstm.distributed\n")
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "script.py")], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 1
+    assert f"{tmp_path / 'distributed.py'} hides Dask's distributed package" in run.stderr

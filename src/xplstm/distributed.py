@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import signal
 import threading
@@ -44,7 +45,13 @@ try:
     import dask
     import dask.array as da
     from dask.distributed import Client, LocalCluster, WorkerPlugin
-except ImportError as error:  # the extra is not installed
+except ImportError as error:  # the extra is not installed, or a file hides it
+    found = importlib.util.find_spec("distributed")
+    if found is not None and found.submodule_search_locations is None:
+        raise ImportError(
+            f"{found.origin} hides Dask's distributed package (it is imported as "
+            "'distributed'); rename that file"
+        ) from error
     raise ImportError(
         f"xplstm.distributed needs Dask distributed ({error}); install it with "
         "pip install 'xplstm[distributed]'"

@@ -1,0 +1,153 @@
+"""Throughput of xplstm.distributed against one process, side by side in one run.
+
+    .venv/bin/python benchmarks/cluster_throughput.py                 # hidden 256, 1 and 2 workers
+    .venv/bin/python benchmarks/cluster_throughput.py --workers 1,2,4 --batch 128
+
+Contenders, each timed in turn in every round (so that a busy machine slows them alike):
+``local``, the model in this process with one BLAS thread (a Dask worker's setting), and
+``Dask, N workers``, a LocalCluster of N processes with one thread each, all started before
+the first round. Rows: ``predict`` (sequences per second over ``--rows`` sequences cut into
+blocks of ``--block``) and ``fit step`` (one synchronous step on a global batch of
+``--batch``, one shard per worker: forward, backward, the gradients summed on the driver,
+clipping, Adam). ``round trip`` is a fit step of a model too small to compute anything
+(hidden 4, seq 2, one sequence per worker): the cost of Dask's scheduling and messages alone.
+``1 sequence per worker`` is a fit step at full size with one sequence per worker: the round
+trip plus sending the parameters out and the gradients back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import xplstm
+from xplstm import batched, distributed, losses, optim
+
+
+def build(features: int, hidden: int, seed: int = 0) -> xplstm.Sequential:
+    return xplstm.Sequential(
+        xplstm.LSTM(features, hidden, backend="numpy", seed=seed),
+        xplstm.LastStep(),
+        xplstm.Linear(hidden, 1, backend="numpy", seed=seed + 1),
+    )
+
+
+def local_step(model: xplstm.Sequential, optimizer: optim.Optimizer) -> Callable:
+    def step(x: np.ndarray, y: np.ndarray) -> None:
+        _, d_prediction = losses.mse(model(x), y)
+        model.backward(d_prediction)
+        optim.clip_grad_norm(model.parameters(), 1.0)
+        optimizer.step()
+
+    return step
+
+
+def parallel_step(
+    model: xplstm.Sequential, optimizer: optim.Optimizer, client: distributed.Client
+) -> Callable:
+    engine = distributed.DataParallel(model, losses.mse, client)
+
+    def step(x: np.ndarray, y: np.ndarray) -> None:
+        engine.gradients(x, y)
+        optim.clip_grad_norm(model.parameters(), 1.0)
+        optimizer.step()
+
+    return step
+
+
+def seconds(run: Callable[[], object], repeats: int) -> float:
+    """The median wall time of ``run()`` over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2", help="cluster sizes, comma-separated")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--features", type=int, default=256)
+    parser.add_argument("--seq", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=64, help="global batch of a fit step")
+    parser.add_argument("--rows", type=int, default=512, help="sequences to predict")
+    parser.add_argument("--block", type=int, default=64, help="sequences per predict task")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="fit steps timed per round")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.workers.split(",")]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.rows, args.seq, args.features)).astype("float32")
+    y = rng.standard_normal((args.rows, 1)).astype("float32")
+    batch = (x[: args.batch], y[: args.batch])
+    tiny = build(args.features, 4)
+    tiny_x = x[:, :2]
+
+    clusters = {n: distributed.cluster(workers=n) for n in sizes}
+    clients = {n: cm.__enter__() for n, cm in clusters.items()}
+    results: dict[str, dict[str, list[float]]] = {}
+    try:
+        contenders: dict[str, dict[str, Callable[[], object]]] = {}
+        model = build(args.features, args.hidden)
+        step = local_step(model, optim.Adam(model.parameters()))
+        contenders["local"] = {
+            "predict": lambda: batched.predict(model, x, args.block),
+            "fit step": lambda: step(*batch),
+        }
+        for n, client in clients.items():
+            full = build(args.features, args.hidden)
+            small = build(args.features, 4)
+            big_step = parallel_step(full, optim.Adam(full.parameters()), client)
+            small_step = parallel_step(small, optim.Adam(small.parameters()), client)
+            contenders[f"Dask, {n} workers"] = {
+                "predict": lambda c=client: distributed.predict(
+                    full, x, client=c, batch_size=args.block
+                ),
+                "fit step": lambda s=big_step: s(*batch),
+                "1 sequence per worker": lambda s=big_step, n=n: s(x[:n], y[:n]),
+                "round trip": lambda s=small_step, n=n: s(tiny_x[:n], y[:n]),
+            }
+        del tiny
+        with threadpool_limits(limits=1, user_api="blas"):
+            for name, rows in contenders.items():  # warm-up: imports, first allocations
+                for run in rows.values():
+                    run()
+            for _ in range(args.rounds):
+                for name, rows in contenders.items():
+                    for row, run in rows.items():
+                        repeats = 1 if row == "predict" else args.steps
+                        results.setdefault(name, {}).setdefault(row, []).append(
+                            seconds(run, repeats)
+                        )
+    finally:
+        for cm in clusters.values():
+            cm.__exit__(None, None, None)
+    report(args, results)
+
+
+def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]]) -> None:
+    params = 4 * args.hidden * (args.features + args.hidden + 1) + args.hidden + 1
+    print(
+        f"hidden {args.hidden}, features {args.features}, seq {args.seq}, float32: "
+        f"{params} parameters ({params * 4 / 1e6:.2f} MB); medians of {args.rounds} rounds"
+    )
+    local = {row: statistics.median(v) for row, v in results["local"].items()}
+    print(f"| contender | row | ms | sequences/s | vs local |\n|{' --- |' * 5}")
+    for name, rows in results.items():
+        for row, values in rows.items():
+            ms = statistics.median(values) * 1e3
+            count = {"predict": args.rows, "fit step": args.batch}.get(row)
+            rate = f"{count / ms * 1e3:.0f}" if count else ""
+            ratio = f"{local[row] * 1e3 / ms:.2f}x" if row in local else ""
+            print(f"| {name} | {row} | {ms:.1f} | {rate} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
