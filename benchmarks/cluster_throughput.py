@@ -87,7 +87,6 @@ def main() -> None:
     x = rng.standard_normal((args.rows, args.seq, args.features)).astype("float32")
     y = rng.standard_normal((args.rows, 1)).astype("float32")
     batch = (x[: args.batch], y[: args.batch])
-    tiny = build(args.features, 4)
     tiny_x = x[:, :2]
 
     clusters = {n: distributed.cluster(workers=n) for n in sizes}
@@ -107,16 +106,15 @@ def main() -> None:
             big_step = parallel_step(full, optim.Adam(full.parameters()), client)
             small_step = parallel_step(small, optim.Adam(small.parameters()), client)
             contenders[f"Dask, {n} workers"] = {
-                "predict": lambda c=client: distributed.predict(
-                    full, x, client=c, batch_size=args.block
+                "predict": lambda c=client, m=full: distributed.predict(
+                    m, x, client=c, batch_size=args.block
                 ),
                 "fit step": lambda s=big_step: s(*batch),
                 "1 sequence per worker": lambda s=big_step, n=n: s(x[:n], y[:n]),
                 "round trip": lambda s=small_step, n=n: s(tiny_x[:n], y[:n]),
             }
-        del tiny
         with threadpool_limits(limits=1, user_api="blas"):
-            for name, rows in contenders.items():  # warm-up: imports, first allocations
+            for rows in contenders.values():  # warm-up: imports, first allocations
                 for run in rows.values():
                     run()
             for _ in range(args.rounds):

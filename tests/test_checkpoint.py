@@ -224,3 +224,54 @@ def test_missing_file_is_a_plain_file_not_found(tmp_path):
 def test_a_wrong_device_is_a_backend_error_not_a_bad_file(saved):
     with pytest.raises(xplstm.backends.BackendError, match="device 'cuda:7' is not available"):
         checkpoint.load(saved, backend="numpy", device="cuda:7")
+
+
+def adam_steps(model, optimizer, steps: int, seed: int = 5) -> None:
+    """``steps`` Adam steps of ``model`` on random data (float64, on the model's device)."""
+    rng = np.random.default_rng(seed)
+    backend = xplstm.backends.get(model.backend)
+    for _ in range(steps):
+        x, y = rng.standard_normal((4, 5, 3)), rng.standard_normal((4, 2))
+        _, d = xplstm.losses.mse(
+            model(backend.from_numpy(x, model.device)), backend.from_numpy(y, model.device)
+        )
+        model.backward(d)
+        optimizer.step()
+
+
+def test_a_training_checkpoint_resumes_adam_on_any_backend(target, tmp_path):
+    """Parameters, Adam's moments and step count come back where the new model lives, so one
+    more step there equals one more step of the original."""
+    model = host_model()
+    optimizer = xplstm.optim.Adam(model.parameters(), lr=0.01)
+    adam_steps(model, optimizer, 2)
+    checkpoint.save(tmp_path / "t.npz", model, optimizer=optimizer, training={"step": 2})
+    adam_steps(model, optimizer, 1, seed=6)
+
+    layers = [
+        target.lstm(3, 4, dtype="float64", seed=9),
+        xplstm.LastStep(),
+        xplstm.Linear(4, 2, backend=target.backend, device=target.device, dtype="float64"),
+    ]
+    resumed = xplstm.Sequential(*layers)
+    again = xplstm.optim.Adam(resumed.parameters(), lr=0.01)
+    assert checkpoint.restore(tmp_path / "t.npz", resumed, again) == {"step": 2}
+    assert again.steps == 2
+    adam_steps(resumed, again, 1, seed=6)
+    for ours, theirs in zip(resumed.parameters(), model.parameters(), strict=True):
+        assert_close(ours.values, xplstm.to_numpy(theirs.values), resumed.layers[0])
+    assert isinstance(checkpoint.load(tmp_path / "t.npz"), xplstm.Sequential)
+
+
+def test_restore_says_what_does_not_fit(saved, tmp_path):
+    other = xplstm.Sequential(xplstm.LSTM(3, 5, dtype="float64"), xplstm.LastStep())
+    with pytest.raises(CheckpointError, match=r"holds a Sequential .* but the model is a Seq"):
+        checkpoint.restore(saved, other)
+    model = host_model()
+    with pytest.raises(CheckpointError, match="holds no optimizer state: it was saved without"):
+        checkpoint.restore(saved, model, xplstm.optim.Adam(model.parameters()))
+    checkpoint.save(
+        tmp_path / "sgd.npz", model, optimizer=xplstm.optim.SGD(model.parameters(), 0.1)
+    )
+    with pytest.raises(CheckpointError, match="the state is SGD's, not Adam's"):
+        checkpoint.restore(tmp_path / "sgd.npz", model, xplstm.optim.Adam(model.parameters()))

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 
 from xplstm import backends
-from xplstm.layer import dtype_name, positive_int
+from xplstm.checks import positive_int
+from xplstm.layer import dtype_name
 from xplstm.resolver import to_numpy
 from xplstm.sequential import Sequential
-
-Array = Any
+from xplstm.types import Array
 
 
 def on_model(model: Any, a: Any) -> Array:

@@ -39,7 +39,9 @@ import numpy as np
 from tqdm import tqdm
 
 from xplstm import backends, batched, checkpoint, optim
+from xplstm.checks import positive_int
 from xplstm.resolver import to_numpy
+from xplstm.types import Array
 
 try:
     import dask
@@ -57,7 +59,6 @@ except ImportError as error:  # the extra is not installed, or a file hides it
         "pip install 'xplstm[distributed]'"
     ) from error
 
-Array = Any
 Model = Any
 #: A loss as in :mod:`xplstm.losses`: ``(prediction, target) -> (loss, d_prediction)``.
 Loss = Callable[[Array, Array], tuple[Array, Array]]
@@ -85,8 +86,8 @@ def cluster(workers: int = 2, threads_per_worker: int = 1, **options: Any) -> It
         with xplstm.distributed.cluster(workers=4) as client:
             y = xplstm.distributed.predict(model, x)
     """
-    count = _positive("workers", workers)
-    threads = _positive("threads_per_worker", threads_per_worker)
+    count = positive_int("workers", workers)
+    threads = positive_int("threads_per_worker", threads_per_worker)
     options = {"processes": True, "dashboard_address": ":0"} | options
     with (
         LocalCluster(n_workers=count, threads_per_worker=threads, **options) as lc,
@@ -234,7 +235,7 @@ def predict(
     rows at a time): the recurrence cannot cross chunks along time. The parameters travel
     once per call, as one key of the task graph. ``client``: see :func:`fit`.
     """
-    batch_size = _positive("batch_size", batch_size)
+    batch_size = positive_int("batch_size", batch_size)
     _check_inputs(model, x, "x")
     blocks: Sequence[Any]
     if isinstance(x, da.Array):
@@ -296,7 +297,7 @@ class DataParallel:
         self.workers = _check_workers(client, model.backend)
         self._seen = time.monotonic()
         #: Shards per global batch: by default one per worker at the start.
-        self.shards = len(self.workers) if shards is None else _positive("shards", shards)
+        self.shards = len(self.workers) if shards is None else positive_int("shards", shards)
 
     def gradients(self, x: Any, y: Any) -> float:
         """Set every parameter's ``deltas`` to the gradient of the mean loss over the global
@@ -377,9 +378,9 @@ def fit(
     checkpoint, loadable with :func:`xplstm.checkpoint.load`), and a call that finds the file
     resumes from it, ending where an uninterrupted run ends.
     """
-    batch_size = _positive("batch_size", batch_size)
-    steps = _positive("steps", steps)
-    every = _positive("every", every)
+    batch_size = positive_int("batch_size", batch_size)
+    steps = positive_int("steps", steps)
+    every = positive_int("every", every)
     if clip is not None and not clip > 0.0:
         raise ValueError(f"clip must be positive (the largest gradient norm) or None, got {clip}")
     if optimizer.parameters != model.parameters():
@@ -464,12 +465,6 @@ def _resume(
 
 
 # -- input checks ---------------------------------------------------------------------------
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _check_inputs(model: Model, x: Any, name: str) -> None:
     """``x`` fits the model (see :func:`xplstm.batched.check_inputs`), chunked along rows only."""
     batched.check_inputs(model, x, name)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import array_api_compat
-import numpy as np
 
 from xplstm import backends
 from xplstm.layer import Weights, dtype_name
@@ -99,18 +99,19 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """What resumes this optimizer where it stands: its type, the steps taken, and each
-        parameter's buffers (momentum, moments) as host NumPy copies, in parameter order."""
+        parameter's buffers (momentum, moments) as host NumPy arrays, in parameter order (they
+        may share memory with the buffers, which :meth:`step` replaces, never writes into)."""
         return {
             "type": type(self).__name__,
             "steps": self.steps,
-            "buffers": [{k: np.array(to_numpy(v)) for k, v in s.items()} for s in self._state],
+            "buffers": [{k: to_numpy(v) for k, v in s.items()} for s in self._state],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take the state :meth:`state_dict` gave (of an optimizer of the same type over
         parameters of the same shapes); buffers go where each parameter lives."""
         if state["type"] != type(self).__name__:
-            raise TypeError(f"the state is a {state['type']}'s, not a {type(self).__name__}'s")
+            raise TypeError(f"the state is {state['type']}'s, not {type(self).__name__}'s")
         buffers = state["buffers"]
         if len(buffers) != len(self.parameters):
             raise ValueError(

@@ -18,7 +18,6 @@ import numpy as np
 from xplstm import losses
 from xplstm.checks import positive_int
 from xplstm.sampling import PRIME, generate
-from xplstm.types import Array
 
 #: Class targets are int32: JAX without 64-bit mode has no int64, and every backend has int32.
 CLASS_DTYPE = "int32"

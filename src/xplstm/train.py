@@ -135,11 +135,8 @@ def _checked(settings: Settings) -> tuple[int, int, int, float]:
         )
     if settings.workers is not None and settings.scheduler is not None:
         raise ValueError("give --workers (a cluster on this machine) or --scheduler, not both")
-    workers = settings.workers
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-    ):
-        raise ValueError(f"--workers must be a positive integer, got {workers!r}")
+    if settings.workers is not None:
+        positive_int("--workers", settings.workers)
     return hidden, batch, steps, lr
 
 
