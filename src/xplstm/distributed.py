@@ -46,7 +46,7 @@ from xplstm.types import Array
 try:
     import dask
     import dask.array as da
-    from dask.distributed import Client, LocalCluster, WorkerPlugin
+    from dask.distributed import Client, LocalCluster, WorkerPlugin, default_client
 except ImportError as error:  # the extra is not installed, or a file hides it
     found = importlib.util.find_spec("distributed")
     if found is not None and found.submodule_search_locations is None:
@@ -131,7 +131,10 @@ def client_for(
     """A client of a ``LocalCluster`` of ``workers`` processes, or of the scheduler at the
     address ``scheduler`` (closed at the end, the cluster left running): one, not both."""
     if (workers is None) == (scheduler is None):
-        raise ValueError("give workers (a cluster on this machine) or scheduler, not both")
+        raise ValueError(
+            "give either workers (a LocalCluster here) or scheduler (an address), exactly one; "
+            f"got workers={workers!r}, scheduler={scheduler!r}"
+        )
     if scheduler is None:
         with cluster(workers=workers) as client:
             yield client
@@ -143,16 +146,14 @@ def client_for(
 @contextlib.contextmanager
 def _using(client: Client | None) -> Iterator[Client]:
     """``client``; else the default client; else a ``LocalCluster`` for the block."""
-    if client is not None:
-        yield client
-        return
-    try:
-        from dask.distributed import default_client
-
-        yield default_client()
-    except ValueError:  # no client in this process
-        with cluster() as local:
-            yield local
+    if client is None:
+        try:
+            client = default_client()
+        except ValueError:  # no client in this process
+            with cluster() as local:
+                yield local
+            return
+    yield client
 
 
 def _check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT) -> list[str]:
@@ -383,7 +384,7 @@ def fit(
     every = positive_int("every", every)
     if clip is not None and not clip > 0.0:
         raise ValueError(f"clip must be positive (the largest gradient norm) or None, got {clip}")
-    if optimizer.parameters != model.parameters():
+    if [id(p) for p in optimizer.parameters] != [id(p) for p in model.parameters()]:
         raise ValueError(
             "the optimizer must be built on this model: optim.Adam(model.parameters())"
         )
@@ -402,7 +403,7 @@ def fit(
         history = _resume(checkpoint, model, optimizer, position, steps)
     with _using(client) as active:
         engine = DataParallel(model, loss, active, shards)
-        data_x, data_y = active.persist([_rows_chunked(x, "x"), _rows_chunked(y, "y")])
+        data_x, data_y = active.persist([_rows_chunked(x), _rows_chunked(y)])
         with tqdm(total=steps, initial=len(history), unit="step", disable=not progress) as bar:
             for step in range(len(history), steps):
                 chosen = batch_rows(rows, batch_size, seed, step)
@@ -417,12 +418,13 @@ def fit(
     return history
 
 
-def _rows_chunked(a: Any, name: str) -> da.Array:
-    """``a`` as a Dask array chunked along the rows only (host arrays: about 64 MiB chunks)."""
+def _rows_chunked(a: Any) -> da.Array:
+    """``a`` as a Dask array chunked along the rows only (host arrays: about 64 MiB chunks,
+    under fresh keys, so that nothing is hashed and no other call's data is mistaken for it)."""
     if isinstance(a, da.Array):
         return a
     whole = {axis: -1 for axis in range(1, np.ndim(a))}
-    return da.from_array(np.asarray(a), chunks={0: "64MiB", **whole}, name=f"xplstm-{name}")
+    return da.from_array(np.asarray(a), chunks={0: "64MiB", **whole}, name=False)
 
 
 def _save(
