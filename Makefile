@@ -35,10 +35,15 @@ clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis .ruff_cache
 
 # The GPU proof (see scripts/gpu-check): fetch the wheels the GPU machine lacks, then run there.
+# Dask distributed and its dependencies let the GPU machine run xplstm.distributed with CuPy.
 gpu-wheels:
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-	  -d .whl array-api-compat==1.16.0 array-api-strict==2.6.1 threadpoolctl==3.8.0
+	  -d .whl array-api-compat==1.16.0 array-api-strict==2.6.1 threadpoolctl==3.8.0 \
+	  dask==2026.8.0 distributed==2026.8.0 cloudpickle==3.1.3 toolz==1.2.0 partd==1.4.2 \
+	  locket==1.0.0 fsspec==2026.9.0 click==8.5.1 pyyaml==6.0.4 msgpack==1.2.4 psutil==7.2.2 \
+	  tornado==6.6.1 tblib==3.2.2 zict==3.0.0 sortedcontainers==2.4.0 jinja2==3.1.6 \
+	  markupsafe==3.0.4
 
 gpu-check:
 	scripts/gpu-check
