@@ -342,6 +342,14 @@ def test_bad_input_to_fit_is_a_clear_error(client, change, message):
         distributed.fit(model, optim.SGD(model.parameters(), lr=0.1), client=client, **options)
 
 
+def test_errors_inside_a_call_on_the_default_client_come_out_as_they_are(client):
+    model = small_model()
+    x, y = data()
+    with client.as_current(), pytest.raises(ValueError, match="cannot be cut into 9 shards"):
+        distributed.fit(model, optim.SGD(model.parameters(), lr=0.1), x, y, loss=losses.mse,
+                        batch_size=8, steps=1, shards=9)  # fmt: skip
+
+
 def test_a_model_on_dask_is_refused(client):
     model = small_model("dask")
     with pytest.raises(ValueError, match="the model is on the dask backend"):
@@ -379,6 +387,17 @@ def test_predict_writes_the_models_outputs_here_and_on_workers(tmp_path, capsys)
         assert cli.main([*argv, "--output", str(out), "--batch-size", "8", *where]) == 0
         np.testing.assert_allclose(np.load(out), model(x), rtol=0, atol=1e-6)
     assert f"{out}: outputs (30, 2) float32 for 30 sequences" in capsys.readouterr().out
+
+
+def test_train_refuses_bad_cluster_options(tmp_path, capsys):
+    for argv, message in [
+        (["--workers", "0"], "--workers must be a positive int, got 0"),
+        (["--workers", "2", "--scheduler", "tcp://x:1"], "not allowed with argument --workers"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["train", "--out", str(tmp_path), "--quiet", *argv])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
