@@ -244,7 +244,7 @@ def predict(
     else:
         blocks = [x[start : start + batch_size] for start in range(0, x.shape[0], batch_size)]
     replica = dask.delayed(Replica.of(model), pure=False, traverse=False)
-    tasks = [dask.delayed(_predict_block, pure=True)(replica, b, batch_size) for b in blocks]
+    tasks = [dask.delayed(_predict_block, pure=False)(replica, b, batch_size) for b in blocks]
     with _using(client) as active:
         _check_workers(active, model.backend)
         outputs = active.gather(active.compute(tasks))
