@@ -23,6 +23,7 @@ import dask.array as da
 from dask.distributed import Client, LocalCluster, get_task_stream
 
 import xplstm
+from tests.support import assert_close
 from xplstm import checkpoint, cli, distributed, losses, optim
 
 ROWS, SEQ, FEATURES, HIDDEN = 24, 5, 3, 6
@@ -85,12 +86,14 @@ def plain_loop(steps: int = 4) -> tuple[list[float], list[np.ndarray]]:
     return history, parameters(model)
 
 
-def assert_same(actual, expected, atol: float = 0.0) -> None:
-    """Equal losses and parameters: exactly, or to ``atol``."""
+def assert_same(actual, expected, atol: float | None = None) -> None:
+    """Equal losses and parameters: bit for bit, or to ``atol``."""
     (got_losses, got_params), (want_losses, want_params) = actual, expected
-    np.testing.assert_allclose(got_losses, want_losses, rtol=0, atol=atol)
-    for got, want in zip(got_params, want_params, strict=True):
-        np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    level = {"level": "exact"} if atol is None else {"rtol": 0.0, "atol": atol}
+    got_losses, want_losses = np.asarray(got_losses), np.asarray(want_losses)
+    assert_close(got_losses, want_losses, like=want_losses, name="losses", **level)
+    for index, (got, want) in enumerate(zip(got_params, want_params, strict=True)):
+        assert_close(got, want, like=want, name=f"parameter {index}", **level)
 
 
 # -- predict --------------------------------------------------------------------------------
@@ -102,10 +105,10 @@ def test_predict_with_a_ragged_last_chunk_equals_the_forward(client):
     expected = model(x)
     for given in (x, da.from_array(x, chunks=(4, -1, -1))):
         outputs = distributed.predict(model, given, client=client, batch_size=4)
-        np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-15)
+        assert_close(outputs, expected, like=expected, level="ulps")
     lstm = xplstm.LSTM(FEATURES, HIDDEN, dtype="float64", seed=3)  # a bare LSTM gives its y
     outputs = distributed.predict(lstm, x, client=client, batch_size=3)
-    np.testing.assert_allclose(outputs, lstm(x)[0], rtol=0, atol=1e-15)
+    assert_close(outputs, lstm(x)[0], like=x, level="ulps")
 
 
 def test_the_task_stream_shows_work_on_both_workers_and_the_parameters_sent_once(client):
@@ -145,9 +148,10 @@ def test_fit_and_predict_with_the_model_on_each_backend(client, target):
         assert model.backend == backend and model.device == (device or model.device)
         trained.append((history, parameters(model), distributed.predict(model, x, client=client)))
     (want_losses, want_params, want_y), (losses_, params, y_) = trained
-    np.testing.assert_allclose(losses_, want_losses, rtol=1e-5)
+    as_model = {"dtype": "float32"}  # the losses of a float32 model, read as Python floats
+    assert_close(np.asarray(losses_, **as_model), np.asarray(want_losses, **as_model), like=x)
     for got, want in zip([*params, y_], [*want_params, want_y], strict=True):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        assert_close(got, want, like=want)  # another backend: the reference level
 
 
 # -- fit ------------------------------------------------------------------------------------
@@ -281,9 +285,7 @@ def test_workers_compute_on_their_own_device_and_send_host_gradients(client):
         )
         assert_same((history, parameters(model)), expected, atol=1e-12)
         host = checkpoint.model_from_arrays(*checkpoint.model_arrays(model), "numpy")
-        np.testing.assert_allclose(
-            distributed.predict(model, x, client=client), host(x), rtol=0, atol=1e-12
-        )
+        assert_close(distributed.predict(model, x, client=client), host(x), like=x, level="ulps")
     finally:
         client.run(_strict_default_device, None)
 
@@ -372,7 +374,7 @@ def test_train_on_a_scheduler_equals_the_local_run(client, tmp_path, capsys):
     assert there["test_metric"] == pytest.approx(here["test_metric"], rel=1e-5)
     ours, theirs = (checkpoint.load(tmp_path / d / "model.npz") for d in ("there", "here"))
     for a, b in zip(parameters(ours), parameters(theirs), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        assert_close(a, b, like=b, level="ulps")  # float32, two shards against one
     assert (tmp_path / "there" / "loss.png").exists()
 
 
@@ -385,7 +387,7 @@ def test_predict_writes_the_models_outputs_here_and_on_workers(tmp_path, capsys)
     for where in ([], ["--workers", "1"]):
         out = tmp_path / f"y{len(where)}.npy"
         assert cli.main([*argv, "--output", str(out), "--batch-size", "8", *where]) == 0
-        np.testing.assert_allclose(np.load(out), model(x), rtol=0, atol=1e-6)
+        assert_close(np.load(out), model(x), like=x, level="ulps")
     assert f"{out}: outputs (30, 2) float32 for 30 sequences" in capsys.readouterr().out
 
 
