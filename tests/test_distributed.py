@@ -127,7 +127,7 @@ def test_the_task_stream_shows_work_on_both_workers_and_the_parameters_sent_once
 
 
 def test_fit_and_predict_with_the_model_on_each_backend(client, target):
-    """The driver's model on any backend; workers rebuild it on theirs (their default device)
+    """The driver's model on any backend; workers rebuild it there (a device of the same kind)
     and the host gradients go back to the driver's device (float32: JAX workers lack x64)."""
     if target.backend == "dask":
         pytest.skip("a model on Dask is refused: see test_a_model_on_dask_is_refused")
@@ -242,52 +242,29 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
 
 
 # -- the CuPy route, on the CPU -------------------------------------------------------------
-STRICT_PARSE = type(xplstm.backends.get("array_api_strict")).parse_device
 BACKEND_PROBLEM = xplstm.backends.unavailable_reason
 
 
-def _strict_default_device(name: str | None) -> None:
-    """On a worker: array_api_strict's default device becomes the fake ``name`` (as a
-    dask_cuda worker's default CuPy device is its own GPU), or its own again for ``None``."""
-    backend = type(xplstm.backends.get("array_api_strict"))
-    if name is None:
-        backend.parse_device = STRICT_PARSE
-    else:
-        backend.parse_device = lambda self, device: STRICT_PARSE(self, device or name)
-
-
 def test_workers_compute_on_their_own_device_and_send_host_gradients(client):
-    """Where the model's backend has devices, workers place the model and its shards on their
-    default one and return host gradients: array_api_strict refuses NumPy operands and mixed
-    devices, so any slip fails here as it would on a GPU."""
-    x, _ = data()
+    """A model on a GPU other than the first (array_api_strict's ``device2`` here): workers
+    rebuild it on their first device of that kind (``device1``; under dask-cuda a worker's
+    first GPU is its own), place their shards there, and return host gradients, which go
+    back to ``device2``. array_api_strict refuses NumPy operands and mixed devices, so any
+    slip fails here as it would on GPUs."""
+    model = small_model("array_api_strict").to("array_api_strict", "device2")
+    rebuilt = distributed.Replica.of(model).build()
+    assert str(rebuilt.device) == "array_api_strict.Device('device1')"
+    x, y = data()
     expected = run_fit(client, shards=2)
-    client.run(_strict_default_device, "device1")
-    try:
-        devices = client.run(
-            lambda: str(xplstm.backends.get("array_api_strict").parse_device(None))
-        )
-        assert set(devices.values()) == {"array_api_strict.Device('device1')"}
-        model = small_model("array_api_strict")
-        optimizer = optim.Adam(model.parameters(), lr=0.05)
-        x, y = data()
-        history = distributed.fit(
-            model,
-            optimizer,
-            x,
-            y,
-            loss=losses.mse,
-            batch_size=8,
-            steps=4,
-            shards=2,
-            client=client,
-            clip=0.5,
-        )
-        assert_same((history, parameters(model)), expected, atol=1e-12)
-        host = checkpoint.model_from_arrays(*checkpoint.model_arrays(model), "numpy")
-        assert_close(distributed.predict(model, x, client=client), host(x), like=x, level="ulps")
-    finally:
-        client.run(_strict_default_device, None)
+    optimizer = optim.Adam(model.parameters(), lr=0.05)
+    history = distributed.fit(
+        model, optimizer, x, y, loss=losses.mse, batch_size=8, steps=4, shards=2,
+        client=client, clip=0.5,
+    )  # fmt: skip
+    assert str(model.device) == "array_api_strict.Device('device2')"
+    assert_same((history, parameters(model)), expected, atol=1e-12)
+    host = checkpoint.model_from_arrays(*checkpoint.model_arrays(model), "numpy")
+    assert_close(distributed.predict(model, x, client=client), host(x), like=x, level="ulps")
 
 
 # -- clear errors ---------------------------------------------------------------------------

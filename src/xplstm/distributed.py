@@ -13,8 +13,9 @@ per GPU). Dask schedules the tasks, moves the data, and restarts lost workers; x
 - :class:`DataParallel`: that gradient step alone, for a training loop of one's own.
 
 Workers rebuild the model from its description and host parameters (as a checkpoint holds them)
-on the model's backend, on their own default device: under ``LocalCUDACluster`` each worker's
-GPU, where its shards go too; gradients come back to the host for the sum. Everything a worker
+on the model's backend, on their first device of the kind the model is on (see
+:meth:`Replica.build`): under ``LocalCUDACluster`` each worker's own GPU, where its shards go
+too; gradients come back to the host for the sum. Everything a worker
 needs travels through the task graph, never only by ``scatter``, so a task lost with its worker
 is recomputed elsewhere from its lineage.
 
@@ -28,6 +29,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import re
 import signal
 import threading
 import time
@@ -186,11 +188,12 @@ def _backend_problem(name: str) -> str | None:
 @dataclass(frozen=True)
 class Replica:
     """What a worker needs to rebuild a model: its description and host parameters (as in a
-    checkpoint), and the name of its backend."""
+    checkpoint), its backend's name, and the kind of device it lives on (see :meth:`build`)."""
 
     description: dict[str, Any]
     arrays: dict[str, np.ndarray]
     backend: str
+    device_kind: str
 
     @classmethod
     def of(cls, model: Model) -> Replica:
@@ -201,11 +204,22 @@ class Replica:
                 "over NumPy (or CuPy) models: move the model with model.to('numpy')"
             )
         description, arrays = checkpoint.model_arrays(model)
-        return cls(description, arrays, model.backend)
+        return cls(description, arrays, model.backend, _kind(model.device))
 
     def build(self) -> Model:
-        """The model, on this backend's default device here (a worker's own GPU for CuPy)."""
-        return checkpoint.model_from_arrays(self.description, self.arrays, self.backend)
+        """The model, here, on the first device of the kind the original lives on: a GPU
+        for a model on a GPU (under ``dask_cuda.LocalCUDACluster`` a worker's first GPU is its
+        own), the host for one on the host; the backend's default device if there is none."""
+        backend = backends.get(self.backend)
+        same = [d for d in backend.devices() if _kind(d) == self.device_kind]
+        device = same[0] if same else backend.default_device()
+        return checkpoint.model_from_arrays(self.description, self.arrays, backend, device)
+
+
+def _kind(device: Any) -> str:
+    """A device's name without its numbers: ``cuda:1`` -> ``cuda:``; ``<CUDA Device 1>`` ->
+    ``<CUDA Device >``; ``cpu`` stays ``cpu``."""
+    return re.sub(r"\d+", "", str(device))
 
 
 def _predict_block(replica: Replica, block: Any, batch_size: int) -> np.ndarray:
