@@ -156,13 +156,20 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
     """--workers or --scheduler, and how long to wait for a scheduler."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--workers", type=int, help="spread the work over a Dask LocalCluster of N processes"
+        "--workers",
+        type=int,
+        metavar="N",
+        help="spread the work over a Dask LocalCluster of N processes",
     )
     where.add_argument(
         "--scheduler", metavar="ADDRESS", help="... or over the Dask scheduler at ADDRESS"
     )
     parser.add_argument(
-        "--connect-timeout", type=float, default=10.0, help="seconds to wait for --scheduler"
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for --scheduler (default 10)",
     )
 
 
@@ -227,7 +234,9 @@ def _parser() -> argparse.ArgumentParser:
         description=predict.__doc__,
     )
     predict_parser.add_argument("--model", required=True, help="a checkpoint (.npz)")
-    predict_parser.add_argument("--input", required=True, type=Path, help="(rows, seq, features)")
+    predict_parser.add_argument(
+        "--input", required=True, type=Path, help="an .npy of (rows, seq, features)"
+    )
     predict_parser.add_argument("--output", required=True, type=Path, help="where to write (.npy)")
     predict_parser.add_argument(
         "--batch-size", type=int, default=256, help="sequences per forward pass"
