@@ -12,9 +12,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The library alone (numpy, array-api-compat, tqdm, matplotlib, threadpoolctl): enough for the demo.
+# The library and numba (the fast extra: NumPy's compiled time loop), for the demo.
 $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
-	$(QUIET_EDITABLE) $(BIN)/python -m pip install -q -e .
+	$(QUIET_EDITABLE) $(BIN)/python -m pip install -q -e '.[fast]'
 	touch $@
 
 # The library and everything the tests compare against (torch==2.13.0 CPU, jax, dask, ...).

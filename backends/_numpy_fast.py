@@ -1,7 +1,11 @@
-"""NumPy's fast path: the written-once sequence with in-place ufuncs into reused workspaces.
+"""NumPy's fast path: the written-once sequence with reused workspaces, and one of two loops.
 
-No transformation (jit, fuse) exists for plain NumPy, so this module restates the math of
-``xplstm.cell`` and ``xplstm.sequence``, and only where it pays:
+The time loop is either compiled (``_numpy_jit``: numba, the core's own cell functions njit-ed,
+one call for the whole loop) or made of in-place ufuncs and a BLAS call a step (below,
+restating the math of ``xplstm.cell``). :meth:`NumPyFastPath.compiled_for` picks the compiled
+loop where numba is installed and a step is small enough that compiled plain loops beat a
+BLAS call plus ~20 NumPy calls (``COMPILED_MAX_*``, measured in docs/benchmarks.md). The
+first point holds for both loops, the others for the ufunc loop:
 
 - workspaces (gates, cells, gradients) live as long as the layer and are reused while the
   shape holds: fresh large buffers cost a page fault per 4 KiB on every call;
@@ -19,36 +23,74 @@ parameter gradients and ``dx`` are single large products without transposes.
 
 from __future__ import annotations
 
+import importlib.util
+from functools import cached_property
+from typing import Any
+
 import numpy as np
+
+#: Where numba is installed the compiled loop runs at most this many units a step (batch *
+#: hidden) at any hidden size (its products stream W_h from memory once a batch row, as
+#: BLAS's do at small batches), ...
+COMPILED_MAX_UNITS = 2048
+#: ... and at up to this hidden size (W_h in float32, 256 KiB, stays in a core's L2 cache) at
+#: most this many units. Above, BLAS's blocked products win (measured: docs/benchmarks.md).
+COMPILED_MAX_HIDDEN, COMPILED_MAX_UNITS_SMALL_HIDDEN = 128, 16384
+#: Which loop to run: "auto" (by the threshold), "compiled" or "ufuncs"; the environment
+#: variable overrides "auto" for new layers (for benchmarks and tests, or to avoid numba).
+LOOPS = ("auto", "compiled", "ufuncs")
+LOOP_ENV = "XPLSTM_NUMPY_LOOP"
+
+
+def numba_installed() -> bool:
+    """Whether the compiled loop can run here (``pip install xplstm[fast]`` installs numba)."""
+    return importlib.util.find_spec("numba") is not None
 
 
 class _Workspace:
-    """Buffers for one (batch, seq, hidden, dtype), and their per-step views, made once."""
+    """Buffers for one (batch, seq, hidden, dtype, layout), and their per-step views, made once.
 
-    def __init__(self, batch: int, seq: int, hidden: int, dtype: np.dtype) -> None:
-        self.key = (batch, seq, hidden, dtype)
-        self.gates = np.empty((batch, seq, 4 * hidden), dtype)
-        self.cells = np.empty((batch, seq, hidden), dtype)
-        self.dz = np.empty((batch, seq, 4 * hidden), dtype)
-        self.a = np.empty((batch, seq, hidden), dtype)
+    The ufunc loop keeps them batch-major (batch, seq, ...) as the user's arrays are; the
+    compiled loop time-major (seq, batch, ...), so that one step's rows lie together in memory
+    (batch-major, a step touched one row every seq * 4H values, and at (64,100,32,32) the
+    compiled loop ran 2.5x slower per sequence than at batch 32, cache misses).
+    """
+
+    def __init__(
+        self, batch: int, seq: int, hidden: int, dtype: np.dtype, time_major: bool
+    ) -> None:
+        self.key = (batch, seq, hidden, dtype, time_major)
+        self.time_major = time_major
+        lead = (seq, batch) if time_major else (batch, seq)
+        self.gates = np.empty((*lead, 4 * hidden), dtype)
+        self.cells = np.empty((*lead, hidden), dtype)
+        self.dz = np.empty((*lead, 4 * hidden), dtype)
+        self.a = np.empty((*lead, hidden), dtype)
         self.z_h = np.empty((batch, 4 * hidden), dtype)
         self.tmp = np.empty((batch, hidden), dtype)
-        # Slicing costs as much as a small ufunc call: take every per-step view once.
+
+    def steps(self, a: np.ndarray) -> np.ndarray:
+        """A (seq, batch, ...) view of a workspace array, whatever its layout."""
+        return a if self.time_major else a.swapaxes(0, 1)
+
+    # Slicing costs as much as a small ufunc call: the ufunc loop takes every per-step view
+    # once, when it first runs on this workspace (the compiled loop needs none).
+    @cached_property
+    def forward_steps(self) -> list[tuple[np.ndarray, ...]]:
+        batch, seq, hidden, _, _ = self.key
         blocks = self.gates.reshape(batch, seq, 4, hidden)
-        self.forward_steps = [
+        return [
             (z, z[:, : 3 * hidden], z[:, 3 * hidden :], *(blocks[:, t, k] for k in range(3)), c)
             for t, z, c in ((t, self.gates[:, t], self.cells[:, t]) for t in range(seq))
         ]
-        dz4 = self.dz.reshape(batch, seq, 4, hidden)
-        self.backward_steps = [
-            (
-                self.a[:, t],
-                dz4[:, t, :2],
-                dz4[:, t, 2],
-                dz4[:, t, 3],
-                blocks[:, t, 1],
-                self.dz[:, t],
-            )
+
+    @cached_property
+    def backward_steps(self) -> list[tuple[np.ndarray, ...]]:
+        batch, seq, hidden, _, _ = self.key
+        blocks = self.gates.reshape(batch, seq, 4, hidden)
+        dz, dz4 = self.dz, self.dz.reshape(batch, seq, 4, hidden)
+        return [
+            (self.a[:, t], dz4[:, t, :2], dz4[:, t, 2], dz4[:, t, 3], blocks[:, t, 1], dz[:, t])
             for t in range(seq - 1, -1, -1)
         ]
 
@@ -62,16 +104,47 @@ class _Workspace:
 
 
 class NumPyFastPath:
-    """Forward and backward for one layer; keeps its workspace between calls."""
+    """Forward and backward for one layer; keeps its workspace between calls.
 
-    def __init__(self) -> None:
+    ``kernels`` are the cell's element-wise functions (``xplstm.cell.KERNELS``), which the
+    compiled loop compiles; ``loop`` picks the time loop: ``"auto"`` (the compiled one where
+    :meth:`compiled_for` says so), ``"compiled"`` (numba must be installed) or ``"ufuncs"``.
+    """
+
+    def __init__(self, kernels: Any, loop: str = "auto") -> None:
+        if loop not in LOOPS:
+            raise ValueError(f"the NumPy loop must be one of {LOOPS} (${LOOP_ENV}), got {loop!r}")
+        if loop == "compiled" and not numba_installed():
+            raise ImportError(
+                f"the compiled NumPy loop needs numba: pip install 'xplstm[fast]' (or unset "
+                f"${LOOP_ENV})"
+            )
+        self.loop, self._kernels = loop, kernels
+        self._numba = numba_installed()
         self._workspace: _Workspace | None = None
 
-    def _get_workspace(self, batch: int, seq: int, hidden: int, dtype: np.dtype) -> _Workspace:
-        """The workspace for this shape, made anew only when the shape or dtype changes."""
-        if self._workspace is None or self._workspace.key != (batch, seq, hidden, dtype):
+    def compiled_for(self, batch: int, hidden: int) -> bool:
+        """Whether a sequence of this batch and hidden size runs the compiled loop.
+
+        The one place that decides: the compiled loop covers the plain recurrence of one
+        direction and layer, and anything it does not cover must send calls to the ufunc loop
+        here (so a per-step mask or a projection, once the layer has them, falls back by itself
+        until the compiled loop learns them).
+        """
+        if self.loop != "auto":
+            return self.loop == "compiled"
+        units = batch * hidden
+        return self._numba and (
+            units <= COMPILED_MAX_UNITS
+            or (hidden <= COMPILED_MAX_HIDDEN and units <= COMPILED_MAX_UNITS_SMALL_HIDDEN)
+        )
+
+    def _get_workspace(self, *key: Any) -> _Workspace:
+        """The workspace for (batch, seq, hidden, dtype, time_major), made anew only when the
+        shape, dtype or layout changes."""
+        if self._workspace is None or self._workspace.key != key:
             self._workspace = None  # free the old one before allocating the new one
-            self._workspace = _Workspace(batch, seq, hidden, dtype)
+            self._workspace = _Workspace(*key)
         return self._workspace
 
     def forward(
@@ -79,33 +152,17 @@ class NumPyFastPath:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
         batch, seq, inputs = x.shape
         hidden = h0.shape[1]
-        ws = self._get_workspace(batch, seq, hidden, w.dtype)
-        z_h, tmp = ws.z_h, ws.tmp
-        y = np.empty((batch, seq, hidden), w.dtype)
-        # Negated input, forget and output columns give -z directly (negation is exact):
-        # sigmoid(z) = 1 / (1 + exp(-z)) then takes 3 calls.
-        sign = np.ones(4 * hidden, w.dtype)
-        sign[: 3 * hidden] = -1.0
-        w_x, w_h = w[:inputs] * sign, w[inputs:] * sign
-        np.matmul(x.reshape(batch * seq, inputs), w_x, out=ws.gates.reshape(batch * seq, -1))
-        ws.gates += b * sign
-        h, c = h0, c0
-        with np.errstate(over="ignore"):  # exp(-z) = inf for very negative z: sigmoid 0
-            for t, (z, ifo, g, i, f, o, c_t) in enumerate(ws.forward_steps):
-                np.dot(h, w_h, out=z_h)
-                z += z_h
-                np.exp(ifo, out=ifo)
-                ifo += 1.0
-                np.reciprocal(ifo, out=ifo)
-                np.tanh(g, out=g)
-                np.multiply(f, c, out=c_t)
-                np.multiply(i, g, out=tmp)
-                c_t += tmp
-                np.tanh(c_t, out=tmp)
-                h = y[:, t]
-                np.multiply(o, tmp, out=h)
-                c = c_t
-        return y, h.copy(), c.copy(), (x, h0, c0, y, ws)
+        compiled = self.compiled_for(batch, hidden)
+        ws = self._get_workspace(batch, seq, hidden, w.dtype, compiled)
+        # The inputs as rows in the workspace's order, for the products over all steps.
+        x_rows = (x.swapaxes(0, 1) if compiled else x).reshape(batch * seq, inputs)
+        if compiled:
+            _project(ws, x_rows, w[:inputs], b)
+            y, h, c = _compiled_forward(self._kernels, ws, w[inputs:], h0, c0)
+        else:
+            y = np.empty((batch, seq, hidden), w.dtype)
+            h, c = _ufunc_forward(ws, w, b, x_rows, h0, c0, y)
+        return y, h, c, (x_rows, h0, c0, y, ws, compiled)
 
     def backward(
         self,
@@ -115,53 +172,134 @@ class NumPyFastPath:
         dh_n: np.ndarray,
         dc_n: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        x, h0, c0, y, ws = cache
-        batch, seq, inputs = x.shape
-        hidden = h0.shape[1]
-        gates, cells, dz, a = ws.gates, ws.cells, ws.dz, ws.a
-        i, f, o, g = (gates[..., k * hidden : (k + 1) * hidden] for k in range(4))
-        di, df, do, dg = (dz[..., k * hidden : (k + 1) * hidden] for k in range(4))
-        # dz = [dc·g·i(1-i), dc·c_prev·f(1-f), dh·tanh(c)·o(1-o), dc·i(1-g²)]: the factors
-        # after dc and dh do not depend on the recurrence, so compute them all first.
-        np.tanh(cells, out=a)
-        np.subtract(1.0, i, out=di)
-        di *= i
-        di *= g
-        np.subtract(1.0, f, out=df)
-        df *= f
-        df[:, 1:] *= cells[:, :-1]
-        df[:, 0] *= c0
-        np.subtract(1.0, o, out=do)
-        do *= o
-        do *= a
-        np.multiply(g, g, out=dg)
-        np.subtract(1.0, dg, out=dg)
-        dg *= i
-        # a = o(1 - tanh²c): how dh reaches dc.
-        a *= a
-        np.subtract(1.0, a, out=a)
-        a *= o
-        w_h_t = np.ascontiguousarray(w[inputs:].T)
-        dh, dc = dh_n.copy(), dc_n.copy()
-        dc_rows, tmp = dc[:, None, :], ws.tmp
-        for t, (a_t, dz_if, dz_o, dz_g, f_t, dz_t) in zip(
-            range(seq - 1, -1, -1), ws.backward_steps, strict=True
-        ):
-            if dy is not None:
-                dh += dy[:, t]
-            np.multiply(dh, a_t, out=tmp)
-            dc += tmp
-            dz_if *= dc_rows
-            dz_g *= dc
-            dz_o *= dh
-            dc *= f_t
-            np.dot(dz_t, w_h_t, out=dh)
-        dz_flat = dz.reshape(batch * seq, 4 * hidden)
-        h_prev = a  # its factors are spent: reuse it for h_0 .. h_{T-1}
-        h_prev[:, 0] = h0
-        h_prev[:, 1:] = y[:, :-1]
+        x_rows, h0, c0, y, ws, compiled = cache
+        batch, seq, hidden, _, _ = ws.key
+        inputs = x_rows.shape[1]
+        if compiled:
+            dh, dc = _compiled_backward(self._kernels, ws, w[inputs:], c0, dy, dh_n, dc_n)
+        else:
+            dh, dc = _ufunc_backward(ws, w[inputs:], c0, dy, dh_n, dc_n)
+        # The products over all steps at once: the weight gradients and dx.
+        dz_flat = ws.dz.reshape(batch * seq, 4 * hidden)
+        h_prev = ws.steps(ws.a)  # free in both loops now: h_0 .. h_{T-1}
+        h_prev[0] = h0
+        h_prev[1:] = y.swapaxes(0, 1)[:-1]
         d_w = np.empty_like(w)
-        np.matmul(x.reshape(batch * seq, inputs).T, dz_flat, out=d_w[:inputs])
-        np.matmul(h_prev.reshape(batch * seq, hidden).T, dz_flat, out=d_w[inputs:])
-        dx = (dz_flat @ w[:inputs].T).reshape(batch, seq, inputs)
-        return dx, dh, dc, d_w, dz_flat.sum(axis=0)
+        np.matmul(x_rows.T, dz_flat, out=d_w[:inputs])
+        np.matmul(ws.a.reshape(batch * seq, hidden).T, dz_flat, out=d_w[inputs:])
+        dx = (dz_flat @ w[:inputs].T).reshape((*ws.dz.shape[:2], inputs))
+        return ws.steps(dx).swapaxes(0, 1), dh, dc, d_w, dz_flat.sum(axis=0)
+
+
+def _project(ws: _Workspace, x_rows: np.ndarray, w_x: np.ndarray, b: np.ndarray) -> None:
+    """The input projection of all steps at once, into ``ws.gates``: x @ W_x + b."""
+    np.matmul(x_rows, w_x, out=ws.gates.reshape(x_rows.shape[0], -1))
+    ws.gates += b
+
+
+def _compiled_forward(
+    kernels: Any, ws: _Workspace, w_h: np.ndarray, h0: Any, c0: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The compiled loop over the projected inputs in ``ws.gates``: returns ``(y, h_T, c_T)``,
+    ``y`` a (batch, seq, hidden) view of a fresh time-major array."""
+    from xplstm.backends import _numpy_jit
+
+    forward_loop, _ = _numpy_jit.loops(kernels)
+    hs = np.empty(ws.cells.shape, ws.cells.dtype)
+    h, c = np.array(h0, order="C"), np.array(c0, order="C")  # the loop's state, updated in place
+    forward_loop(ws.gates, ws.cells, hs, h, c, np.ascontiguousarray(w_h))
+    return hs.swapaxes(0, 1), h, c
+
+
+def _compiled_backward(
+    kernels: Any, ws: _Workspace, w_h: np.ndarray, c0: Any, dy: Any, dh_n: Any, dc_n: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The compiled loop back: fills ``ws.dz``, returns ``(dh0, dc0)``."""
+    from xplstm.backends import _numpy_jit
+
+    _, backward_loop = _numpy_jit.loops(kernels)
+    dh, dc = np.array(dh_n, order="C"), np.array(dc_n, order="C")
+    has_dy = dy is not None
+    backward_loop(
+        ws.dz, ws.gates, ws.cells, np.ascontiguousarray(c0),
+        np.ascontiguousarray(dy.swapaxes(0, 1)) if has_dy else ws.cells,  # unused: any array
+        has_dy, dh, dc, np.ascontiguousarray(w_h),
+    )  # fmt: skip
+    return dh, dc
+
+
+def _ufunc_forward(
+    ws: _Workspace, w: np.ndarray, b: np.ndarray, x_rows: Any, h0: Any, c0: Any, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The loop of in-place ufuncs and one BLAS call a step: returns ``(h_T, c_T)``."""
+    inputs, hidden = x_rows.shape[1], h0.shape[1]
+    z_h, tmp = ws.z_h, ws.tmp
+    # Negated input, forget and output columns give -z directly (negation is exact):
+    # sigmoid(z) = 1 / (1 + exp(-z)) then takes 3 calls.
+    sign = np.ones(4 * hidden, w.dtype)
+    sign[: 3 * hidden] = -1.0
+    _project(ws, x_rows, w[:inputs] * sign, b * sign)
+    w_h = w[inputs:] * sign
+    h, c = h0, c0
+    with np.errstate(over="ignore"):  # exp(-z) = inf for very negative z: sigmoid 0
+        for t, (z, ifo, g, i, f, o, c_t) in enumerate(ws.forward_steps):
+            np.dot(h, w_h, out=z_h)
+            z += z_h
+            np.exp(ifo, out=ifo)
+            ifo += 1.0
+            np.reciprocal(ifo, out=ifo)
+            np.tanh(g, out=g)
+            np.multiply(f, c, out=c_t)
+            np.multiply(i, g, out=tmp)
+            c_t += tmp
+            np.tanh(c_t, out=tmp)
+            h = y[:, t]
+            np.multiply(o, tmp, out=h)
+            c = c_t
+    return h.copy(), c.copy()
+
+
+def _ufunc_backward(
+    ws: _Workspace, w_h: np.ndarray, c0: Any, dy: Any, dh_n: Any, dc_n: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ufunc loop back: fills ``ws.dz``, returns ``(dh0, dc0)``."""
+    seq, hidden = ws.cells.shape[1:]
+    gates, cells, dz, a = ws.gates, ws.cells, ws.dz, ws.a
+    i, f, o, g = (gates[..., k * hidden : (k + 1) * hidden] for k in range(4))
+    di, df, do, dg = (dz[..., k * hidden : (k + 1) * hidden] for k in range(4))
+    # dz = [dc·g·i(1-i), dc·c_prev·f(1-f), dh·tanh(c)·o(1-o), dc·i(1-g²)]: the factors
+    # after dc and dh do not depend on the recurrence, so compute them all first.
+    np.tanh(cells, out=a)
+    np.subtract(1.0, i, out=di)
+    di *= i
+    di *= g
+    np.subtract(1.0, f, out=df)
+    df *= f
+    df[:, 1:] *= cells[:, :-1]
+    df[:, 0] *= c0
+    np.subtract(1.0, o, out=do)
+    do *= o
+    do *= a
+    np.multiply(g, g, out=dg)
+    np.subtract(1.0, dg, out=dg)
+    dg *= i
+    # a = o(1 - tanh²c): how dh reaches dc.
+    a *= a
+    np.subtract(1.0, a, out=a)
+    a *= o
+    w_h_t = np.ascontiguousarray(w_h.T)
+    dh, dc = dh_n.copy(), dc_n.copy()
+    dc_rows, tmp = dc[:, None, :], ws.tmp
+    for t, (a_t, dz_if, dz_o, dz_g, f_t, dz_t) in zip(
+        range(seq - 1, -1, -1), ws.backward_steps, strict=True
+    ):
+        if dy is not None:
+            dh += dy[:, t]
+        np.multiply(dh, a_t, out=tmp)
+        dc += tmp
+        dz_if *= dc_rows
+        dz_g *= dc
+        dz_o *= dh
+        dc *= f_t
+        np.dot(dz_t, w_h_t, out=dh)
+    return dh, dc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +24,11 @@ class NumPyBackend(Backend):
         return array_api_compat.numpy
 
     def fast_path(self, forward: Callable, backward: Callable, kernels: Any) -> Any:
-        """In-place ufuncs into reused workspaces: see ``_numpy_fast`` (restated, tested equal)."""
-        from xplstm.backends._numpy_fast import NumPyFastPath
+        """Reused workspaces and a compiled time loop (numba) or one of in-place ufuncs, by
+        size: see ``_numpy_fast``. ``$XPLSTM_NUMPY_LOOP`` (auto, compiled, ufuncs) forces one."""
+        from xplstm.backends._numpy_fast import LOOP_ENV, NumPyFastPath
 
-        return NumPyFastPath()
+        return NumPyFastPath(kernels, os.environ.get(LOOP_ENV, "auto").strip().lower() or "auto")
 
 
 BACKEND = NumPyBackend()

@@ -19,7 +19,8 @@ def markdown(report: dict) -> str:
         by_config.setdefault(tuple(r["config"]), {}).setdefault(r["row"], {})[r["mode"]] = r
     lines = [
         f"`{report['command']}` ({report['dtype']}, {report['warmup']} warm-up, "
-        f"median of {report['repeats']}); matmul GFLOP/s in the same run: "
+        f"median of {report['repeats']}, threads: {report.get('threads', 'library defaults')}); "
+        "matmul GFLOP/s in the same run: "
         + ", ".join(f"{k} {v:g}" for k, v in report["matmul_gflops"].items()),
     ]
     for config, rows in by_config.items():
@@ -27,18 +28,21 @@ def markdown(report: dict) -> str:
             "",
             f"**(B,T,I,H) = {config}**",
             "",
-            "| row | fwd ms | fwd x torch | fwd+bwd ms | fwd+bwd x torch | GFLOP/s | of mm"
-            " | step mm GFLOP/s | peak MB | peak / 5BTH |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| row | fwd ms | fwd x torch | fwd+bwd ms | fwd+bwd x torch | train step ms"
+            " | train x torch | GFLOP/s | of mm | step mm GFLOP/s | peak MB | peak / 5BTH |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, modes in rows.items():
             f, fb = modes.get("forward", {}), modes.get("forward+backward", {})
-            both = fb or f
+            train = modes.get("train-step", {})
+            both = fb or f or train
             lines.append(
                 f"| {name} | {_cell(f.get('median_ms'), '.2f')} "
                 f"| {_cell(f.get('ratio_to_torch'), '.2f')} "
                 f"| {_cell(fb.get('median_ms'), '.2f')} "
                 f"| {_cell(fb.get('ratio_to_torch'), '.2f')} "
+                f"| {_cell(train.get('median_ms'), '.2f')} "
+                f"| {_cell(train.get('ratio_to_torch'), '.2f')} "
                 f"| {_cell(both.get('gflops'), '.1f')} "
                 f"| {_cell(both.get('fraction_of_matmul'), '.0%')} "
                 f"| {_cell(both.get('step_matmul_gflops'), '.1f')} "

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from xplstm import backends
+from xplstm.backends._numpy_fast import numba_installed
 from xplstm.cli import main
 
 
@@ -45,11 +47,31 @@ def test_bench_table(capsys):
     assert "xplstm numpy fast" in out and "written-once" not in out and "naive" not in out
 
 
+def test_bench_train_step_and_numpy_loops(capsys):
+    """The train-step mode times the whole step against torch's (when torch is here), every
+    xplstm row has one and the naive baseline has none; NumPy's loops run as their own rows."""
+    main(["bench", "--backends", "numpy", "--configs", "3,4,2,5", "--repeats", "1", "--warmup",
+          "0", "--modes", "train-step", "--paths", "fast,compiled,ufuncs", "--threads", "1",
+          "--json"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["row"]: r for r in report["results"]}
+    assert {r["mode"] for r in rows.values()} == {"train-step"}
+    expected = {"xplstm numpy fast", "xplstm numpy fast, ufuncs loop"}
+    if numba_installed():
+        expected.add("xplstm numpy fast, compiled loop")
+    if "torch" in backends.available():
+        expected.add("torch.nn.LSTM")
+        assert rows["torch.nn.LSTM"]["ratio_to_torch"] == 1.0
+    assert set(rows) == expected, "the naive baseline has no train step"
+    assert report["threads"] == 1
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--configs", "1,2,3"], "a config is B,T,I,H as four positive ints"),
-        (["--modes", "sideways"], "xplstm bench: error: --modes takes forward, forward+backward"),
+        (["--modes", "sideways"], "error: --modes takes forward, forward+backward, train-step"),
+        (["--threads", "0"], "xplstm bench: error: --threads takes a positive count, got 0"),
         (["--paths", "slow"], "xplstm bench: error: --paths takes fast, written-once"),
         (["--backends", "nope"], "xplstm bench: error: unknown backend 'nope'"),
     ],

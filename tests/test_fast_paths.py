@@ -1,11 +1,15 @@
 """Every backend's fast path gives the written-once path's outputs and gradients.
 
 Both paths run on the same layer and the same inputs; only ``layer.fast_path`` differs. The
-written-once path is itself held to torch.nn.LSTM by ``test_reference.py``.
+written-once path is itself held to torch.nn.LSTM by ``test_reference.py``. On NumPy every
+test runs once per time loop of the fast path (compiled with numba, and in-place ufuncs).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import types
 from collections import Counter
 
@@ -21,7 +25,8 @@ from tests.support import (
     layer_for,
     random_problem,
 )
-from xplstm import backends
+from xplstm import backends, cell
+from xplstm.backends._numpy_fast import LOOP_ENV, NumPyFastPath, numba_installed
 from xplstm.lstm import FAST_PATH_ENV, fast_path_of
 
 SHAPES = {
@@ -29,7 +34,21 @@ SHAPES = {
     "batch1": (1, 9, 3, 5),
     "seq1": (4, 1, 2, 3),
     "longer": (5, 60, 7, 8),
+    "long": (2, 400, 3, 4),
 }
+
+
+@pytest.fixture(params=["compiled", "ufuncs"])
+def numpy_loop(request, monkeypatch) -> str:
+    """Runs a NumPy test once per loop (``$XPLSTM_NUMPY_LOOP``); other backends run once."""
+    params = getattr(request.node, "callspec", None)
+    target = params.params.get("target") if params else None
+    if request.param == "ufuncs" and target is not None and target.backend != "numpy":
+        pytest.skip("the NumPy loops are NumPy's alone: run once per other backend")
+    if request.param == "compiled" and not numba_installed():
+        pytest.skip("numba is not installed (pip install 'xplstm[fast]')")
+    monkeypatch.setenv(LOOP_ENV, request.param)
+    return request.param
 
 
 def _fast_path_or_skip(target):
@@ -42,12 +61,21 @@ def host_copies(results: dict) -> dict:
     return {name: np.array(xplstm.to_numpy(a)) for name, a in results.items()}
 
 
+def loop_that_ran(layer) -> str | None:
+    """The NumPy fast path's loop of the last forward ("compiled" or "ufuncs"), else None."""
+    if not isinstance(layer._cache.path, NumPyFastPath):
+        return None
+    return "compiled" if layer._cache.saved[-1] else "ufuncs"
+
+
 def both_paths(target, p: dict, dtype: str, **kwargs) -> tuple[dict, dict, xplstm.LSTM]:
     """One layer's results with its fast path, then with the written-once path."""
     layer = layer_for(target, p, dtype)
     assert layer.fast_path, "the fast path is on by default"
     fast = forward_backward(layer, target, p, **kwargs)
     assert layer._cache.path is not None, "the fast path did not run"
+    if isinstance(layer._cache.path, NumPyFastPath):
+        assert loop_that_ran(layer) == os.environ.get(LOOP_ENV, loop_that_ran(layer))
     layer.fast_path = False
     written_once = forward_backward(layer, target, p, **kwargs)
     assert layer._cache.path is None
@@ -62,7 +90,7 @@ def assert_same(fast: dict, written_once: dict, layer: xplstm.LSTM) -> None:
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_fast_path_equals_written_once(target, shape, dtype):
+def test_fast_path_equals_written_once(target, numpy_loop, shape, dtype):
     _fast_path_or_skip(target)
     p = random_problem(*shape, seed=sum(shape))
     assert_same(*both_paths(target, p, dtype))
@@ -71,22 +99,23 @@ def test_fast_path_equals_written_once(target, shape, dtype):
 @pytest.mark.parametrize(
     ("state", "dy"), [(False, True), (True, False)], ids=["zero-state", "no-dy"]
 )
-def test_fast_path_defaults(target, state, dy):
+def test_fast_path_defaults(target, numpy_loop, state, dy):
     """Omitted state and omitted ``dy`` take the same defaults on both paths."""
     _fast_path_or_skip(target)
     p = random_problem(2, 6, 3, 4, seed=3)
     assert_same(*both_paths(target, p, "float64", state=state, dy=dy))
 
 
-def test_fast_path_saturated_gates(target):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fast_path_saturated_gates(target, numpy_loop, dtype):
     """Pre-activations far past where exp overflows: the gates saturate to the same values."""
     _fast_path_or_skip(target)
     p = random_problem(2, 4, 3, 4, seed=5)
     p["x"] = p["x"] * 400.0
-    assert_same(*both_paths(target, p, "float32"))
+    assert_same(*both_paths(target, p, dtype))
 
 
-def test_fast_path_reuses_nothing_it_returned(target):
+def test_fast_path_reuses_nothing_it_returned(target, numpy_loop):
     """Workspaces are reused between calls, but nothing returned or stored aliases them."""
     _fast_path_or_skip(target)
     p, q = random_problem(3, 5, 2, 4, seed=1), random_problem(3, 5, 2, 4, seed=2)
@@ -100,7 +129,7 @@ def test_fast_path_reuses_nothing_it_returned(target):
         assert_close(again[name], kept[name], like=layer, level="exact", name=name)
 
 
-def test_fast_path_follows_shape_changes(target):
+def test_fast_path_follows_shape_changes(target, numpy_loop):
     """One layer meets a new batch or length: new workspaces, still the written-once results."""
     _fast_path_or_skip(target)
     fast = target.lstm(3, 4, dtype="float64", seed=0)
@@ -112,7 +141,7 @@ def test_fast_path_follows_shape_changes(target):
         assert fast._cache.path is not None and written_once._cache.path is None
 
 
-def test_backward_twice_gives_the_same(target):
+def test_backward_twice_gives_the_same(target, numpy_loop):
     _fast_path_or_skip(target)
     p = random_problem(2, 5, 3, 4, seed=7)
     layer = target.lstm(3, 4, dtype="float64", seed=0)
@@ -137,7 +166,7 @@ def test_switches(monkeypatch):
     assert layer._cache.path is None
 
 
-def test_a_deep_copy_computes_like_the_original(target):
+def test_a_deep_copy_computes_like_the_original(target, numpy_loop):
     """copy.deepcopy (keeping the best model while training) copies workspaces correctly."""
     import copy
 
@@ -191,3 +220,86 @@ def test_cupy_fast_path_runs_through_its_seam(monkeypatch):
     kernels = ("xplstm_sigmoid", "xplstm_cell_update", "xplstm_gates_backward")
     assert Counter(fused) == dict.fromkeys(kernels, 2)  # fused once per layer, one per dtype
     assert Counter(calls) == dict.fromkeys(kernels, 2 * 7)  # called once per step
+
+
+# -- the compiled NumPy loop: its restated exp and tanh, its choice, its on-disk cache --------
+def _compiled_or_skip(numpy_loop: str) -> None:
+    if numpy_loop != "compiled":
+        pytest.skip("a test of the compiled loop")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_compiled_exp_and_tanh_match_numpy(numpy_loop, dtype):
+    """The two restated scalar functions agree with NumPy's exp and tanh to a few ulps, over
+    their whole range, at the clamps, and for NaN and infinities."""
+    _compiled_or_skip(numpy_loop)
+    from numba import njit
+
+    from xplstm.backends import _numpy_jit
+
+    @njit
+    def apply(x, exp, tanh):
+        for k in range(x.size):
+            exp[k], tanh[k] = _numpy_jit._exp(x[k]), _numpy_jit._tanh(x[k])
+
+    finfo = np.finfo(dtype)
+    floor = 87.0 if dtype == "float32" else 708.0  # below e^-floor, _exp returns e^-floor
+    x = np.concatenate(
+        [np.linspace(-floor, floor, 20001), np.geomspace(1e-30, 30, 2001), [0.0, -0.0]]
+    ).astype(dtype)
+    x = np.concatenate([x, -x])
+    exp, tanh = np.empty_like(x), np.empty_like(x)
+    apply(x, exp, tanh)
+    assert_close(exp, np.exp(x), like=x, rtol=4 * finfo.eps, atol=0, name="exp")
+    assert_close(tanh, np.tanh(x), like=x, rtol=4 * finfo.eps, atol=2 * finfo.eps, name="tanh")
+    special = np.array([np.nan, np.inf, -np.inf, -1e4, 1e4], dtype)
+    exp, tanh = np.empty_like(special), np.empty_like(special)
+    apply(special, exp, tanh)
+    assert np.isnan(exp[0]) and np.isnan(tanh[0]), "NaN must stay NaN (a diverging run shows)"
+    assert exp[2] == exp[3] and 0 < exp[2] < 10 * np.exp(-floor), "clamped to e^-floor"
+    assert_close(tanh[1:], np.array([1, -1, -1, 1], dtype), like=x, level="exact", name="tanh")
+
+
+def test_the_loop_is_chosen_by_size(monkeypatch):
+    """``auto`` compiles small steps and leaves large ones to BLAS, and without numba it runs
+    the ufunc loop by itself."""
+    from xplstm.backends import _numpy_fast
+
+    monkeypatch.delenv(LOOP_ENV, raising=False)
+    path = _numpy_fast.NumPyFastPath(cell.KERNELS)
+    assert path.compiled_for(32, 32) == path.compiled_for(8, 256) == numba_installed()
+    assert path.compiled_for(128, 128) == path.compiled_for(1, 1024) == numba_installed()
+    assert not path.compiled_for(16, 256) and not path.compiled_for(256, 128)
+    monkeypatch.setattr(path, "_numba", False)
+    assert not path.compiled_for(1, 4)
+    layer = xplstm.LSTM(3, 4, backend="numpy", seed=0)
+    layer._fast = (layer._backend, path)
+    layer.forward(np.zeros((2, 5, 3), "float32"))
+    assert loop_that_ran(layer) == "ufuncs"
+    with pytest.raises(ValueError, match="auto"):
+        _numpy_fast.NumPyFastPath(cell.KERNELS, "jit")
+
+
+_TWICE = """
+import numpy as np, xplstm
+from xplstm import cell
+from xplstm.backends import _numpy_jit
+layer = xplstm.LSTM(3, 4, backend="numpy", seed=0)
+layer.backward(np.ones_like(layer.forward(np.ones((2, 5, 3), "float32"))[0]))
+loops = _numpy_jit.loops(cell.KERNELS)
+for counts in ("cache_hits", "cache_misses"):
+    print(sum(getattr(f.stats, counts).total() for f in loops))
+"""
+
+
+def test_a_second_process_loads_the_compiled_loop_from_disk(numpy_loop, tmp_path):
+    """cache=True: the first process compiles and writes the loops, the next compiles nothing."""
+    _compiled_or_skip(numpy_loop)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), LOOP_ENV: "compiled"}
+    counts = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", _TWICE], env=env, capture_output=True, text=True, check=True
+        )
+        counts.append(tuple(int(n) for n in out.stdout.split()))
+    assert counts == [(0, 2), (2, 0)], f"(cache hits, misses) per process: {counts}"

@@ -6,6 +6,8 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -22,8 +24,9 @@ CPU_CONFIGS = (
     (1, 1000, 64, 64),
 )
 GPU_CONFIGS = (*CPU_CONFIGS, (64, 100, 512, 512), (256, 100, 1024, 1024))
-MODES = ("forward", "forward+backward")
-PATHS = ("fast", "written-once")
+MODES = ("forward", "forward+backward", "train-step")
+#: ``compiled`` and ``ufuncs``: NumPy's fast path held to one of its two time loops.
+PATHS = ("fast", "written-once", "compiled", "ufuncs")
 #: Backends that exist for correctness (lazy graphs, a strict checker), not speed.
 NOT_BY_DEFAULT = ("array_api_strict", "dask")
 
@@ -45,8 +48,38 @@ def _check_choices(option: str, given: list[str], choices: tuple[str, ...]) -> N
             raise ValueError(f"{option} takes {', '.join(choices)}; got {value!r}")
 
 
+@contextmanager
+def threads_limited(count: int | None) -> Iterator[None]:
+    """``count`` threads for the BLAS and OpenMP pools (threadpoolctl) and torch's intra-op pool,
+    so that both sides of a comparison run with the same; ``None`` leaves the defaults."""
+    if count is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch = None
+    if "torch" in backends.available():
+        import torch
+    before = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=count):
+        if torch is not None:
+            torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(before)
+
+
 def bench(args: argparse.Namespace) -> int:
     """Benchmark xplstm against torch.nn.LSTM (see ``xplstm bench --help``)."""
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads takes a positive count, got {args.threads}")
+    with threads_limited(args.threads):
+        return _bench(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
     names = args.backends or [n for n in backends.available() if n not in NOT_BY_DEFAULT]
     for name in names:
         backends.get(name)  # a clear error for unknown or missing backends
@@ -81,6 +114,7 @@ def bench(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "threads": args.threads or "library defaults",
         "matmul_gflops": {k: statistics.median(v) for k, v in peaks.items()},
         "skipped": skipped,
         "environment": environment(),
@@ -91,6 +125,7 @@ def bench(args: argparse.Namespace) -> int:
         print()
     else:
         print("\nmatmul GFLOP/s (same run):", report["matmul_gflops"])
+        print("threads:", report["threads"])
         if skipped:
             print("skipped:", "; ".join(skipped))
     return 0
@@ -109,10 +144,14 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
         "--configs", type=_config, nargs="+", default=None, metavar="B,T,I,H",
         help="shapes to run (default: the standard CPU list, plus GPU sizes on a GPU)",
     )  # fmt: skip
-    parser.add_argument("--modes", type=_names, default=list(MODES), help=",".join(MODES))
     parser.add_argument(
-        "--paths", type=_names, default=list(PATHS),
-        help="xplstm paths: fast (where a backend has one), written-once",
+        "--modes", type=_names, default=list(MODES[:2]),
+        help=f"{','.join(MODES)} (default: the first two; train-step: the demo's whole step)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--paths", type=_names, default=list(PATHS[:2]),
+        help="xplstm paths: fast (where a backend has one), written-once; for NumPy also the fast "
+        "path's compiled or ufuncs loop alone (default: fast,written-once)",
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per row first")
@@ -125,6 +164,10 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-reference", dest="reference", action="store_false", help=f"skip {REFERENCE}"
     )
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="threads for every library's BLAS, OpenMP and torch pools (default: theirs)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON report instead")
     parser.set_defaults(run=bench)
     return parser

@@ -1,20 +1,26 @@
 """The rows of a benchmark: xplstm on each backend and path, torch.nn.LSTM, a naive baseline.
 
-Each row knows how to build fresh runs (closures for ``forward`` and ``forward+backward`` that
-return what to wait on), so that memory can be counted over one build from nothing.
+Each row knows how to build fresh runs (closures for ``forward``, ``forward+backward`` and
+``train-step`` that return what to wait on), so that memory can be counted over one build from
+nothing. A train step is the demo's (``xplstm train --task adding``): the LSTM, its last step, a
+Linear head to one output, MSE, clipping of the global gradient norm at 1, Adam at lr 1e-2.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 import xplstm
-from xplstm import backends
+from xplstm import backends, losses, optim
 from xplstm.backends import Backend
+from xplstm.backends._numpy_fast import LOOP_ENV as NUMPY_LOOP_ENV
+from xplstm.backends._numpy_fast import numba_installed
 from xplstm.cell import step_backward, step_forward
 from xplstm.lstm import fast_path_of
 
@@ -38,7 +44,8 @@ class Row:
 def naive_runs(xp: Any, w: Any, b: Any, x: Any, dy: Any) -> Runs:
     """The original layer's loop: [x_t, h] concatenated and multiplied at every step.
 
-    A baseline only; it uses the same cell math (``step_forward``, ``step_backward``).
+    A baseline only (no train step); it uses the same cell math (``step_forward``,
+    ``step_backward``).
     """
     batch, seq, inputs = x.shape
     hidden = w.shape[1] // 4
@@ -69,22 +76,66 @@ def naive_runs(xp: Any, w: Any, b: Any, x: Any, dy: Any) -> Runs:
     return {"forward": lambda: forward()[-1][2], "forward+backward": forward_backward}
 
 
-def xplstm_runs(layer: xplstm.LSTM, x: Any, dy: Any) -> Runs:
-    """A layer's forward, and its forward and backward with the weight gradient."""
+#: NumPy's fast path held to one of its loops (``$XPLSTM_NUMPY_LOOP``), as ``--paths`` names them.
+NUMPY_LOOPS = ("compiled", "ufuncs")
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """``$name`` set to ``value`` for the block only."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+#: The train step's learning rate and clipping threshold: the demo's.
+LR, CLIP = 1e-2, 1.0
+
+
+def xplstm_runs(layer: xplstm.LSTM, x: Any, dy: Any, target: Any) -> Runs:
+    """A layer's forward; its forward and backward with the weight gradient; and one training
+    step of ``Sequential(layer, LastStep(), Linear(hidden, 1))`` towards ``target`` (batch, 1)."""
+    head = xplstm.Linear(
+        layer.hidden_size, 1, backend=layer.backend, device=layer.device, dtype=layer.dtype, seed=1
+    )
+    model = xplstm.Sequential(layer, xplstm.LastStep(), head)
+    optimizer = optim.Adam(model.parameters(), lr=LR)
 
     def forward_backward() -> tuple:
         layer.forward(x)
         dx, _, _ = layer.backward(dy)
         return dx, layer.weights.deltas
 
-    return {"forward": lambda: layer.forward(x)[0], "forward+backward": forward_backward}
+    def train_step() -> Any:
+        loss, d_prediction = losses.mse(model(x), target)
+        model.backward(d_prediction)
+        optim.clip_grad_norm(model.parameters(), CLIP)
+        optimizer.step()
+        return loss
+
+    return {
+        "forward": lambda: layer.forward(x)[0],
+        "forward+backward": forward_backward,
+        "train-step": train_step,
+    }
 
 
-def torch_runs(hidden: int, x: Any, dy: Any) -> Runs:
-    """torch.nn.LSTM (cuDNN on CUDA) with autograd, on the device and dtype of the tensor ``x``."""
+def torch_runs(hidden: int, x: Any, dy: Any, target: Any) -> Runs:
+    """torch.nn.LSTM (cuDNN on CUDA) with autograd, on the device and dtype of the tensor ``x``;
+    the train step as xplstm's: nn.LSTM, nn.Linear, MSE, clip_grad_norm_, torch.optim.Adam."""
     import torch
 
     module = torch.nn.LSTM(x.shape[-1], hidden, batch_first=True, dtype=x.dtype).to(x.device)
+    head = torch.nn.Linear(hidden, 1, dtype=x.dtype).to(x.device)
+    parameters = [*module.parameters(), *head.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=LR)
+    inputs = x.detach()
     x = x.detach().requires_grad_(True)
 
     def forward() -> Any:
@@ -96,7 +147,15 @@ def torch_runs(hidden: int, x: Any, dy: Any) -> Runs:
         module(x)[0].backward(dy)
         return x.grad
 
-    return {"forward": forward, "forward+backward": forward_backward}
+    def train_step() -> Any:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(head(module(inputs)[0][:, -1]), target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, CLIP)
+        optimizer.step()
+        return loss.detach()
+
+    return {"forward": forward, "forward+backward": forward_backward, "train-step": train_step}
 
 
 def is_gpu(device: Any) -> bool:
@@ -132,6 +191,7 @@ def build_rows(
     rng = np.random.default_rng(0)
     host_x = rng.standard_normal((batch, seq, inputs)).astype(dtype)
     host_dy = rng.standard_normal((batch, seq, hidden)).astype(dtype)
+    host_target = rng.uniform(0.0, 2.0, (batch, 1)).astype(dtype)
     rows, skipped = [], []
     for name in names:
         backend = backends.get(name)
@@ -141,20 +201,28 @@ def build_rows(
             continue
         has_fast = fast_path_of(backend) is not None
         for path in paths:
-            if path == "fast" and not has_fast:
+            if (path == "fast" and not has_fast) or (path in NUMPY_LOOPS and name != "numpy"):
+                continue
+            if path == "compiled" and not numba_installed():
+                skipped.append("numpy compiled loop: numba is not installed (xplstm[fast])")
                 continue
             suffix = " written-once" if has_fast else ""
-            label = f"xplstm {name}" + (" fast" if path == "fast" else suffix)
+            label = f"xplstm {name}" + {"fast": " fast", "written-once": suffix}.get(
+                path, f" fast, {path} loop"
+            )
 
-            def build(
-                backend: Backend = backend, device: Any = device, fast: bool = path == "fast"
-            ) -> Runs:
+            def build(backend: Backend = backend, device: Any = device, path: str = path) -> Runs:
                 layer = xplstm.LSTM(
                     inputs, hidden, backend=backend, device=device, dtype=dtype, seed=0,
-                    fast_path=fast,
+                    fast_path=path != "written-once",
                 )  # fmt: skip
-                x, dy = backend.from_numpy(host_x, device), backend.from_numpy(host_dy, device)
-                return xplstm_runs(layer, x, dy)
+                x, dy, target = (
+                    backend.from_numpy(a, device) for a in (host_x, host_dy, host_target)
+                )
+                if path in NUMPY_LOOPS:  # the layer makes its fast path at its first forward
+                    with _environment(NUMPY_LOOP_ENV, path):
+                        layer.forward(x)
+                return xplstm_runs(layer, x, dy, target)
 
             rows.append(Row(label, backend, device, build))
     if reference and "torch" in backends.available():
@@ -162,8 +230,10 @@ def build_rows(
         device = device_for(torch_backend, want) or torch_backend.default_device()
 
         def build_reference() -> Runs:
-            x = torch_backend.from_numpy(host_x, device)
-            return torch_runs(hidden, x, torch_backend.from_numpy(host_dy, device))
+            x, dy, target = (
+                torch_backend.from_numpy(a, device) for a in (host_x, host_dy, host_target)
+            )
+            return torch_runs(hidden, x, dy, target)
 
         rows.insert(0, Row(REFERENCE, torch_backend, device, build_reference))
     elif reference:

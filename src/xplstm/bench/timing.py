@@ -160,20 +160,24 @@ def run_config(
     flops_forward = 2.0 * batch * seq * (inputs + hidden) * 4 * hidden
     cache_bytes = 5 * batch * seq * hidden * np.dtype(dtype).itemsize
     runs = [row.build() for row in rows]
+    timed = {mode: [k for k, run in enumerate(runs) if mode in run] for mode in modes}
     times = {
-        mode: _alternating_times(rows, [run[mode] for run in runs], repeats, warmup)
+        mode: _alternating_times(
+            [rows[k] for k in timed[mode]], [runs[k][mode] for k in timed[mode]], repeats, warmup
+        )
         for mode in modes
     }
     del runs
     peaks = {row: peak_memory(row) for row in rows} if "forward+backward" in modes else {}
     results = []
     for mode in modes:
+        mode_rows = [rows[k] for k in timed[mode]]  # the naive baseline has no train step
         medians = [statistics.median(t) for t in times[mode]]
         reference = next(
-            (m for r, m in zip(rows, medians, strict=True) if r.name == REFERENCE), None
+            (m for r, m in zip(mode_rows, medians, strict=True) if r.name == REFERENCE), None
         )
-        flops = flops_forward * (3 if mode == "forward+backward" else 1)
-        for row, row_times, median in zip(rows, times[mode], medians, strict=True):
+        flops = flops_forward * (1 if mode == "forward" else 3)  # the LSTM's products only
+        for row, row_times, median in zip(mode_rows, times[mode], medians, strict=True):
             gflops = flops / (median * 1e-3) / 1e9
             peak, method = peaks.get(row, (None, "")) if mode == "forward+backward" else (None, "")
             results.append(

@@ -1,0 +1,294 @@
+"""The NumPy fast path's time loop compiled with numba: the core's own cell functions, njit-ed.
+
+Imported only when numba is installed (``pip install xplstm[fast]``). The loops of
+``_numpy_fast`` cost about 20 NumPy calls a step, 1-2 µs each: at small sizes that overhead
+is nearly all of the time, while a step's arithmetic takes a microsecond or two. Here the whole
+loop over time, forward and backward, is one compiled call.
+
+What is compiled and what is restated:
+
+- The cell's element-wise kernels (``sigmoid``, ``cell_update``, ``gates_backward`` of
+  ``xplstm.cell.KERNELS``, handed in through :func:`loops`) are njit-ed as they are and called
+  on scalars, with ``_SCALAR_XP`` (below) as their ``xp``.
+- ``_SCALAR_XP.exp`` and ``.tanh`` are restated. numba compiles ``math.exp`` and ``math.tanh``
+  to one libm call per element (2.4 and 11 ns a float32 element measured here: pip's llvmlite has
+  no SVML, and its code generator ignores ``-vector-library``), 5-20x NumPy's SIMD ufuncs,
+  which would make the compiled loop slower than NumPy's from about 1000 units a step on.
+  ``_exp`` below is plain arithmetic (range reduction, a Taylor polynomial, a power of two by
+  its bits) that LLVM vectorises; ``_tanh`` is built from it. Both work in float64 (float32
+  inputs too) and are held to NumPy's ``exp`` and ``tanh`` by ``tests/test_fast_paths.py``.
+- The two products inside the loop (``h @ W_h`` forward, ``dz @ W_h.T`` backward) are plain
+  loops that LLVM vectorises: at the sizes this path is chosen for they are faster than a
+  BLAS call from numba (which would also need SciPy); larger sizes go to ``_numpy_fast``'s
+  BLAS loop (see its threshold). The products over all steps at once stay NumPy's (BLAS).
+
+No ``parallel=True``, and ``fastmath`` only to let one dot product sum in vector lanes: one
+thread, the same order of operations on every call, so results are deterministic.
+
+The loops are cached on disk (``cache=True``): the first process compiles them (seconds), the
+next loads them. numba keys its cache on this file and on the loops' closures, which hold a
+hash of the kernels' code, so an edit of ``xplstm/cell.py`` compiles them anew too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+#: No division-by-zero checks (they stop LLVM from vectorising; the cell never divides by
+#: zero: 1 + e^-|z| >= 1), the GIL released while the loops run.
+_OPTIONS = {"error_model": "numpy", "nogil": True}
+#: The scalar functions are inlined into the two loops, and only the loops are cached on disk
+#: (``cache=True``): a cached loop holds its callees' code, so the next process compiles nothing.
+_jit = njit(inline="always", **_OPTIONS)
+_cached_jit = njit(cache=True, **_OPTIONS)
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float whose bit pattern is ``bits`` (int32 -> float32, int64 -> float64)."""
+    target = {
+        types.int32: (types.float32, ir.FloatType()),
+        types.int64: (types.float64, ir.DoubleType()),
+    }
+    float_type, llvm_type = target[bits]
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_type)
+
+    return float_type(bits), codegen
+
+
+_LOG2_E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of ln 2: n * _LN2_HI is exact for
+_LN2_LO = 1.90821492927058770002e-10  # |n| < 2048, so the reduced argument loses nothing
+#: 1/k!, k = 0 .. 13: Taylor's series of e^r to 13th order errs by < 1e-17 for |r| <= ln2/2 ...
+_INV_FACTORIALS = tuple(1.0 / math.factorial(k) for k in range(14))
+#: ... and to 7th order by < 6e-9, below float32's half ulp.
+_INV_FACTORIALS_32 = tuple(np.float32(1.0 / math.factorial(k)) for k in range(8))
+
+
+def _exp_of(x):
+    """e^x in x's precision, vectorisable (see the module docstring); numba code only."""
+    raise NotImplementedError("compiled by numba only")
+
+
+@overload(_exp_of, jit_options=_OPTIONS)
+def _exp_compiled(x):
+    """e^x = 2^n e^r with n = round(x / ln 2), |r| <= ln2/2, a Taylor polynomial for e^r and
+    2^n made from its bits. x is clamped so that 2^n stays a normal float: below e^-708 (e^-87
+    in float32) the result is that floor, far under any tolerance (the cell asks only for
+    e^-|z|); above e^709 (e^88) it is that ceiling. NaN stays NaN."""
+    if x == types.float32:
+        lo, hi, log2_e = np.float32(-87.0), np.float32(88.0), np.float32(_LOG2_E)
+        ln2_hi, ln2_lo = np.float32(0.693359375), np.float32(-2.12194440e-4)  # Cephes' split
+        coefficients, bias, shift, as_int = _INV_FACTORIALS_32, 127, 23, np.int32
+        half = np.float32(0.5)
+    else:
+        lo, hi, log2_e, ln2_hi, ln2_lo = -708.0, 709.0, _LOG2_E, _LN2_HI, _LN2_LO
+        coefficients, bias, shift, as_int, half = _INV_FACTORIALS, 1023, 52, np.int64, 0.5
+    order = len(coefficients) - 1
+
+    def exp(x):
+        clamped = min(max(x, lo), hi)
+        n = np.floor(clamped * log2_e + half)
+        r = (clamped - n * ln2_hi) - n * ln2_lo
+        p = coefficients[order]
+        for k in range(order - 1, -1, -1):  # unrolled: the tuple's length is known
+            p = p * r + coefficients[k]
+        scaled = p * _float_from_bits(as_int((as_int(n) + bias) << shift))
+        return scaled if x == x else x
+
+    return exp
+
+
+@_jit
+def _exp(x):
+    return _exp_of(x)
+
+
+@_jit
+def _tanh(x):
+    """tanh x = (1 - e^-2|x|) / (1 + e^-2|x|), signed; absolute error about an ulp of 1
+    (relative error grows as |x| falls below an ulp of 1, where NumPy's tanh is exact:
+    absolute is what counts in c = f c' + i g)."""
+    e = _exp(-(abs(x) + abs(x)))
+    t = (1 - e) / (1 + e)
+    return t if x >= 0 else -t
+
+
+@_jit
+def _abs(x):
+    return abs(x)
+
+
+@_jit
+def _where(condition, a, b):
+    return a if condition else b
+
+
+#: What the core's cell functions get as ``xp`` here: a module of the scalar functions above.
+#: A module, not an object: numba resolves a module's attributes while compiling, so each
+#: ``xp.exp`` is a direct call that is inlined and vectorised (a namedtuple's members were
+#: called through pointers, one element at a time).
+_SCALAR_XP = ModuleType("xplstm.backends._numpy_jit.scalar_xp")
+_SCALAR_XP.exp, _SCALAR_XP.tanh, _SCALAR_XP.abs, _SCALAR_XP.where = _exp, _tanh, _abs, _where
+
+#: The cell's kernels, njit-ed by :func:`loops` before the loops first compile (which is when
+#: numba reads these globals).
+_sigmoid = _cell_update = _gates_backward = None
+_compiled: dict[tuple, tuple[Callable, Callable]] = {}
+
+
+def loops(kernels: Any) -> tuple[Callable, Callable]:
+    """``(forward_loop, backward_loop)`` compiled over ``kernels`` (``xplstm.cell.KERNELS``)."""
+    global _sigmoid, _cell_update, _gates_backward
+    key = tuple(kernels)
+    if key not in _compiled:
+        if _compiled:
+            raise ValueError("the compiled NumPy loops serve one set of cell kernels a process")
+        _sigmoid, _cell_update, _gates_backward = (
+            _jit(kernels.sigmoid), _jit(kernels.cell_update), _jit(kernels.gates_backward)
+        )  # fmt: skip
+        code = b"".join(marshal.dumps(k.__code__) for k in key)
+        _compiled[key] = _make_loops(int.from_bytes(hashlib.sha256(code).digest()[:7], "little"))
+    return _compiled[key]
+
+
+@_jit
+def _add_row_product(z, h, w):
+    """z += h @ w for one row: z (4H,), h (H,), w (H,4H). Four rows of w per pass over z (a
+    pass per row spent most of its time loading and storing z)."""
+    hidden, four_h = w.shape
+    k = 0
+    while k + 4 <= hidden:
+        h0, h1, h2, h3, w0, w1, w2, w3 = (
+            h[k],
+            h[k + 1],
+            h[k + 2],
+            h[k + 3],
+            w[k],
+            w[k + 1],
+            w[k + 2],
+            w[k + 3],
+        )
+        for j in range(four_h):
+            z[j] += h0 * w0[j] + h1 * w1[j] + h2 * w2[j] + h3 * w3[j]
+        k += 4
+    for k in range(hidden - hidden % 4, hidden):
+        h_k, w_k = h[k], w[k]
+        for j in range(four_h):
+            z[j] += h_k * w_k[j]
+
+
+@njit(fastmath={"reassoc"}, **_OPTIONS)
+def _row_product_transposed(out, d, w):
+    """out = d @ w.T for one row: out (H,), d (4H,), w (H,4H): dot products of d with rows of
+    w, four at a time (one load of d for four rows). The one place where numba may reorder
+    additions, to sum in vector lanes: the same order on every call, so deterministic."""
+    hidden, four_h = w.shape
+    zero = d[0] - d[0]
+    j = 0
+    while j + 4 <= hidden:
+        s0 = s1 = s2 = s3 = zero
+        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        for k in range(four_h):
+            d_k = d[k]
+            s0 += d_k * w0[k]
+            s1 += d_k * w1[k]
+            s2 += d_k * w2[k]
+            s3 += d_k * w3[k]
+        out[j], out[j + 1], out[j + 2], out[j + 3] = s0, s1, s2, s3
+        j += 4
+    for j in range(hidden - hidden % 4, hidden):
+        total, w_j = zero, w[j]
+        for k in range(four_h):
+            total += d[k] * w_j[k]
+        out[j] = total
+
+
+# The loops below are laid out for LLVM's vectoriser (measured: a loop it leaves scalar is
+# 5-16x slower): every inner loop is ``for j in range(n)`` over contiguous 1-d views (a range
+# that starts elsewhere makes numba guard each index against wrap-around, which stays scalar),
+# and none writes to an array it reads at another offset (z[j] written while z[H + j] is read
+# stayed scalar, and so did c_{t-1} and c_t as two rows of one array: the state has its own
+# (B,H) arrays). So the activations are in-place passes over [i f o] and [g], as in
+# ``cell.step_forward``, before ``cell_update`` reads them.
+
+
+def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
+    """The two loops, as closures over ``kernels_hash`` so that numba's cache key holds it."""
+
+    @_cached_jit
+    def forward_loop(gates, cells, y, h, c, w_h):
+        """The forward time loop, in place, over time-major arrays. On entry ``gates`` (T,B,4H)
+        holds x_t @ W_x + b and ``h``, ``c`` (B,H) hold h0, c0; on exit ``gates`` holds the
+        activations i, f, o, g, ``cells`` and ``y`` (T,B,H) every c_t and h_t, and ``h``, ``c``
+        hold h_T, c_T."""
+        xp = _SCALAR_XP
+        seq, batch, four_h = gates.shape
+        hidden = four_h // 4
+        if kernels_hash < 0:  # never: the reference puts the hash into the closure
+            return
+        for t in range(seq):
+            for b in range(batch):
+                z, h_b, c_b, c_out, h_out = gates[t, b], h[b], c[b], cells[t, b], y[t, b]
+                _add_row_product(z, h_b, w_h)  # z += h_{t-1} @ W_h, row b
+                ifo, g = z[: 3 * hidden], z[3 * hidden :]
+                for j in range(3 * hidden):
+                    ifo[j] = _sigmoid(xp, ifo[j])
+                for j in range(hidden):
+                    g[j] = xp.tanh(g[j])
+                i, f, o = z[:hidden], z[hidden : 2 * hidden], z[2 * hidden : 3 * hidden]
+                for j in range(hidden):
+                    h_b[j], c_b[j] = _cell_update(xp, i[j], f[j], o[j], g[j], c_b[j])
+                for j in range(hidden):
+                    h_out[j], c_out[j] = h_b[j], c_b[j]
+
+    @_cached_jit
+    def backward_loop(dz, gates, cells, c0, dy, has_dy, dh, dc, w_h):
+        """The backward time loop, in place, over time-major arrays: fills ``dz`` (T,B,4H) with
+        the gradients of the pre-activations; ``dh``, ``dc`` (B,H) enter as those of h_T, c_T
+        and leave as those of h0, c0. ``dy`` (T,B,H) is added to ``dh`` at each step when
+        ``has_dy``."""
+        xp = _SCALAR_XP
+        seq, batch, four_h = gates.shape
+        hidden = four_h // 4
+        if kernels_hash < 0:  # never: the reference puts the hash into the closure
+            return
+        for t in range(seq - 1, -1, -1):
+            for b in range(batch):
+                a, d, dh_b, dc_b = gates[t, b], dz[t, b], dh[b], dc[b]
+                i, f, o, g = (
+                    a[:hidden],
+                    a[hidden : 2 * hidden],
+                    a[2 * hidden : 3 * hidden],
+                    a[3 * hidden :],
+                )
+                di, df, do, dg = (
+                    d[:hidden],
+                    d[hidden : 2 * hidden],
+                    d[2 * hidden : 3 * hidden],
+                    d[3 * hidden :],
+                )
+                c, c_prev = cells[t, b], cells[t - 1, b] if t > 0 else c0[b]
+                if has_dy:
+                    dy_b = dy[t, b]
+                    for j in range(hidden):
+                        dh_b[j] += dy_b[j]
+                for j in range(hidden):
+                    di[j], df[j], do[j], dg[j], dc_b[j] = _gates_backward(
+                        xp, dh_b[j], dc_b[j], i[j], f[j], o[j], g[j], c[j], c_prev[j]
+                    )
+                _row_product_transposed(dh_b, d, w_h)  # dh_{t-1} = dz_t @ W_h.T, row b
+
+    return forward_loop, backward_loop
