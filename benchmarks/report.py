@@ -19,7 +19,8 @@ def markdown(report: dict) -> str:
         by_config.setdefault(tuple(r["config"]), {}).setdefault(r["row"], {})[r["mode"]] = r
     lines = [
         f"`{report['command']}` ({report['dtype']}, {report['warmup']} warm-up, "
-        f"median of {report['repeats']}, threads: {report.get('threads', 'library defaults')}); "
+        f"median of {report['repeats']}, threads: {report.get('threads', 'library defaults')}, "
+        f"clock: {report.get('clock', 'wall')}); "
         "matmul GFLOP/s in the same run: "
         + ", ".join(f"{k} {v:g}" for k, v in report["matmul_gflops"].items()),
     ]

@@ -52,7 +52,7 @@ def test_bench_train_step_and_numpy_loops(capsys):
     xplstm row has one and the naive baseline has none; NumPy's loops run as their own rows."""
     main(["bench", "--backends", "numpy", "--configs", "3,4,2,5", "--repeats", "1", "--warmup",
           "0", "--modes", "train-step", "--paths", "fast,compiled,ufuncs", "--threads", "1",
-          "--json"])  # fmt: skip
+          "--clock", "cpu", "--json"])  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     rows = {r["row"]: r for r in report["results"]}
     assert {r["mode"] for r in rows.values()} == {"train-step"}
@@ -63,7 +63,7 @@ def test_bench_train_step_and_numpy_loops(capsys):
         expected.add("torch.nn.LSTM")
         assert rows["torch.nn.LSTM"]["ratio_to_torch"] == 1.0
     assert set(rows) == expected, "the naive baseline has no train step"
-    assert report["threads"] == 1
+    assert report["threads"] == 1 and report["clock"] == "cpu"
 
 
 @pytest.mark.parametrize(
@@ -72,6 +72,7 @@ def test_bench_train_step_and_numpy_loops(capsys):
         (["--configs", "1,2,3"], "a config is B,T,I,H as four positive ints"),
         (["--modes", "sideways"], "error: --modes takes forward, forward+backward, train-step"),
         (["--threads", "0"], "xplstm bench: error: --threads takes a positive count, got 0"),
+        (["--clock", "cpu"], "xplstm bench: error: --clock cpu reads the calling thread's CPU"),
         (["--paths", "slow"], "xplstm bench: error: --paths takes fast, written-once"),
         (["--backends", "nope"], "xplstm bench: error: unknown backend 'nope'"),
     ],

@@ -75,6 +75,8 @@ def bench(args: argparse.Namespace) -> int:
     """Benchmark xplstm against torch.nn.LSTM (see ``xplstm bench --help``)."""
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads takes a positive count, got {args.threads}")
+    if args.clock == "cpu" and args.threads != 1:
+        raise ValueError("--clock cpu reads the calling thread's CPU time: it needs --threads 1")
     with threads_limited(args.threads):
         return _bench(args)
 
@@ -105,6 +107,7 @@ def _bench(args: argparse.Namespace) -> int:
         found = run_config(
             rows, config, args.modes,
             limits=limits, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
+            clock=args.clock,
         )  # fmt: skip
         results += found
         if not args.json:
@@ -115,6 +118,7 @@ def _bench(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "threads": args.threads or "library defaults",
+        "clock": args.clock,
         "matmul_gflops": {k: statistics.median(v) for k, v in peaks.items()},
         "skipped": skipped,
         "environment": environment(),
@@ -167,6 +171,11 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=None,
         help="threads for every library's BLAS, OpenMP and torch pools (default: theirs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="wall: elapsed time; cpu: the thread's CPU time, steadier on a busy machine "
+        "(needs --threads 1)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON report instead")
     parser.set_defaults(run=bench)
