@@ -101,7 +101,7 @@ def _bench(args: argparse.Namespace) -> int:
         for row in rows:
             key = (row.backend.name, str(row.device))
             if key not in measured:
-                measured[key] = ceilings(row.backend, row.device, args.dtype, config)
+                measured[key] = ceilings(row.backend, row.device, args.dtype, config, args.clock)
                 peaks.setdefault(" ".join(key), []).append(measured[key].matmul)
         limits = {row: measured[row.backend.name, str(row.device)] for row in rows}
         found = run_config(

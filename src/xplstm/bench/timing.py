@@ -69,7 +69,12 @@ def _timed(backend: Backend, run: Callable[[], Any], clock: str = "wall") -> flo
 
 
 def matmul_gflops(
-    backend: Backend, device: Any, dtype: str, shape: tuple[int, int, int], repeats: int = 5
+    backend: Backend,
+    device: Any,
+    dtype: str,
+    shape: tuple[int, int, int],
+    repeats: int = 5,
+    clock: str = "wall",
 ) -> float:
     """Throughput of ``(m, k) @ (k, n)`` products on this library and device, in GFLOP/s.
 
@@ -84,17 +89,21 @@ def matmul_gflops(
     def products() -> tuple:
         return tuple(a @ b for _ in range(count))  # all of them waited for (Dask is lazy)
 
-    times = [_timed(backend, products) for _ in range(repeats + 1)][1:]  # the first warms up
+    times = [_timed(backend, products, clock) for _ in range(repeats + 1)][1:]  # 1st warms up
     return 2.0 * m * k * n * count / (min(times) * 1e-3) / 1e9
 
 
-def ceilings(backend: Backend, device: Any, dtype: str, config: Config) -> Ceilings:
+def ceilings(
+    backend: Backend, device: Any, dtype: str, config: Config, clock: str = "wall"
+) -> Ceilings:
     """Both ceilings for ``config`` on this library and device, measured now."""
     batch, _, _, hidden = config
     n = 4096 if is_gpu(device) else 1024
     return Ceilings(
-        significant(matmul_gflops(backend, device, dtype, (n, n, n))),
-        significant(matmul_gflops(backend, device, dtype, (batch, hidden, 4 * hidden))),
+        significant(matmul_gflops(backend, device, dtype, (n, n, n), clock=clock)),
+        significant(
+            matmul_gflops(backend, device, dtype, (batch, hidden, 4 * hidden), clock=clock)
+        ),
     )
 
 
