@@ -11,16 +11,16 @@ What is compiled and what is restated:
   ``xplstm.cell.KERNELS``, handed in through :func:`loops`) are njit-ed as they are and called
   on scalars, with ``_SCALAR_XP`` (below) as their ``xp``.
 - ``_SCALAR_XP.exp`` and ``.tanh`` are restated. numba compiles ``math.exp`` and ``math.tanh``
-  to one libm call per element (2.4 and 11 ns a float32 element measured here: pip's llvmlite has
-  no SVML, and its code generator ignores ``-vector-library``), 5-20x NumPy's SIMD ufuncs,
-  which would make the compiled loop slower than NumPy's from about 1000 units a step on.
-  ``_exp`` below is plain arithmetic (range reduction, a Taylor polynomial, a power of two by
-  its bits) that LLVM vectorises; ``_tanh`` is built from it. Both work in float64 (float32
-  inputs too) and are held to NumPy's ``exp`` and ``tanh`` by ``tests/test_fast_paths.py``.
+  to one libm call per element (pip's llvmlite has no SVML, and its code generator ignores
+  ``-vector-library``): 35 ns a float32 element for both, against 3 for NumPy's SIMD ufuncs
+  (``benchmarks/alternatives.py``), which made the compiled loop slower than the ufunc loop at
+  the demo's size. ``_exp`` below is plain arithmetic (range reduction, a Taylor polynomial, a
+  power of two made from its bits) that LLVM vectorises, in the argument's precision; ``_tanh``
+  is built from it. ``tests/test_fast_paths.py`` holds both to NumPy's within 4 ulps.
 - The two products inside the loop (``h @ W_h`` forward, ``dz @ W_h.T`` backward) are plain
-  loops that LLVM vectorises: at the sizes this path is chosen for they are faster than a
-  BLAS call from numba (which would also need SciPy); larger sizes go to ``_numpy_fast``'s
-  BLAS loop (see its threshold). The products over all steps at once stay NumPy's (BLAS).
+  loops that LLVM vectorises (numba's ``np.dot`` would call BLAS through SciPy, which the core
+  does not install); where BLAS's blocked products win, ``_numpy_fast`` runs its ufunc loop
+  instead (its measured thresholds). The products over all steps at once stay NumPy's (BLAS).
 
 No ``parallel=True``, and ``fastmath`` only to let one dot product sum in vector lanes: one
 thread, the same order of operations on every call, so results are deterministic.
@@ -137,9 +137,9 @@ def _where(condition, a, b):
 
 
 #: What the core's cell functions get as ``xp`` here: a module of the scalar functions above.
-#: A module, not an object: numba resolves a module's attributes while compiling, so each
-#: ``xp.exp`` is a direct call that is inlined and vectorised (a namedtuple's members were
-#: called through pointers, one element at a time).
+#: A module-level object, not an argument: numba resolves its attributes while compiling, and
+#: a namedtuple of compiled functions passed as an argument made the on-disk cache miss in
+#: every new process (the functions' objects are part of the argument's type).
 _SCALAR_XP = ModuleType("xplstm.backends._numpy_jit.scalar_xp")
 _SCALAR_XP.exp, _SCALAR_XP.tanh, _SCALAR_XP.abs, _SCALAR_XP.where = _exp, _tanh, _abs, _where
 
