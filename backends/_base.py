@@ -25,14 +25,23 @@ class FastPath(Protocol):
     ``forward`` and ``backward`` take and return what :func:`xplstm.sequence.forward` and
     :func:`xplstm.sequence.backward` do, less their ``xp`` and ``scan`` arguments; the cache is
     opaque to the layer and handed back to the same object's ``backward``. One object serves
-    one layer, so it may keep workspaces between calls.
+    one recurrence of one layer (a layer and direction of a stack), so it may keep workspaces
+    between calls.
+
+    ``features`` names the optional inputs of the written-once functions it accepts: any of
+    ``"keep"`` (a per-step mask), ``"w_proj"`` (a projection), ``"h_drop"`` (recurrent
+    dropout). Where a call needs one it does not name, the layer runs the written-once path.
     """
 
-    def forward(self, w: Any, b: Any, x: Any, h0: Any, c0: Any) -> tuple[Any, Any, Any, Any]: ...
+    features: frozenset[str]
+
+    def forward(
+        self, w: Any, b: Any, x: Any, h0: Any, c0: Any, **optional: Any
+    ) -> tuple[Any, Any, Any, Any]: ...
 
     def backward(
-        self, w: Any, cache: Any, dy: Any, dh_n: Any, dc_n: Any
-    ) -> tuple[Any, Any, Any, Any, Any]: ...
+        self, w: Any, cache: Any, dy: Any, dh_n: Any, dc_n: Any, **optional: Any
+    ) -> tuple[Any, Any, Any, Any, Any, Any]: ...
 
 
 class Backend:

@@ -29,7 +29,11 @@ def _fused(cupy: Any, kernel: Callable, name: str) -> Callable:
 
 
 class CuPyFastPath:
-    """The written-once forward and backward, run with fused element-wise kernels."""
+    """The written-once forward and backward, run with fused element-wise kernels. Being the
+    written-once functions, it covers every optional input (masks, projection, recurrent
+    dropout)."""
+
+    features = frozenset({"keep", "w_proj", "h_drop"})
 
     def __init__(
         self, cupy: Any, xp: Any, forward: Callable, backward: Callable, kernels: Any
@@ -42,8 +46,8 @@ class CuPyFastPath:
     def __deepcopy__(self, memo: dict) -> CuPyFastPath:
         return self  # stateless: shared by every copy of a layer
 
-    def forward(self, w: Any, b: Any, x: Any, h0: Any, c0: Any) -> tuple:
-        return self._forward(self._xp, w, b, x, h0, c0, kernels=self._kernels)
+    def forward(self, w: Any, b: Any, x: Any, h0: Any, c0: Any, **optional: Any) -> tuple:
+        return self._forward(self._xp, w, b, x, h0, c0, kernels=self._kernels, **optional)
 
-    def backward(self, w: Any, cache: Any, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
-        return self._backward(self._xp, w, cache, dy, dh_n, dc_n, kernels=self._kernels)
+    def backward(self, w: Any, cache: Any, dy: Any, dh_n: Any, dc_n: Any, **optional: Any) -> tuple:
+        return self._backward(self._xp, w, cache, dy, dh_n, dc_n, kernels=self._kernels, **optional)

@@ -109,7 +109,12 @@ class NumPyFastPath:
     ``kernels`` are the cell's element-wise functions (``xplstm.cell.KERNELS``), which the
     compiled loop compiles; ``loop`` picks the time loop: ``"auto"`` (the compiled one where
     :meth:`compiled_for` says so), ``"compiled"`` (numba must be installed) or ``"ufuncs"``.
+
+    It covers the plain recurrence only (no step mask, projection or recurrent dropout: the
+    layer runs the written-once path for those).
     """
+
+    features: frozenset[str] = frozenset()
 
     def __init__(self, kernels: Any, loop: str = "auto") -> None:
         if loop not in LOOPS:
@@ -171,7 +176,7 @@ class NumPyFastPath:
         dy: np.ndarray | None,
         dh_n: np.ndarray,
         dc_n: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, None]:
         x_rows, h0, c0, y, ws, compiled = cache
         batch, seq, hidden, _, _ = ws.key
         inputs = x_rows.shape[1]
@@ -188,7 +193,7 @@ class NumPyFastPath:
         np.matmul(x_rows.T, dz_flat, out=d_w[:inputs])
         np.matmul(ws.a.reshape(batch * seq, hidden).T, dz_flat, out=d_w[inputs:])
         dx = (dz_flat @ w[:inputs].T).reshape((*ws.dz.shape[:2], inputs))
-        return ws.steps(dx).swapaxes(0, 1), dh, dc, d_w, dz_flat.sum(axis=0)
+        return ws.steps(dx).swapaxes(0, 1), dh, dc, d_w, dz_flat.sum(axis=0), None
 
 
 def _project(ws: _Workspace, x_rows: np.ndarray, w_x: np.ndarray, b: np.ndarray) -> None:

@@ -94,8 +94,11 @@ class _JitScan:
     """The written-once forward and backward, each under ``jax.jit`` with ``lax.scan``.
 
     jit compiles once per shape and dtype and caches the result; the backward is xplstm's own
-    (the core's ``step_backward`` scanned in reverse), not ``jax.grad``.
+    (the core's ``step_backward`` scanned in reverse), not ``jax.grad``. Being the written-once
+    functions, it covers every optional input (masks, projection, recurrent dropout).
     """
+
+    features = frozenset({"keep", "w_proj", "h_drop"})
 
     def __init__(self, forward: Callable, backward: Callable) -> None:
         import jax

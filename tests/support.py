@@ -158,7 +158,8 @@ def forward_backward(
     y, h_n, c_n = layer.forward(cast["x"], h0, c0)
     grads = (cast["dh_n"], cast["dc_n"]) if state else (None, None)
     dx, dh0, dc0 = layer.backward(cast["dy"] if dy else None, *grads)
-    found = (y, h_n, c_n, dx, dh0, dc0, layer.weights.deltas, layer.bias.deltas)
+    d_bias = None if layer.bias is None else layer.bias.deltas  # use_bias=False: no bias
+    found = (y, h_n, c_n, dx, dh0, dc0, layer.weights.deltas, d_bias)
     return dict(zip(OUTPUTS, found, strict=True))
 
 

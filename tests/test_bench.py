@@ -82,3 +82,21 @@ def test_bench_bad_options(argv, message, capsys):
         main(["bench", "--backends", "numpy", *argv])
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_a_bidirectional_stack_with_lengths(capsys):
+    """--layers, --bidirectional, --lengths build that LSTM on every side: xplstm's with
+    lengths=, torch's through pack_padded_sequence; the ratio is taken to that torch row."""
+    pytest.importorskip("torch", reason="torch.nn.LSTM is the reference")
+    main(["bench", "--backends", "numpy", "--configs", "2,3,2,4", "--repeats", "1", "--warmup",
+          "0", "--modes", "forward+backward", "--paths", "written-once", "--layers", "2",
+          "--bidirectional", "--lengths", "--json"])  # fmt: skip
+    rows = {(r["row"], r["mode"]): r for r in json.loads(capsys.readouterr().out)["results"]}
+    label = " [2 layers, bidirectional, lengths]"
+    assert rows["torch.nn.LSTM" + label, "forward+backward"]["ratio_to_torch"] == 1.0
+    ours = rows["xplstm numpy written-once" + label, "forward+backward"]
+    assert ours["ratio_to_torch"] > 0
+    assert not any(name.startswith("naive") for name, _ in rows), "the baseline is one layer"
+    # Every recurrence's products: 2 layers, 2 directions, inputs 2 then 2 * 4.
+    expected = sum(2.0 * 2 * 3 * (n + 4) * 4 * 4 * 2 for n in (2, 8))
+    assert ours["gflops"] == pytest.approx(3 * expected / (ours["median_ms"] * 1e-3) / 1e9, 0.01)

@@ -275,3 +275,50 @@ def test_restore_says_what_does_not_fit(saved, tmp_path):
     )
     with pytest.raises(CheckpointError, match="the state is SGD's, not Adam's"):
         checkpoint.restore(tmp_path / "sgd.npz", model, xplstm.optim.Adam(model.parameters()))
+
+
+LSTM_CONFIGS = {
+    "3-layers-bi-proj-dropout": {
+        "num_layers": 3,
+        "bidirectional": True,
+        "proj_size": 2,
+        "dropout": 0.2,
+        "recurrent_dropout": 0.1,
+    },
+    "no-bias": {"use_bias": False},
+    "2-layers-no-bias-proj": {"num_layers": 2, "use_bias": False, "proj_size": 3},
+}
+
+
+@pytest.mark.parametrize("config", LSTM_CONFIGS.values(), ids=LSTM_CONFIGS.keys())
+def test_every_lstm_configuration_round_trips(target, tmp_path, config):
+    lstm = xplstm.LSTM(3, 4, backend="numpy", dtype="float64", seed=6, **config)
+    checkpoint.save(tmp_path / "m.npz", lstm)
+    loaded = checkpoint.load(tmp_path / "m.npz", backend=target.backend, device=target.device)
+    assert loaded.config() == lstm.config()
+    for ours, theirs in zip(loaded.parameters(), lstm.parameters(), strict=True):
+        np.testing.assert_array_equal(xplstm.to_numpy(ours.values), theirs.values)
+    x = np.random.default_rng(2).standard_normal((2, 5, 3))
+    assert_close(loaded.eval()(target.asarray(x))[0], lstm.eval()(x)[0], like=loaded, name="y")
+
+
+def test_a_stack_missing_an_array_is_incomplete(tmp_path):
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, xplstm.LSTM(3, 4, num_layers=2, backend="numpy"))
+    with np.load(path) as archive:
+        assert "layers.0.recurrences.1.bias" in archive.files
+    rewrite(path, lambda arrays: arrays.pop("layers.0.recurrences.1.bias"))
+    with pytest.raises(
+        CheckpointError, match=r"array 'layers.0.recurrences.1.bias' of layer 0 \(LSTM\) is missing"
+    ):
+        checkpoint.load(path)
+    rewrite(
+        path,
+        edit_header(
+            layers=[
+                {"type": "LSTM", "input_size": 3, "hidden_size": 4, "num_layers": 2, "proj_size": 9}
+            ]
+        ),
+    )
+    with pytest.raises(CheckpointError, match=r"layer 0 \(LSTM\): proj_size must be smaller"):
+        checkpoint.load(path)

@@ -21,7 +21,7 @@ from xplstm.train import evaluate
 
 PNG = b"\x89PNG\r\n\x1a\n"
 #: Small settings per task, so a smoke run takes well under a second of training.
-SMALL = {"adding": "10", "copy": "5", "sine": "12", "text": "20"}
+SMALL = {"adding": "10", "adding-lengths": "10", "copy": "5", "sine": "12", "text": "20"}
 
 
 def train(tmp_path: Path, task: str, *extra: str) -> tuple[int, dict]:
@@ -92,6 +92,22 @@ def test_trains_on_every_backend(tmp_path: Path, target: Target, task: str) -> N
     assert np.isfinite(metrics["test_metric"])
 
 
+def test_structure_flags_build_that_lstm(tmp_path: Path) -> None:
+    """--layers, --bidirectional, --proj-size, --dropout reach the LSTM, its checkpoint and
+    metrics.json; the saved model reproduces the held-out metric (evaluated without dropout)."""
+    flags = ["--layers", "2", "--bidirectional", "--proj-size", "3", "--dropout", "0.2"]
+    status, metrics = train(tmp_path, "adding-lengths", *flags)
+    assert status == 0
+    assert (metrics["layers"], metrics["bidirectional"], metrics["proj_size"]) == (2, True, 3)
+    model = checkpoint.load(tmp_path / "adding-lengths" / "model.npz")
+    lstm = model.layers[0]
+    assert (lstm.num_layers, lstm.bidirectional, lstm.proj_size, lstm.dropout) == (2, True, 3, 0.2)
+    assert model.layers[-1].in_features == 6
+    task = tasks.get("adding-lengths", 10, seed=0)
+    metric, _ = evaluate(model, task, task.test_set(), xplstm.backends.get("numpy"))
+    assert metric == pytest.approx(metrics["test_metric"], rel=1e-5)
+
+
 def test_stops_early_once_the_target_is_met(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,6 +145,9 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_model(
         (["--seq-len", "1"], "--seq-len must be an int of at least 2, got 1"),
         (["--backend", "nope"], "unknown backend 'nope'; available here: "),
         (["--clip", "0"], "--clip must be positive (the largest gradient norm), got 0.0"),
+        (["--dropout", "0.3"], "dropout acts between stacked layers"),
+        (["--hidden", "8", "--proj-size", "8"], "proj_size must be smaller than hidden_size (8)"),
+        (["--layers", "0"], "num_layers must be a positive int, got 0"),
         (["--seed", "-1"], "--seed must be 0 or more, got -1"),
         (
             ["--task", "text", "--seq-len", "18000"],

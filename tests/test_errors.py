@@ -140,3 +140,84 @@ def test_integer_input_is_not_told_to_change_the_layer_dtype(target, layer):
     with pytest.raises(TypeError) as error:
         layer.forward(arr(target, 2, 5, 3, dtype="int32"))
     assert "build the layer with" not in str(error.value)
+
+
+# -- stacked, bidirectional, projected layers; lengths and masks --------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"proj_size": 4}, r"proj_size must be smaller than hidden_size \(4\), got 4"),
+        ({"proj_size": -1}, r"proj_size must be an int >= 0 \(0: no projection\), got -1"),
+        ({"num_layers": 0}, r"num_layers must be a positive int, got 0"),
+        ({"bidirectional": 1}, r"bidirectional must be True or False, got 1"),
+        ({"use_bias": None}, r"use_bias must be True or False, got None"),
+        ({"num_layers": 2, "dropout": 1.0}, r"dropout must be a probability in \[0, 1\), got 1"),
+        ({"recurrent_dropout": -0.1}, r"recurrent_dropout must be a probability in \[0, 1\)"),
+        ({"dropout": 0.5}, r"dropout acts between stacked layers .* needs num_layers > 1"),
+        ({"init": "xavier"}, r"init must be one of \['keras', 'torch'\], got 'xavier'"),
+        ({"use_bias": False, "bias": np.zeros(16, "float32")}, r"but use_bias=False"),
+        ({"projection": np.zeros((4, 2), "float32")}, r"but proj_size=0: set proj_size"),
+        (
+            {"num_layers": 2, "weights": np.zeros((7, 16), "float32")},
+            r"this LSTM has 2 recurrences .* pass weights as a list of 2 arrays",
+        ),
+        (
+            {"bidirectional": True, "bias": [np.zeros(16, "float32")]},
+            r"bias must list one array per recurrence .* = 2\), got 1",
+        ),
+        (
+            {"num_layers": 2, "weights": [None, np.zeros((7, 16), "float32")]},
+            r"recurrence 1 must have shape \(8, 16\) = \(hidden_size \+ hidden_size, 4 \* hidden",
+        ),
+    ],
+)
+def test_bad_configurations(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        xplstm.LSTM(3, 4, backend="numpy", **kwargs)
+
+
+def test_weights_of_a_stack_are_reached_through_recurrences():
+    layer = xplstm.LSTM(3, 4, num_layers=2, backend="numpy")
+    with pytest.raises(AttributeError, match=r"has 2 recurrences .* layer.recurrences\[k\]"):
+        _ = layer.weights
+
+
+def test_bad_lengths(target):
+    layer = target.lstm(3, 4, bidirectional=True, seed=0)
+    x = arr(target, 3, 5, 3)
+    for lengths, message in [
+        ([2, 0, 5], r"lengths must be in 1..seq = 1..5; row 1 has length 0 \(drop empty rows"),
+        ([2, 6, 5], r"row 1 has length 6"),
+        ([2, 3], r"lengths must have one length per row: 3, got 2"),
+        ([2.0, 3.0, 1.0], r"lengths must be a 1-D sequence of ints .* got float64"),
+        (target.asarray(np.ones((3, 1), "int32")), r"of shape \(3, 1\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            layer.forward(x, lengths=lengths)
+    with pytest.raises(ValueError, match=r"pass lengths .* or mask .*, not both"):
+        layer.forward(x, lengths=[1, 2, 3], mask=target.asarray(np.ones((3, 5), bool)))
+
+
+def test_bad_mask(target):
+    layer = target.lstm(3, 4, seed=0)
+    x = arr(target, 3, 5, 3)
+    with pytest.raises(ValueError, match=r"mask must have shape \(batch, seq\) = \(3, 5\)"):
+        layer.forward(x, mask=target.asarray(np.ones((3, 4), bool)))
+    with pytest.raises(TypeError, match=r"mask has dtype .* must be boolean .* mask != 0"):
+        layer.forward(x, mask=arr(target, 3, 5))
+
+
+def test_states_of_a_stack_need_the_leading_axis(target):
+    layer = target.lstm(3, 4, num_layers=2, bidirectional=True, proj_size=2, seed=0)
+    x = arr(target, 3, 5, 3)
+    with pytest.raises(
+        ValueError,
+        match=r"h0 must have shape \(num_layers \* num_directions, batch, proj_size\) = "
+        r"\(4, 3, 2\), got \(3, 2\)",
+    ):
+        layer.forward(x, arr(target, 3, 2))
+    with pytest.raises(ValueError, match=r"c0 must have shape .* hidden_size\) = \(4, 3, 4\)"):
+        layer.forward(x, None, arr(target, 2, 3, 4))
+    layer.forward(x)
+    with pytest.raises(ValueError, match=r"dy must have shape .* = \(3, 5, 4\), got \(3, 5, 2\)"):
+        layer.backward(arr(target, 3, 5, 2))

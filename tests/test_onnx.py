@@ -71,6 +71,7 @@ def models(dtype: str) -> dict[str, xplstm.LSTM | xplstm.Sequential]:
 
     return {
         "lstm": lstm(0),
+        "lstm-without-bias": xplstm.LSTM(3, 5, seed=7, dtype=dtype, use_bias=False),
         "lstm-laststep-linear": xplstm.Sequential(
             lstm(1), xplstm.LastStep(), xplstm.Linear(5, 2, seed=2, dtype=dtype)
         ),

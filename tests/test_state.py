@@ -23,6 +23,35 @@ def test_two_calls_carrying_state_equal_one_call(target, dtype):
     assert_close(c2, c_n, like=layer, level="ulps", name="c_n")
 
 
+def test_a_stack_carries_its_state_across_chunks(target):
+    """Stacked and projected: h_n, c_n of one chunk as h0, c0 of the next give the whole
+    sequence's results, layer by layer."""
+    p = random_problem(3, 9, 4, 5, seed=4)
+    x = target.asarray(p["x"])
+    layer = target.lstm(4, 5, num_layers=3, proj_size=2, dtype="float64", seed=1)
+    y, h_n, c_n = layer.forward(x)
+    y1, h1, c1 = layer.forward(x[:, :4, :])
+    y2, h2, c2 = layer.forward(x[:, 4:, :], h1, c1)
+    parts = np.concatenate([xplstm.to_numpy(y1), xplstm.to_numpy(y2)], axis=1)
+    np.testing.assert_allclose(parts, xplstm.to_numpy(y), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(xplstm.to_numpy(h2), xplstm.to_numpy(h_n), rtol=1e-12)
+    np.testing.assert_allclose(xplstm.to_numpy(c2), xplstm.to_numpy(c_n), rtol=1e-12)
+
+
+def test_a_reverse_direction_cannot_be_split():
+    """Carrying state continues every forward direction exactly; a reverse direction reads
+    each chunk from its own end, so a bidirectional layer over chunks is not the layer over
+    the whole sequence (as in torch and Keras)."""
+    p = random_problem(2, 6, 3, 4, seed=5)
+    layer = xplstm.LSTM(3, 4, bidirectional=True, backend="numpy", dtype="float64", seed=2)
+    y = layer.forward(p["x"])[0]
+    y1, h1, c1 = layer.forward(p["x"][:, :3])
+    y2 = layer.forward(p["x"][:, 3:], h1, c1)[0]
+    forward_half = np.concatenate([y1, y2], axis=1)[..., :4]
+    np.testing.assert_allclose(forward_half, y[..., :4], rtol=1e-12)
+    assert not np.allclose(np.concatenate([y1, y2], axis=1)[..., 4:], y[..., 4:])
+
+
 def test_same_seed_same_weights_everywhere(target):
     reference = xplstm.LSTM(6, 7, backend="numpy", dtype="float64", seed=42)
     layer = target.lstm(6, 7, dtype="float64", seed=42)

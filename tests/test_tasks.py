@@ -13,10 +13,14 @@ from xplstm.sampling import generate
 
 
 def test_get_refuses_unknown_tasks_and_bad_lengths() -> None:
-    with pytest.raises(ValueError, match=r"unknown task 'add'; choose one of adding, copy"):
+    with pytest.raises(
+        ValueError, match=r"unknown task 'add'; choose one of adding, adding-lengths, copy"
+    ):
         tasks.get("add")
     with pytest.raises(ValueError, match=r"--seq-len must be an int of at least 2, got 1"):
         tasks.get("adding", seq_len=1)
+    with pytest.raises(ValueError, match=r"--seq-len must be at least 4 for adding-lengths, got 3"):
+        tasks.get("adding-lengths", seq_len=3)
 
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
@@ -42,6 +46,36 @@ def test_adding_marks_one_value_in_each_half_and_targets_their_sum() -> None:
     np.testing.assert_array_equal(markers[:, :5].sum(axis=1), 1.0)
     np.testing.assert_array_equal(markers[:, 5:].sum(axis=1), 1.0)
     np.testing.assert_allclose(data.targets[:, 0], (values * markers).sum(axis=1), rtol=1e-6)
+
+
+def test_adding_lengths_marks_each_half_of_each_row_and_pads_with_zeros() -> None:
+    task = tasks.get("adding-lengths", seq_len=12)
+    data = task.sample(np.random.default_rng(0), 300)
+    lengths = data.lengths
+    assert lengths.min() == 6 and lengths.max() == 12 and data.inputs.shape == (300, 12, 2)
+    values, markers = data.inputs[..., 0], data.inputs[..., 1]
+    steps = np.arange(12)[None, :]
+    assert not np.any(data.inputs[steps >= lengths[:, None]]), "zeros past each length"
+    first_half = steps < (lengths // 2)[:, None]
+    np.testing.assert_array_equal((markers * first_half).sum(axis=1), 1.0)
+    np.testing.assert_array_equal((markers * ~first_half).sum(axis=1), 1.0)
+    np.testing.assert_allclose(data.targets[:, 0], (values * markers).sum(axis=1), rtol=1e-6)
+    assert data.rows(5, 9).lengths.tolist() == lengths[5:9].tolist()
+
+
+def test_last_step_keeps_each_rows_last_valid_step(target) -> None:
+    import xplstm
+
+    y = np.random.default_rng(1).standard_normal((3, 4, 2))
+    last = xplstm.LastStep()
+    kept = last(target.asarray(y), lengths=[2, 4, 1])
+    np.testing.assert_array_equal(xplstm.to_numpy(kept), y[[0, 1, 2], [1, 3, 0]])
+    d = xplstm.to_numpy(last.backward(target.asarray(np.ones((3, 2)))))
+    expected = np.zeros((3, 4, 2))
+    expected[[0, 1, 2], [1, 3, 0]] = 1.0
+    np.testing.assert_array_equal(d, expected)
+    with pytest.raises(ValueError, match=r"lengths must be in 1..4, got \[2, 5, 1\]"):
+        last(target.asarray(y), lengths=[2, 5, 1])
 
 
 def test_adding_baseline_is_the_variance_of_the_sum() -> None:

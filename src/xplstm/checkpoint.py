@@ -1,11 +1,17 @@
 """Checkpoints: a model's parameters and a small JSON description in one ``.npz`` file.
 
-The file holds one host array per parameter, named ``layers.<i>.weights`` and
-``layers.<i>.bias``, and the description under ``__xplstm__`` as a 0-d string array, e.g.::
+The file holds one host array per parameter, named ``layers.<i>.<name>`` with the names of
+``layer.named_parameters()`` (``weights``, ``bias``, ``projection``; for an LSTM of several
+recurrences ``recurrences.<k>.weights`` and so on), and the description under ``__xplstm__``
+as a 0-d string array, e.g.::
 
     {"format": "xplstm-checkpoint", "version": 1, "model": "Sequential", "dtype": "float32",
-     "layers": [{"type": "LSTM", "input_size": 2, "hidden_size": 32}, {"type": "LastStep"},
-                {"type": "Linear", "in_features": 32, "out_features": 1}]}
+     "layers": [{"type": "LSTM", "input_size": 2, "hidden_size": 32, "num_layers": 2,
+                 "bidirectional": false, "proj_size": 0, "use_bias": true, "dropout": 0.1,
+                 "recurrent_dropout": 0.0},
+                {"type": "LastStep"}, {"type": "Linear", "in_features": 32, "out_features": 1}]}
+
+Options missing from a description take their defaults, so older files still load.
 
 Files are read with ``numpy.load(..., allow_pickle=False)``: nothing in them is ever unpickled,
 so a checkpoint from an untrusted source cannot run code. Parameters are stored on the host,
@@ -47,9 +53,19 @@ LAYERS: dict[str, tuple[type, tuple[str, ...]]] = {
     "Linear": (Linear, ("in_features", "out_features")),
     "LastStep": (LastStep, ()),
 }
-_PARAMETERS = ("weights", "bias")
 #: The prefix of the optimizer's arrays in a training checkpoint.
 _OPTIMIZER = "optimizer."
+#: Further constructor options a layer type records (any JSON value; the layer checks them).
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "LSTM": (
+        "num_layers",
+        "bidirectional",
+        "proj_size",
+        "use_bias",
+        "dropout",
+        "recurrent_dropout",
+    ),
+}
 
 Model = LSTM | Linear | Sequential
 _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
@@ -84,10 +100,11 @@ def model_arrays(model: Model) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     description: list[dict[str, Any]] = []
     for index, layer in enumerate(layers):
         kind = type(layer).__name__
-        description.append({"type": kind} | {k: getattr(layer, k) for k in LAYERS[kind][1]})
+        recorded = (*LAYERS[kind][1], *OPTIONS.get(kind, ()))
+        description.append({"type": kind} | {k: getattr(layer, k) for k in recorded})
         if layer.parameters():
-            for name in _PARAMETERS:
-                arrays[f"layers.{index}.{name}"] = to_numpy(getattr(layer, name).values)
+            for name, param in layer.named_parameters().items():
+                arrays[f"layers.{index}.{name}"] = to_numpy(param.values)
     dtypes = sorted({a.dtype.name for a in arrays.values()})
     if len(dtypes) > 1:
         raise TypeError(f"the model mixes dtypes {dtypes}; move its layers to one dtype first")
@@ -169,22 +186,28 @@ def model_from_arrays(
     layers = []
     for index, spec in enumerate(header["layers"]):
         cls, sizes = LAYERS[spec["type"]]
-        kwargs = {k: spec[k] for k in sizes}
         if cls is LastStep:
             layers.append(LastStep())
             continue
-        for name in _PARAMETERS:
-            kwargs[name] = arrays.pop(f"layers.{index}.{name}", None)
-            if kwargs[name] is None:
-                raise CheckpointError(
-                    f"{source}: array 'layers.{index}.{name}' of layer {index} ({spec['type']}) "
-                    "is missing; the file is incomplete"
-                )
+        kwargs = {k: spec[k] for k in (*sizes, *OPTIONS.get(spec["type"], ())) if k in spec}
+        found = _pop_prefixed(arrays, f"layers.{index}.")
         try:
+            # The names the parameters must have, from a layer of this shape on the host.
+            names = list(cls(**kwargs, backend="numpy", seed=0).named_parameters())
+            missing = [name for name in names if name not in found]
+            if missing:
+                raise CheckpointError(
+                    f"{source}: array 'layers.{index}.{missing[0]}' of layer {index} "
+                    f"({spec['type']}) is missing; the file is incomplete"
+                )
+            arrays |= {f"layers.{index}.{k}": v for k, v in found.items() if k not in names}
+            kwargs |= _values_by_argument({name: found[name] for name in names})
             layer = cls(**kwargs, backend=chosen, device=device, dtype=header["dtype"])
         except BackendError:
             raise  # the backend cannot hold these arrays (JAX without 64-bit floats): not the file
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
             raise CheckpointError(f"{source}: layer {index} ({spec['type']}): {exc}") from None
         layers.append(layer)
     if arrays:
@@ -241,6 +264,26 @@ def restore(
 def _optimizer_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The optimizer's arrays of a training checkpoint, removed from ``arrays``."""
     return {key: arrays.pop(key) for key in list(arrays) if key.startswith(_OPTIMIZER)}
+
+
+def _pop_prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays whose names start with ``prefix`` (removed from ``arrays``), by the rest of
+    their names."""
+    return {k[len(prefix) :]: arrays.pop(k) for k in [k for k in arrays if k.startswith(prefix)]}
+
+
+def _values_by_argument(named: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Constructor arguments from parameter names: ``weights`` gives ``weights=array``;
+    ``recurrences.<k>.weights`` give ``weights=[array per k]``."""
+    single: dict[str, Any] = {}
+    per_recurrence: dict[str, dict[int, np.ndarray]] = {}
+    for name, values in named.items():
+        head, _, kind = name.rpartition(".")
+        if head:
+            per_recurrence.setdefault(kind, {})[int(head.split(".")[1])] = values
+        else:
+            single[kind] = values
+    return single | {k: [v[i] for i in sorted(v)] for k, v in per_recurrence.items()}
 
 
 def _read(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -337,6 +380,7 @@ __all__ = [
     "DESCRIPTION_KEY",
     "FORMAT",
     "LAYERS",
+    "OPTIONS",
     "VERSION",
     "CheckpointError",
     "load",

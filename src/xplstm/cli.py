@@ -85,6 +85,10 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         seq_len=args.seq_len,
         hidden=args.hidden,
+        layers=args.layers,
+        bidirectional=args.bidirectional,
+        proj_size=args.proj_size,
+        dropout=args.dropout,
         batch=args.batch,
         steps=args.steps,
         lr=args.lr,
@@ -201,6 +205,16 @@ def _parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--task", choices=list(tasks.TASKS), default="adding")
     train_parser.add_argument("--seq-len", type=int, help="sequence length (copy: blanks)")
     train_parser.add_argument("--hidden", type=int, help="LSTM hidden size")
+    train_parser.add_argument("--layers", type=int, default=1, help="stacked LSTM layers")
+    train_parser.add_argument(
+        "--bidirectional", action="store_true", help="add a reverse direction to every layer"
+    )
+    train_parser.add_argument(
+        "--proj-size", type=int, default=0, help="project h to this size (LSTMP; 0: none)"
+    )
+    train_parser.add_argument(
+        "--dropout", type=float, default=0.0, help="dropout between stacked layers (training)"
+    )
     train_parser.add_argument("--batch", type=int, help="sequences per step")
     train_parser.add_argument("--steps", type=int, help="at most this many steps")
     train_parser.add_argument("--lr", type=float, help="Adam learning rate")

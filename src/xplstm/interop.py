@@ -1,16 +1,19 @@
 """Exact conversion of LSTM weights between xplstm's layout and PyTorch's, Keras's or ONNX's, on the
 host.
 
-xplstm keeps one matrix ``weights`` (input_size + hidden_size, 4H) with rows ``[input; hidden]``
-and gate column blocks i, f, o, g, and one ``bias`` (4H,). The others differ only in
-arrangement:
+Per recurrence (one layer and direction) xplstm keeps one matrix ``weights`` (in + out, 4H)
+with rows ``[input; hidden]`` and gate column blocks i, f, o, g, one ``bias`` (4H,) unless
+``use_bias=False``, and with ``proj_size`` P a ``projection`` (H, P); ``out`` is P when
+projected, else H. Here a recurrence travels as a :class:`Host` triple. The others differ only
+in arrangement:
 
-- ``torch.nn.LSTM``: ``weight_ih_l0`` (4H, input_size) and ``weight_hh_l0`` (4H, H), gate row
-  blocks i, f, g, o, and two biases ``bias_ih_l0``, ``bias_hh_l0`` that are always added together.
+- ``torch.nn.LSTM``: per layer ``k`` and direction (suffix ``""`` or ``"_reverse"``),
+  ``weight_ih_l{k}`` (4H, in) and ``weight_hh_l{k}`` (4H, out), gate row blocks i, f, g, o, two
+  biases ``bias_ih_l{k}``, ``bias_hh_l{k}`` that are always added together, and with
+  ``proj_size`` ``weight_hr_l{k}`` (P, H).
 - Keras ``LSTM`` (``layer.get_weights()``): ``kernel`` (input_size, 4u), ``recurrent_kernel``
   (u, 4u), ``bias`` (4u,), gate column blocks i, f, c, o (c is xplstm's g), with the default
   ``activation="tanh"`` and ``recurrent_activation="sigmoid"``.
-
 - ONNX's ``LSTM`` operator (one direction): ``W`` (4H, input_size), ``R`` (4H, H), gate row blocks
   i, o, f, c, and ``B`` (8H,) holding the input and the recurrent biases, added together.
 
@@ -20,8 +23,9 @@ is i, o, f, c: swapping the middle two maps either way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,7 +33,24 @@ from xplstm.resolver import to_numpy
 from xplstm.types import Array
 
 
-def _gates(hidden: int, blocks: tuple[int, int, int, int] = (0, 1, 3, 2)) -> np.ndarray:
+class Host(NamedTuple):
+    """One recurrence's parameters as host arrays in xplstm's layout."""
+
+    weights: np.ndarray  # (in + out, 4H)
+    bias: np.ndarray | None  # (4H,), or None without biases
+    projection: np.ndarray | None  # (H, P), or None without projection
+
+
+class Imported(NamedTuple):
+    """Parameters read from another library: the recurrences in ``LSTM.parameters()`` order,
+    the constructor's configuration, and one source array (to place the layer like it)."""
+
+    recurrences: list[Host]
+    config: dict[str, Any]
+    source: Array
+
+
+def gate_order(hidden: int, blocks: tuple[int, int, int, int] = (0, 1, 3, 2)) -> np.ndarray:
     """Column indices that reorder the four gate blocks as ``blocks`` says: by default i, f, g, o
     into i, f, o, g and back (a swap of two blocks is its own inverse)."""
     return np.arange(4 * hidden).reshape(4, hidden)[list(blocks)].reshape(-1)
@@ -40,67 +61,165 @@ def _expect(name: str, array: np.ndarray, shape: tuple[int, ...], meaning: str) 
         raise ValueError(f"{name} must have shape {meaning} = {shape}, got {array.shape}")
 
 
-def from_torch(source: Any) -> tuple[np.ndarray, np.ndarray, Array]:
-    """``(weights, bias, a source tensor)`` from a one-layer, one-direction ``torch.nn.LSTM``
-    (or ``nn.LSTMCell``) or its ``state_dict()``; the biases are summed."""
-    for attribute, plain in (("num_layers", 1), ("bidirectional", False), ("proj_size", 0)):
-        if getattr(source, attribute, plain) != plain:
-            raise ValueError(
-                f"only a single-layer, one-direction LSTM without projection converts; this one "
-                f"has {attribute}={getattr(source, attribute)!r}"
-            )
+_TORCH_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(_l(\d+))?(_reverse)?")
+
+
+def from_torch(source: Any) -> Imported:
+    """The parameters of a ``torch.nn.LSTM`` (any ``num_layers``, ``bidirectional``,
+    ``proj_size``, ``bias``), an ``nn.LSTMCell``, or the ``state_dict()`` of either; each
+    recurrence's two biases are summed."""
     state: Mapping[str, Any] = source.state_dict() if hasattr(source, "state_dict") else source
-    extra = [k for k in state if "_l1" in k or "_reverse" in k or k.startswith("weight_hr")]
-    if extra:
+    matches = {key: _TORCH_KEY.fullmatch(key) for key in state}
+    strange = sorted(key for key, match in matches.items() if match is None)
+    if strange or ("weight_ih_l0" not in state and "weight_ih" not in state):
         raise ValueError(
-            f"only a single-layer, one-direction LSTM without projection converts; the state "
-            f"has {extra}"
+            f"expected torch.nn.LSTM weights 'weight_ih_l0', 'weight_hh_l0', ... (or an "
+            f"LSTMCell's 'weight_ih', 'weight_hh'), got keys {sorted(state)}"
         )
-    suffix = "_l0" if "weight_ih_l0" in state else ""
-    if f"weight_ih{suffix}" not in state or f"weight_hh{suffix}" not in state:
-        raise ValueError(
-            f"expected torch.nn.LSTM weights 'weight_ih_l0' and 'weight_hh_l0', got keys "
-            f"{sorted(state)}"
-        )
-    w_ih, w_hh = to_numpy(state[f"weight_ih{suffix}"]), to_numpy(state[f"weight_hh{suffix}"])
-    hidden = w_hh.shape[-1]
-    _expect(f"weight_hh{suffix}", w_hh, (4 * hidden, hidden), "(4 * hidden_size, hidden_size)")
-    if w_ih.ndim != 2 or w_ih.shape[0] != 4 * hidden:
-        raise ValueError(
-            f"weight_ih{suffix} must have shape (4 * hidden_size, input_size) = "
-            f"({4 * hidden}, ?), got {w_ih.shape}"
-        )
-    bias = np.zeros(4 * hidden, dtype=w_ih.dtype)
-    for name in (f"bias_ih{suffix}", f"bias_hh{suffix}"):
-        if name in state:
-            term = to_numpy(state[name])
-            _expect(name, term, (4 * hidden,), "(4 * hidden_size,)")
-            bias = bias + term
-    gates = _gates(hidden)
-    weights = np.concatenate([w_ih.T, w_hh.T])[:, gates]
-    return weights, bias[gates], state[f"weight_ih{suffix}"]
-
-
-def to_torch(weights: np.ndarray, bias: np.ndarray, input_size: int) -> dict[str, np.ndarray]:
-    """``torch.nn.LSTM`` state arrays (host) from xplstm's: the bias goes in ``bias_ih_l0``,
-    zeros in ``bias_hh_l0``."""
-    gates = _gates(bias.shape[0] // 4)
-    return {
-        "weight_ih_l0": np.ascontiguousarray(weights[:input_size, gates].T),
-        "weight_hh_l0": np.ascontiguousarray(weights[input_size:, gates].T),
-        "bias_ih_l0": np.ascontiguousarray(bias[gates]),
-        "bias_hh_l0": np.zeros_like(bias),
+    layers = 1 + max(int(m.group(3) or 0) for m in matches.values() if m is not None)
+    directions = ("", "_reverse") if any(m and m.group(4) for m in matches.values()) else ("",)
+    cell = "weight_ih" in state
+    use_bias = any(k.startswith("bias_") for k in state)
+    projected = any(k.startswith("weight_hr") for k in state)
+    recurrences = []
+    for layer in range(layers):
+        for direction in directions:
+            suffix = "" if cell else f"_l{layer}{direction}"
+            recurrences.append(_from_torch_recurrence(state, suffix, use_bias, projected))
+    first = recurrences[0]
+    hidden = first.weights.shape[1] // 4
+    config = {
+        "input_size": first.weights.shape[0] - (first.projection.shape[1] if projected else hidden),
+        "hidden_size": hidden,
+        "num_layers": layers,
+        "bidirectional": len(directions) == 2,
+        "proj_size": first.projection.shape[1] if projected else 0,
+        "use_bias": use_bias,
     }
+    for attribute, found in (
+        ("num_layers", layers),
+        ("bidirectional", len(directions) == 2),
+        ("proj_size", config["proj_size"]),
+        ("bias", use_bias),
+    ):
+        if getattr(source, attribute, found) != found:
+            raise ValueError(
+                f"the module says {attribute}={getattr(source, attribute)!r} but its state "
+                f"holds weights for {attribute}={found!r}"
+            )
+    return Imported(recurrences, config, state["weight_ih" if cell else "weight_ih_l0"])
 
 
-def from_keras(arrays: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, Array]:
-    """``(weights, bias, the kernel)`` from Keras LSTM weights ``[kernel, recurrent_kernel,
-    bias]`` (or the first two, for ``use_bias=False``)."""
-    if isinstance(arrays, Mapping) or len(arrays) not in (2, 3):
+def _from_torch_recurrence(
+    state: Mapping[str, Any], suffix: str, use_bias: bool, projected: bool
+) -> Host:
+    """One recurrence's parameters from the torch arrays named with ``suffix``."""
+    names = [f"weight_ih{suffix}", f"weight_hh{suffix}"]
+    names += [f"bias_ih{suffix}", f"bias_hh{suffix}"] if use_bias else []
+    names += [f"weight_hr{suffix}"] if projected else []
+    missing = [name for name in names if name not in state]
+    if missing:
+        raise ValueError(f"the torch state lacks {missing}; it holds {sorted(state)}")
+    w_ih, w_hh = to_numpy(state[names[0]]), to_numpy(state[names[1]])
+    if w_ih.ndim != 2 or w_ih.shape[0] % 4 or w_ih.shape[0] == 0:
         raise ValueError(
-            "expected Keras LSTM weights as a list [kernel, recurrent_kernel, bias] "
-            "(layer.get_weights()), or [kernel, recurrent_kernel] without bias"
+            f"{names[0]} must have shape (4 * hidden_size, input_size), got {w_ih.shape}"
         )
+    hidden = w_ih.shape[0] // 4
+    projection = None
+    if projected:
+        w_hr = to_numpy(state[names[-1]])
+        if w_hr.ndim != 2 or w_hr.shape[1] != hidden:
+            raise ValueError(
+                f"{names[-1]} must have shape (proj_size, hidden_size) = (?, {hidden}), "
+                f"got {w_hr.shape}"
+            )
+        projection = np.ascontiguousarray(w_hr.T)
+    out = hidden if projection is None else projection.shape[1]
+    _expect(names[1], w_hh, (4 * hidden, out), "(4 * hidden_size, hidden_size or proj_size)")
+    gates = gate_order(hidden)
+    bias = None
+    if use_bias:
+        terms = [to_numpy(state[name]) for name in names[2:4]]
+        for name, term in zip(names[2:4], terms, strict=True):
+            _expect(name, term, (4 * hidden,), "(4 * hidden_size,)")
+        bias = (terms[0] + terms[1])[gates]
+    return Host(np.concatenate([w_ih.T, w_hh.T])[:, gates], bias, projection)
+
+
+def to_torch(recurrences: Sequence[Host], bidirectional: bool) -> dict[str, np.ndarray]:
+    """``torch.nn.LSTM`` state arrays (host) from xplstm's recurrences, in ``parameters()``
+    order: each bias goes in ``bias_ih_l{k}``, zeros in ``bias_hh_l{k}``."""
+    state = {}
+    directions = ("", "_reverse") if bidirectional else ("",)
+    for index, (weights, bias, projection) in enumerate(recurrences):
+        suffix = f"_l{index // len(directions)}{directions[index % len(directions)]}"
+        hidden = weights.shape[1] // 4
+        inputs = weights.shape[0] - (hidden if projection is None else projection.shape[1])
+        gates = gate_order(hidden)
+        state[f"weight_ih{suffix}"] = np.ascontiguousarray(weights[:inputs, gates].T)
+        state[f"weight_hh{suffix}"] = np.ascontiguousarray(weights[inputs:, gates].T)
+        if bias is not None:
+            state[f"bias_ih{suffix}"] = np.ascontiguousarray(bias[gates])
+            state[f"bias_hh{suffix}"] = np.zeros_like(bias)
+        if projection is not None:
+            state[f"weight_hr{suffix}"] = np.ascontiguousarray(projection.T)
+    # torch's state_dict order: weights, then biases, then the projection, per recurrence.
+    order = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+    return dict(
+        sorted(
+            state.items(),
+            key=lambda item: (
+                int(_TORCH_KEY.fullmatch(item[0]).group(3)),
+                bool(_TORCH_KEY.fullmatch(item[0]).group(4)),
+                order.index(_TORCH_KEY.fullmatch(item[0]).group(1)),
+            ),
+        )
+    )
+
+
+def from_keras(arrays: Sequence[Any]) -> Imported:
+    """The parameters of Keras weights, as ``get_weights()`` returns them: of an ``LSTM``
+    (``[kernel, recurrent_kernel, bias]``, or the first two for ``use_bias=False``), of a
+    ``Bidirectional(LSTM)`` (the forward layer's, then the backward layer's), or a list of
+    those for a stack."""
+    if isinstance(arrays, Mapping) or not isinstance(arrays, Sequence) or not arrays:
+        raise ValueError(_KERAS_FORMS)
+    stack = arrays if isinstance(arrays[0], Sequence) else [arrays]
+    recurrences, directions = [], set()
+    for layer in stack:
+        if isinstance(layer, Mapping) or len(layer) not in (2, 3, 4, 6):
+            raise ValueError(_KERAS_FORMS)
+        with_bias = len(layer) in (3, 6)
+        per = 3 if with_bias else 2
+        directions.add(len(layer) // per)
+        for start in range(0, len(layer), per):
+            recurrences.append(_from_keras_recurrence(layer[start : start + per]))
+    if len(directions) != 1 or len({r.bias is None for r in recurrences}) != 1:
+        raise ValueError(
+            "the layers of a Keras stack must all be Bidirectional or all plain, all with bias "
+            "or all without"
+        )
+    hidden = recurrences[0].weights.shape[1] // 4
+    config = {
+        "input_size": recurrences[0].weights.shape[0] - hidden,
+        "hidden_size": hidden,
+        "num_layers": len(stack),
+        "bidirectional": directions == {2},
+        "proj_size": 0,
+        "use_bias": recurrences[0].bias is not None,
+    }
+    return Imported(recurrences, config, stack[0][0])
+
+
+_KERAS_FORMS = (
+    "expected Keras LSTM weights as get_weights() returns them: [kernel, recurrent_kernel, "
+    "bias] (or without bias) for an LSTM, six (or four) arrays for a Bidirectional(LSTM), or a "
+    "list of those for a stack"
+)
+
+
+def _from_keras_recurrence(arrays: Sequence[Any]) -> Host:
     kernel, recurrent = to_numpy(arrays[0]), to_numpy(arrays[1])
     if recurrent.ndim != 2 or recurrent.shape[1] != 4 * recurrent.shape[0]:
         raise ValueError(
@@ -111,22 +230,31 @@ def from_keras(arrays: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, Array]:
         raise ValueError(
             f"kernel must have shape (input_size, 4 * units) = (?, {4 * units}), got {kernel.shape}"
         )
-    bias = np.zeros(4 * units, dtype=kernel.dtype)
+    gates = gate_order(units)
+    bias = None
     if len(arrays) == 3:
         bias = to_numpy(arrays[2])
         _expect("bias", bias, (4 * units,), "(4 * units,)")
-    gates = _gates(units)
-    return np.concatenate([kernel, recurrent])[:, gates], bias[gates], arrays[0]
+        bias = bias[gates]
+    return Host(np.concatenate([kernel, recurrent])[:, gates], bias, None)
 
 
-def to_keras(weights: np.ndarray, bias: np.ndarray, input_size: int) -> list[np.ndarray]:
-    """Keras ``[kernel, recurrent_kernel, bias]`` (host) from xplstm's, for ``set_weights``."""
-    gates = _gates(bias.shape[0] // 4)
-    return [
-        np.ascontiguousarray(weights[:input_size, gates]),
-        np.ascontiguousarray(weights[input_size:, gates]),
-        np.ascontiguousarray(bias[gates]),
-    ]
+def to_keras(recurrences: Sequence[Host]) -> list[np.ndarray]:
+    """Keras weights (host) for ``set_weights``: ``[kernel, recurrent_kernel, bias]`` per
+    recurrence, concatenated in ``parameters()`` order (so a ``Bidirectional(LSTM)``'s list for
+    a bidirectional layer); a stack's layers take consecutive slices."""
+    arrays = []
+    for weights, bias, projection in recurrences:
+        if projection is not None:
+            raise ValueError("Keras's LSTM has no projection: a proj_size layer cannot convert")
+        hidden = weights.shape[1] // 4
+        inputs, gates = weights.shape[0] - hidden, gate_order(hidden)
+        arrays += [
+            np.ascontiguousarray(weights[:inputs, gates]),
+            np.ascontiguousarray(weights[inputs:, gates]),
+        ]
+        arrays += [] if bias is None else [np.ascontiguousarray(bias[gates])]
+    return arrays
 
 
 def to_onnx(
@@ -135,7 +263,7 @@ def to_onnx(
     """``(W, R, B)`` of one direction of ONNX's ``LSTM`` operator (host) from xplstm's: ``W``
     (4H, input_size), ``R`` (4H, H), gate blocks i, o, f, c; the bias in the first half of ``B``
     (8H,), zeros in the second."""
-    gates = _gates(bias.shape[0] // 4, (0, 2, 1, 3))
+    gates = gate_order(bias.shape[0] // 4, (0, 2, 1, 3))
     return (
         np.ascontiguousarray(weights[:input_size, gates].T),
         np.ascontiguousarray(weights[input_size:, gates].T),

@@ -4,6 +4,7 @@ a backend and device, moving them, and refusing inputs that do not match them.""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,18 +48,17 @@ def dtype_name(dtype: Any) -> str:
     raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
 
 
-def _host_parameter(
+def host_parameter(
     name: str,
     given: Array | None,
     shape: tuple[int, ...],
     meaning: str,
     dtype: str,
-    rng: np.random.Generator,
-    bound: float,
+    draw: Callable[[], np.ndarray],
 ) -> np.ndarray:
-    """The given values copied to the host and checked, or U(-bound, bound) draws."""
+    """The given values copied to the host and checked, or ``draw()`` in ``dtype``."""
     if given is None:
-        return rng.uniform(-bound, bound, size=shape).astype(dtype)
+        return draw().astype(dtype)
     host = np.array(to_numpy(given), copy=True)  # the layer never shares the caller's memory
     if host.shape != shape:
         raise ValueError(f"{name} must have shape {shape} = {meaning}, got {host.shape}")
@@ -100,16 +100,31 @@ class Layer:
         :func:`xplstm.resolve`); the device is ``device``, else that of the given values.
         """
         name_of_dtype = dtype_name(dtype)
-        arrays = [values for values, _, _ in given.values()]
+        chosen, device = self._where(backend, device, [v for v, _, _ in given.values()])
+        rng = np.random.default_rng(seed)
+        for name, (values, shape, meaning) in given.items():
+            host = host_parameter(
+                name,
+                values,
+                shape,
+                meaning,
+                name_of_dtype,
+                lambda shape=shape: rng.uniform(-bound, bound, size=shape),
+            )
+            setattr(self, name, Weights(host, np.zeros_like(host)))
+        self._place(chosen, device)
+
+    @staticmethod
+    def _where(
+        backend: str | Backend | None, device: Any, arrays: list[Array | None]
+    ) -> tuple[Backend, Any]:
+        """The backend (see :func:`xplstm.resolve`) and device for parameters given as
+        ``arrays`` (``None`` where drawn): by default those of the first given array."""
         chosen = resolve(backend, *arrays)
         first = next((a for a in arrays if a is not None), None)
         if device is None and first is not None and chosen.is_array(first):
             device = array_api_compat.device(first)
-        rng = np.random.default_rng(seed)
-        for name, (values, shape, meaning) in given.items():
-            host = _host_parameter(name, values, shape, meaning, name_of_dtype, rng, bound)
-            setattr(self, name, Weights(host, np.zeros_like(host)))
-        self._place(chosen, chosen.parse_device(device))
+        return chosen, chosen.parse_device(device)
 
     def _place(self, backend: Backend, device: Any) -> None:
         """Copy the parameters (and their deltas) onto ``backend``'s ``device``."""
@@ -118,7 +133,7 @@ class Layer:
             param.values = backend.from_numpy(host_values, device)
             param.deltas = backend.from_numpy(host_deltas, device)
         self._backend = backend
-        self.device = array_api_compat.device(self.weights.values)
+        self.device = array_api_compat.device(self.parameters()[0].values)
         self._cache: Any = None
 
     def __deepcopy__(self, memo: dict) -> Layer:
@@ -134,7 +149,7 @@ class Layer:
     @property
     def xp(self) -> Any:
         """The array-API namespace of the parameters: build inputs with ``layer.xp.asarray``."""
-        return array_api_compat.array_namespace(self.weights.values)
+        return array_api_compat.array_namespace(self.parameters()[0].values)
 
     @property
     def backend(self) -> str:
@@ -144,11 +159,15 @@ class Layer:
     @property
     def dtype(self) -> Any:
         """The floating dtype of the parameters; inputs must have it too."""
-        return self.weights.values.dtype
+        return self.parameters()[0].values.dtype
 
     def parameters(self) -> list[Weights]:
         """The trainable parameters, for optimizers: ``[weights, bias]``."""
-        return [self.weights, self.bias]
+        return list(self.named_parameters().values())
+
+    def named_parameters(self) -> dict[str, Weights]:
+        """The parameters by name (the names checkpoints store them under)."""
+        return {"weights": self.weights, "bias": self.bias}
 
     def to(self: LayerT, backend: str | Backend, device: Any = None) -> LayerT:
         """Move the parameters to another backend and device (through the host); returns self."""
@@ -167,8 +186,16 @@ class Layer:
         )
 
     # -- input checks -------------------------------------------------------------------
-    def _check(self, name: str, a: Array, shape: tuple[int | None, ...], meaning: str) -> None:
-        """Refuse arrays of another backend, device or dtype, or of the wrong shape."""
+    def _check(
+        self,
+        name: str,
+        a: Array,
+        shape: tuple[int | None, ...],
+        meaning: str,
+        boolean: bool = False,
+    ) -> None:
+        """Refuse arrays of another backend, device or dtype (the layer's, or bool when
+        ``boolean``), or of the wrong shape."""
         owner = backends.backend_of(a)
         move = f"move the layer with layer.to({owner.name!r}) or convert {name} with "
         convert = f"layer.xp.asarray({name}, device=layer.device)"
@@ -184,7 +211,12 @@ class Layer:
                 f"move the layer with layer.to({self.backend!r}, device=...) or convert {name} "
                 f"with {convert}"
             )
-        if a.dtype != self.dtype:
+        if boolean and a.dtype != self.xp.bool:
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but must be boolean (True where a step counts); "
+                f"convert with {name} != 0"
+            )
+        if not boolean and a.dtype != self.dtype:
             fix = f"convert with layer.xp.astype({name}, layer.dtype)"
             if str(a.dtype).endswith(_DTYPES):
                 fix += f" or build the layer with dtype={dtype_name(a.dtype)!r}"

@@ -1,4 +1,8 @@
-"""The LSTM layer: forward and backward over whole sequences, on any array-API backend."""
+"""The LSTM layer: forward and backward over whole sequences, on any array-API backend.
+
+Stacked layers, reverse directions, variable lengths, masks and dropout are compositions here
+around the one recurrence of :mod:`xplstm.sequence` (one layer, one direction).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,11 @@ import numpy as np
 from xplstm import backends, cell, interop, sequence
 from xplstm.backends import Backend, FastPath
 from xplstm.checks import positive_int
-from xplstm.layer import Layer, Weights, dtype_name, last_forward
+from xplstm.layer import Layer, Weights, dtype_name, host_parameter, last_forward
 from xplstm.resolver import to_numpy
 from xplstm.types import Array
 
-__all__ = ["LSTM", "Weights"]
+__all__ = ["LSTM", "Recurrence", "Weights"]
 
 
 #: Set to 0 to run the written-once path even where a backend has a fast path.
@@ -27,11 +31,46 @@ _OFF = ("0", "false", "off", "no")
 
 
 @dataclass
-class _Cache:
-    """What backward needs from forward: who ran it, its saved state, and the input's shape."""
+class Recurrence:
+    """The parameters of one recurrence: one layer of the stack in one direction.
 
-    path: FastPath | None  # None: the written-once path of xplstm.sequence
-    saved: Any
+    ``weights`` (in + out, 4H) and ``bias`` (4H,) as described in :class:`LSTM`; ``bias`` is
+    ``None`` when the layer has ``use_bias=False``; ``projection`` (H, P) is ``None`` unless
+    ``proj_size`` P is set.
+    """
+
+    weights: Weights
+    bias: Weights | None
+    projection: Weights | None
+
+
+@dataclass
+class _Steps:
+    """Which steps count, per direction, from ``lengths`` or ``mask`` (host-derived)."""
+
+    keep: tuple[Array | None, Array | None]  # (seq, batch, 1) booleans for the recurrence
+    out: tuple[Array | None, Array | None]  # (batch, seq, 1) factors zeroing y where no step
+    index: Array | None  # (batch*seq,) gather that reverses each row within its length
+
+
+_ALL_STEPS = _Steps((None, None), (None, None), None)
+
+
+@dataclass
+class _Dropout:
+    """Dropout masks of one training forward (already scaled by 1 / (1 - p))."""
+
+    recurrent: list[Array | None]  # per recurrence, (batch, out)
+    between: list[Array | None]  # per layer but the last, (batch, seq, D * out)
+
+
+@dataclass
+class _Cache:
+    """What backward needs from forward: per recurrence who ran it and its saved state."""
+
+    runs: list[tuple[FastPath | None, Any]]  # FastPath None: xplstm.sequence
+    steps: _Steps
+    dropout: _Dropout | None
     batch: int
     seq: int
 
@@ -42,43 +81,83 @@ def fast_path_of(backend: Backend) -> FastPath | None:
 
 
 class LSTM(Layer):
-    """A single-layer LSTM over batch-first sequences, written once against the array API.
+    """An LSTM over batch-first sequences, written once against the array API: stacked,
+    bidirectional, projected, with variable lengths, masks and dropout, as ``torch.nn.LSTM``.
 
-    Parameters live in two :class:`Weights`:
+    Each recurrence (one layer of the stack, one direction) has its :class:`Recurrence`:
 
-    - ``weights.values``: shape ``(input_size + hidden_size, 4 * hidden_size)``; rows are
-      ``[input; hidden]``, column blocks are the input, forget, output and candidate gates,
-      each ``hidden_size`` wide.
-    - ``bias.values``: shape ``(4 * hidden_size,)``, the same column blocks.
+    - ``weights.values``: shape ``(in + out, 4 * hidden_size)``, where ``in`` is
+      ``input_size`` for the first layer and ``D * out`` above it (D = 2 if bidirectional,
+      else 1) and ``out`` is ``proj_size or hidden_size``; rows are ``[input; hidden]``, column
+      blocks are the input, forget, output and candidate gates, each ``hidden_size`` wide.
+    - ``bias.values``: shape ``(4 * hidden_size,)``, the same column blocks (none when
+      ``use_bias=False``).
+    - ``projection.values``: shape ``(hidden_size, proj_size)``, with ``proj_size`` only.
 
-    With ``W_x = weights.values[:input_size]`` and ``W_h = weights.values[input_size:]``, step t
-    computes ``z = x_t @ W_x + h_{t-1} @ W_h + b``; ``i, f, o = sigmoid(z[:, :3H])``,
-    ``g = tanh(z[:, 3H:])``; ``c_t = f * c_{t-1} + i * g``; ``h_t = o * tanh(c_t)``.
+    With ``W_x = weights.values[:in]`` and ``W_h = weights.values[in:]``, step t computes
+    ``z = x_t @ W_x + h_{t-1} @ W_h + b``; ``i, f, o = sigmoid(z[:, :3H])``,
+    ``g = tanh(z[:, 3H:])``; ``c_t = f * c_{t-1} + i * g``; ``h_t = o * tanh(c_t)``, then
+    ``h_t = h_t @ projection`` when projected. A reverse direction reads each sequence from its
+    last valid step back to its first; its outputs are put back in time order.
+
+    ``layer.parameters()`` lists, layer by layer and forward direction first, each
+    recurrence's ``weights``, ``bias`` (if any) and ``projection`` (if any), as torch's
+    ``state_dict`` does; ``layer.recurrences`` holds them grouped, in the same order. For one
+    layer in one direction ``layer.weights`` and ``layer.bias`` are its parameters.
 
     Args:
         input_size: features per time step of ``x``.
-        hidden_size: features of ``h`` and ``c``.
-        weights, bias: initial values, any supported arrays (copied onto the layer's backend
-            and device); by default drawn from U(-1/sqrt(H), 1/sqrt(H)) as in torch.nn.LSTM,
-            on the host with ``numpy.random.default_rng(seed)``, so a seed gives the same
-            parameters on every backend.
+        hidden_size: features of ``c`` (and of ``h`` unless projected).
+        num_layers: recurrent layers stacked, each reading the outputs of the one below.
+        bidirectional: add a reverse direction to every layer; outputs are the forward then
+            the reverse direction's, concatenated along the features.
+        proj_size: when positive (and below ``hidden_size``), project h to this size (LSTMP).
+        use_bias: whether the recurrences have biases (torch's ``bias=``; renamed here because
+            ``bias=`` gives bias values).
+        dropout: torch's dropout on the outputs of every layer but the last, drawn fresh per
+            element and step; needs ``num_layers > 1``.
+        recurrent_dropout: variational dropout (Gal and Ghahramani 2016) on h_{t-1}: one mask
+            per sequence and recurrence, the same at every step and for all four gates, as
+            Keras 3's ``LSTM(recurrent_dropout=)``.
+        init: ``"torch"``: every parameter from U(-1/sqrt(H), 1/sqrt(H)) as torch.nn.LSTM;
+            ``"keras"``: glorot-uniform input kernel (and projection), orthogonal recurrent
+            kernel, zero bias with the forget block at 1, as Keras's LSTM.
+        weights, bias, projection: initial values, any supported arrays (copied onto the
+            layer's backend and device): an array for one layer in one direction, else a list
+            with one per recurrence in ``recurrences`` order; the rest are drawn on the host
+            with ``numpy.random.default_rng(seed)``, so a seed gives the same parameters on
+            every backend.
         backend: a backend name (see :func:`xplstm.backends.available`); by default
             ``$XPLSTM_BACKEND``, else the backend of ``weights``, else CuPy with a GPU or NumPy.
         device: a device of that backend (``"cpu"``, ``"cuda:0"``, ...); default its default.
         dtype: ``"float32"`` or ``"float64"``; inputs must match it.
-        seed: seed for the default initialisation.
-        fast_path: use the backend's fast path where it has one (see ``backends``); it gives
-            the written-once path's results. Also off when ``$XPLSTM_FAST_PATH`` is ``0``.
-            The attribute ``layer.fast_path`` switches it later.
+        seed: seed for the initialisation and for the dropout masks (see
+            :meth:`dropout_seed`).
+        fast_path: use the backend's fast path where it has one and it covers the call (see
+            ``backends``); it gives the written-once path's results. Also off when
+            ``$XPLSTM_FAST_PATH`` is ``0``. The attribute ``layer.fast_path`` switches it later.
+
+    Dropout acts only in training mode, the default: :meth:`train` and :meth:`eval` switch.
     """
+
+    #: ``Sequential`` passes it ``lengths`` and ``mask``.
+    reads_steps = True
 
     def __init__(
         self,
         input_size: int,
         hidden_size: int,
         *,
-        weights: Array | None = None,
-        bias: Array | None = None,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        use_bias: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        init: str = "torch",
+        weights: Array | list[Array] | None = None,
+        bias: Array | list[Array] | None = None,
+        projection: Array | list[Array] | None = None,
         backend: str | Backend | None = None,
         device: Any = None,
         dtype: Any = "float32",
@@ -87,139 +166,576 @@ class LSTM(Layer):
     ) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
-        rows, cols = input_size + hidden_size, 4 * hidden_size
-        self._init_parameters(
-            {
-                "weights": (weights, (rows, cols), "(input_size + hidden_size, 4 * hidden_size)"),
-                "bias": (bias, (cols,), "(4 * hidden_size,)"),
-            },
-            bound=1.0 / math.sqrt(hidden_size),
-            backend=backend,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-        )
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.bidirectional = _flag("bidirectional", bidirectional)
+        self.use_bias = _flag("use_bias", use_bias)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"proj_size must be an int >= 0 (0: no projection), got {proj_size!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}; "
+                "use proj_size=0 for no projection"
+            )
+        self.proj_size = proj_size
+        self.dropout = _probability("dropout", dropout)
+        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
+        if self.dropout and num_layers == 1:
+            raise ValueError(
+                "dropout acts between stacked layers (on the outputs of all but the last), so "
+                "it needs num_layers > 1; for dropout on the outputs of a single layer add it "
+                "after the layer, or use recurrent_dropout"
+            )
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}")
+        if not use_bias and bias is not None:
+            raise ValueError("bias values were given but use_bias=False: drop one of the two")
+        if not proj_size and projection is not None:
+            raise ValueError("projection values were given but proj_size=0: set proj_size")
+        self.init = init
+        count = num_layers * self.directions
+        given = {
+            name: _per_recurrence(name, values, count)
+            for name, values in (("weights", weights), ("bias", bias), ("projection", projection))
+        }
+        chosen, where = self._where(backend, device, [a for v in given.values() for a in v])
+        name_of_dtype = dtype_name(dtype)
+        rng = np.random.default_rng(seed)
+        out = self.output_size
+        kept = "proj_size" if proj_size else "hidden_size"
+        draw = partial(_INITS[init], rng, hidden_size, out)
+        self.recurrences = []
+        for index in range(count):
+            rows = (input_size if index < self.directions else self.directions * out) + out
+            which = f" of recurrence {index}" if count > 1 else ""
+            reads = "input_size" if index < self.directions else f"{self.directions} * {kept}"
+            reads = reads.replace("1 * ", "")
+            specs = {
+                "weights": ((rows, 4 * hidden_size), f"({reads} + {kept}, 4 * hidden_size)", True),
+                "bias": ((4 * hidden_size,), "(4 * hidden_size,)", use_bias),
+                "projection": ((hidden_size, out), "(hidden_size, proj_size)", bool(proj_size)),
+            }
+            made = {}
+            for name, (shape, meaning, wanted) in specs.items():
+                if wanted:
+                    host = host_parameter(
+                        name + which,
+                        given[name][index],
+                        shape,
+                        meaning,
+                        name_of_dtype,
+                        partial(draw, name, shape),
+                    )
+                    made[name] = Weights(host, np.zeros_like(host))
+            self.recurrences.append(
+                Recurrence(made["weights"], made.get("bias"), made.get("projection"))
+            )
+        self._place(chosen, where)
         self.fast_path = fast_path
-        self._fast: tuple[Backend, FastPath | None] | None = None
+        self._fast: tuple[Backend, list[FastPath | None]] | None = None
+        self.training = True
+        self.dropout_seed(seed)
+
+    # -- configuration ------------------------------------------------------------------
+    @property
+    def directions(self) -> int:
+        """2 when bidirectional, else 1."""
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Features of h per direction: ``proj_size`` when projected, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def weights(self) -> Weights:
+        """The weights of a one-layer, one-direction LSTM (else see ``recurrences``)."""
+        return self._single().weights
+
+    @property
+    def bias(self) -> Weights | None:
+        """The bias of a one-layer, one-direction LSTM (``None`` with ``use_bias=False``)."""
+        return self._single().bias
+
+    def _single(self) -> Recurrence:
+        if len(self.recurrences) != 1:
+            raise AttributeError(
+                f"this LSTM has {len(self.recurrences)} recurrences (num_layers="
+                f"{self.num_layers}, bidirectional={self.bidirectional}): use "
+                "layer.recurrences[k].weights or layer.parameters()"
+            )
+        return self.recurrences[0]
+
+    def parameters(self) -> list[Weights]:
+        """Every parameter: per layer, forward direction first, each recurrence's ``weights``,
+        ``bias`` (if any) and ``projection`` (if any)."""
+        return list(self.named_parameters().values())
+
+    def named_parameters(self) -> dict[str, Weights]:
+        """The parameters by name, in ``parameters()`` order: ``weights``, ``bias``,
+        ``projection`` for one recurrence, else ``recurrences.<k>.weights`` and so on."""
+        named = [
+            (f"recurrences.{k}." if len(self.recurrences) > 1 else "", name, param)
+            for k, recurrence in enumerate(self.recurrences)
+            for name, param in vars(recurrence).items()
+        ]
+        return {prefix + name: param for prefix, name, param in named if param is not None}
 
     def _sizes(self) -> str:
-        return f"input_size={self.input_size}, hidden_size={self.hidden_size}"
+        sizes = f"input_size={self.input_size}, hidden_size={self.hidden_size}"
+        for name, default in _OPTIONS.items():
+            if getattr(self, name) != default:
+                sizes += f", {name}={getattr(self, name)!r}"
+        return sizes
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's size and structure arguments (what a checkpoint records)."""
+        sizes = {"input_size": self.input_size, "hidden_size": self.hidden_size}
+        return sizes | {name: getattr(self, name) for name in _OPTIONS}
+
+    # -- training mode and dropout ------------------------------------------------------
+    def train(self, mode: bool = True) -> LSTM:
+        """Training mode (the default): dropout acts. Returns self."""
+        self.training = _flag("mode", mode)
+        return self
+
+    def eval(self) -> LSTM:
+        """Evaluation mode: no dropout. Returns self."""
+        return self.train(False)
+
+    def dropout_seed(self, seed: int | None) -> None:
+        """Restart the dropout masks' generator from ``seed``: the same seed draws the same
+        masks, on every backend and device (they are drawn on the host). ``LSTM(seed=s)``
+        starts where ``dropout_seed(s)`` does."""
+        self._dropout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+
+    def _draw_dropout(self, batch: int, seq: int) -> _Dropout | None:
+        """This forward's masks, in the order: per layer, each direction's recurrent mask,
+        then the mask between it and the next layer."""
+        if not self.training or not (self.dropout or self.recurrent_dropout):
+            return None
+        out, directions = self.output_size, self.directions
+        masks = _Dropout([], [])
+        for layer in range(self.num_layers):
+            for _ in range(directions):
+                masks.recurrent.append(self._mask(self.recurrent_dropout, (batch, out)))
+            if layer < self.num_layers - 1:
+                masks.between.append(self._mask(self.dropout, (batch, seq, directions * out)))
+        return masks
+
+    def _mask(self, p: float, shape: tuple[int, ...]) -> Array | None:
+        if not p:
+            return None
+        kept = self._dropout_rng.random(shape) >= p
+        host = (kept * (1.0 / (1.0 - p))).astype(dtype_name(self.dtype))
+        return self._backend.from_numpy(host, self.device)
 
     # -- weights from and to PyTorch and Keras (exact; see xplstm.interop) --------------
     @classmethod
     def from_torch(cls, source: Any, **layer_kwargs: Any) -> LSTM:
-        """A layer with the weights of a one-layer ``torch.nn.LSTM`` (or its ``state_dict()``).
+        """A layer with the parameters of a ``torch.nn.LSTM`` (any ``num_layers``,
+        ``bidirectional``, ``proj_size``, ``bias``), an ``nn.LSTMCell``, or a ``state_dict()``.
 
         torch's two biases are summed. ``layer_kwargs`` go to :class:`LSTM` (``backend``,
-        ``device``, ``dtype``); by default the layer lands where the tensors are, in their
-        dtype. Feed it batch-first inputs whatever the module's ``batch_first``.
+        ``device``, ``dtype``, ``dropout``, ...); by default the layer lands where the tensors
+        are, in their dtype. Feed it batch-first inputs whatever the module's ``batch_first``.
         """
-        return cls._imported(*interop.from_torch(source), layer_kwargs)
+        imported = interop.from_torch(source)
+        if "dropout" not in layer_kwargs and getattr(source, "dropout", 0.0):
+            layer_kwargs["dropout"] = float(source.dropout)
+        return cls._imported(imported, layer_kwargs)
 
     @classmethod
     def from_keras(cls, weights: Any, **layer_kwargs: Any) -> LSTM:
-        """A layer from Keras LSTM weights ``[kernel, recurrent_kernel, bias]``, as
-        ``keras_layer.get_weights()`` returns them (gate order i, f, c, o; Keras's default
-        tanh and sigmoid activations). ``layer_kwargs`` as for :meth:`from_torch`."""
-        return cls._imported(*interop.from_keras(weights), layer_kwargs)
+        """A layer from Keras weights as ``get_weights()`` returns them: an ``LSTM``'s
+        ``[kernel, recurrent_kernel, bias]``, a ``Bidirectional(LSTM)``'s six arrays, or a list
+        of those for a stack (gate order i, f, c, o; Keras's default tanh and sigmoid
+        activations). ``layer_kwargs`` as for :meth:`from_torch`."""
+        return cls._imported(interop.from_keras(weights), layer_kwargs)
 
     @classmethod
-    def _imported(
-        cls, weights: np.ndarray, bias: np.ndarray, source: Any, kwargs: dict[str, Any]
-    ) -> LSTM:
-        """The layer from host ``weights`` and ``bias`` placed like ``source`` (a foreign array)
-        unless ``kwargs`` say otherwise, in ``source``'s dtype unless ``kwargs`` name one."""
-        dtype = dtype_name(kwargs.pop("dtype", weights.dtype))
-        owner = backends.backend_of(source)
-        where = array_api_compat.device(source)
-        input_size = weights.shape[0] - weights.shape[1] // 4
+    def _imported(cls, imported: interop.Imported, kwargs: dict[str, Any]) -> LSTM:
+        """The layer from host parameters placed like ``imported.source`` (a foreign array)
+        unless ``kwargs`` say otherwise, in its dtype unless ``kwargs`` name one."""
+        first = imported.recurrences[0].weights
+        dtype = dtype_name(kwargs.pop("dtype", first.dtype))
+        owner = backends.backend_of(imported.source)
+        where = array_api_compat.device(imported.source)
+        values: dict[str, list[Any]] = {"weights": [], "bias": [], "projection": []}
+        for recurrence in imported.recurrences:
+            for name, host in zip(values, recurrence, strict=True):
+                if host is not None:
+                    values[name].append(owner.from_numpy(host.astype(dtype), where))
+        arguments = {k: v if len(v) > 1 else v[0] for k, v in values.items() if v}
+        config = dict(imported.config)
         return cls(
-            input_size,
-            weights.shape[1] // 4,
+            config.pop("input_size"),
+            config.pop("hidden_size"),
+            **config,
+            **arguments,
             backend=kwargs.pop("backend", owner),  # where the tensors are, not $XPLSTM_BACKEND
-            weights=owner.from_numpy(weights.astype(dtype), where),
-            bias=owner.from_numpy(bias.astype(dtype), where),
             dtype=dtype,
             **kwargs,
         )
 
     def to_torch_state_dict(self, device: Any = None) -> dict[str, Any]:
-        """The weights as a ``torch.nn.LSTM(input_size, hidden_size)`` state dict (torch
-        tensors on ``device``, default the layer's own when it is on torch, else the CPU), for
-        ``module.load_state_dict``; the bias goes in ``bias_ih_l0``, zeros in ``bias_hh_l0``."""
+        """The parameters as the state dict of ``torch.nn.LSTM(input_size, hidden_size,
+        num_layers=..., bidirectional=..., proj_size=..., bias=use_bias)`` (torch tensors on
+        ``device``, default the layer's own when it is on torch, else the CPU), for
+        ``module.load_state_dict``; each bias goes in ``bias_ih_l{k}``, zeros in
+        ``bias_hh_l{k}``."""
         torch_backend = backends.get("torch")
         if device is None and self.backend == "torch":
             device = self.device
         where = torch_backend.parse_device(device)
-        arrays = interop.to_torch(*self._host_parameters(), self.input_size)
+        arrays = interop.to_torch(self._host_recurrences(), self.bidirectional)
         return {name: torch_backend.from_numpy(a, where) for name, a in arrays.items()}
 
-    def to_keras_weights(self) -> list[np.ndarray]:
-        """The weights as Keras LSTM ``[kernel, recurrent_kernel, bias]`` NumPy arrays, for
-        ``keras_layer.set_weights``."""
-        return interop.to_keras(*self._host_parameters(), self.input_size)
+    def to_keras_weights(self) -> list[Any]:
+        """The parameters as Keras weights (NumPy arrays) for ``set_weights``: an ``LSTM``'s
+        ``[kernel, recurrent_kernel, bias]``, a ``Bidirectional(LSTM)``'s forward then backward
+        arrays, and for a stack a list with one such list per layer."""
+        hosts = self._host_recurrences()
+        step = self.directions
+        layers = [interop.to_keras(hosts[k : k + step]) for k in range(0, len(hosts), step)]
+        return layers[0] if self.num_layers == 1 else layers
 
-    def _host_parameters(self) -> tuple[np.ndarray, np.ndarray]:
-        return to_numpy(self.weights.values), to_numpy(self.bias.values)
+    def _host_recurrences(self) -> list[interop.Host]:
+        return [
+            interop.Host(*(None if p is None else to_numpy(p.values) for p in vars(r).values()))
+            for r in self.recurrences
+        ]
 
     # -- forward and backward -----------------------------------------------------------
     def __call__(
-        self, x: Array, h0: Array | None = None, c0: Array | None = None
+        self,
+        x: Array,
+        h0: Array | None = None,
+        c0: Array | None = None,
+        *,
+        lengths: Any = None,
+        mask: Array | None = None,
     ) -> tuple[Array, Array, Array]:
-        return self.forward(x, h0, c0)
+        return self.forward(x, h0, c0, lengths=lengths, mask=mask)
 
     def forward(
-        self, x: Array, h0: Array | None = None, c0: Array | None = None
+        self,
+        x: Array,
+        h0: Array | None = None,
+        c0: Array | None = None,
+        *,
+        lengths: Any = None,
+        mask: Array | None = None,
     ) -> tuple[Array, Array, Array]:
-        """Run the sequence ``x`` (batch, seq, input_size) from state ``(h0, c0)``.
+        """Run the sequences ``x`` (batch, seq, input_size) from state ``(h0, c0)``.
 
-        ``h0`` and ``c0`` are (batch, hidden_size), zeros when omitted. Returns ``(y, h_n, c_n)``:
-        ``y`` (batch, seq, hidden_size) holds h_1 .. h_T; ``h_n``, ``c_n`` the final state.
+        Returns ``(y, h_n, c_n)``: ``y`` (batch, seq, D * out) holds the last layer's h at
+        every step. For one layer in one direction the states are (batch, out) for h and
+        (batch, hidden_size) for c; otherwise (num_layers * D, batch, out) and
+        (num_layers * D, batch, hidden_size), layer-major, forward direction first, as torch's.
+        Omitted states are zeros.
+
+        ``lengths`` (a sequence or 1-D integer array of ``batch`` lengths in 1..seq; right
+        padding) works as torch's ``pack_padded_sequence(enforce_sorted=False)``: ``y`` is
+        zero past each length, ``h_n``, ``c_n`` are each row's state at its last valid step,
+        and a reverse direction starts there. ``mask`` ((batch, seq) booleans, any pattern)
+        works as Keras's: a masked step keeps h and c and outputs the carried h (so zeros
+        before the first unmasked step from a zero initial state, h0 from a given one), or
+        zeros when bidirectional, as ``keras.layers.Bidirectional`` does; a reverse direction
+        reads the whole row backwards.
         """
         self._check("x", x, (None, None, self.input_size), "(batch, seq, input_size)")
         batch, seq, _ = x.shape
-        h0 = self._state("h0", h0, batch)
-        c0 = self._state("c0", c0, batch)
-        path = self._fast_path()
-        run = path.forward if path else partial(sequence.forward, self.xp)
-        y, h, c, saved = run(self.weights.values, self.bias.values, x, h0, c0)
-        self._cache = _Cache(path, saved, batch, seq)
-        return y, h, c
+        h0s = self._states("h0", h0, batch, self.output_size)
+        c0s = self._states("c0", c0, batch, self.hidden_size)
+        steps = self._steps(lengths, mask, batch, seq)
+        dropout = self._draw_dropout(batch, seq)
+        runs, h_n, c_n = [], [], []
+        inputs = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.directions):
+                index = layer * self.directions + direction
+                given = inputs if direction == 0 else self._reverse(inputs, steps)
+                h_drop = dropout.recurrent[index] if dropout else None
+                y, h, c, run = self._run_forward(
+                    index, given, h0s[index], c0s[index], steps.keep[direction], h_drop
+                )
+                if steps.out[direction] is not None:
+                    y = y * steps.out[direction]
+                outputs.append(y if direction == 0 else self._reverse(y, steps))
+                runs.append(run)
+                h_n.append(h)
+                c_n.append(c)
+            inputs = outputs[0] if len(outputs) == 1 else self.xp.concat(outputs, axis=-1)
+            if dropout and layer < self.num_layers - 1 and dropout.between[layer] is not None:
+                inputs = inputs * dropout.between[layer]
+        self._cache = _Cache(runs, steps, dropout, batch, seq)
+        return inputs, self._stacked(h_n), self._stacked(c_n)
 
     def backward(
         self, dy: Array | None, dh_n: Array | None = None, dc_n: Array | None = None
     ) -> tuple[Array, Array, Array]:
         """Back-propagate through the last ``forward``.
 
-        ``dy`` (batch, seq, hidden_size) is the gradient of the loss with respect to ``y``;
-        ``dh_n`` and ``dc_n`` (batch, hidden_size) those with respect to the final state (zeros
-        when omitted, and ``dy`` may be omitted too). Stores the parameter gradients in
-        ``weights.deltas`` and ``bias.deltas`` and returns ``(dx, dh0, dc0)``.
+        ``dy`` (batch, seq, D * out) is the gradient of the loss with respect to ``y``;
+        ``dh_n`` and ``dc_n`` (shaped like ``h_n`` and ``c_n``) those with respect to the final
+        state (zeros when omitted, and ``dy`` may be omitted too). Stores the parameter
+        gradients in every parameter's ``deltas`` and returns ``(dx, dh0, dc0)``.
         """
         cache = last_forward(self._cache)
-        batch, hidden = cache.batch, self.hidden_size
+        batch, out, directions = cache.batch, self.output_size, self.directions
         if dy is not None:
-            self._check("dy", dy, (batch, cache.seq, hidden), "(batch, seq, hidden_size) like y")
-        dh_n = self._state("dh_n", dh_n, batch)
-        dc_n = self._state("dc_n", dc_n, batch)
-        run = cache.path.backward if cache.path else partial(sequence.backward, self.xp)
-        dx, dh0, dc0, d_w, d_b = run(self.weights.values, cache.saved, dy, dh_n, dc_n)
-        self.weights.deltas, self.bias.deltas = d_w, d_b
+            meaning = "(batch, seq, hidden_size) like y"
+            if directions > 1 or self.proj_size:
+                meaning = "(batch, seq, num_directions * (proj_size or hidden_size)) like y"
+            self._check("dy", dy, (batch, cache.seq, directions * out), meaning)
+        dh_ns = self._states("dh_n", dh_n, batch, out)
+        dc_ns = self._states("dc_n", dc_n, batch, self.hidden_size)
+        steps, grad = cache.steps, dy
+        dh0s, dc0s = [None] * len(dh_ns), [None] * len(dc_ns)
+        for layer in range(self.num_layers - 1, -1, -1):
+            if layer < self.num_layers - 1 and cache.dropout:  # grad: d(input of layer + 1)
+                between = cache.dropout.between[layer]
+                grad = grad if between is None else grad * between
+            d_inputs = None
+            for direction in range(self.directions):
+                index = layer * directions + direction
+                part = grad
+                if grad is not None and directions > 1:
+                    part = grad[:, :, direction * out : (direction + 1) * out]
+                if part is not None and direction == 1:
+                    part = self._reverse(part, steps)
+                if part is not None and steps.out[direction] is not None:
+                    part = part * steps.out[direction]
+                dx, dh0s[index], dc0s[index] = self._run_backward(
+                    index, cache.runs[index], part, dh_ns[index], dc_ns[index]
+                )
+                if direction == 1:
+                    dx = self._reverse(dx, steps)
+                d_inputs = dx if d_inputs is None else d_inputs + dx
+            grad = d_inputs
+        return grad, self._stacked(dh0s), self._stacked(dc0s)
+
+    def _run_forward(
+        self, index: int, x: Array, h0: Array, c0: Array, keep: Array | None, h_drop: Array | None
+    ) -> tuple[Array, Array, Array, tuple[FastPath | None, Any]]:
+        """One recurrence forward, on the fast path when it covers what this call needs."""
+        recurrence = self.recurrences[index]
+        optional = {"keep": keep, "w_proj": _values(recurrence.projection), "h_drop": h_drop}
+        optional = {name: value for name, value in optional.items() if value is not None}
+        path = self._fast_path(index, optional)
+        run = path.forward if path else partial(sequence.forward, self.xp)
+        y, h, c, saved = run(recurrence.weights.values, self._bias(index), x, h0, c0, **optional)
+        if path is None:  # a lazy library (Dask) computes now: graphs stay one recurrence deep
+            y, h, c, *fields = self._backend.persist([y, h, c, *saved])
+            saved = sequence.Cache(*fields)
+        return y, h, c, (path, saved)
+
+    def _run_backward(
+        self, index: int, run: tuple[FastPath | None, Any], dy: Array | None, dh: Array, dc: Array
+    ) -> tuple[Array, Array, Array]:
+        """One recurrence backward; stores its parameter gradients."""
+        recurrence = self.recurrences[index]
+        path, saved = run
+        optional = {"w_proj": recurrence.projection.values} if recurrence.projection else {}
+        back = path.backward if path else partial(sequence.backward, self.xp)
+        dx, dh0, dc0, d_w, d_b, d_proj = self._backend.persist(
+            list(back(recurrence.weights.values, saved, dy, dh, dc, **optional))
+        )
+        recurrence.weights.deltas = d_w
+        if recurrence.bias is not None:
+            recurrence.bias.deltas = d_b
+        if recurrence.projection is not None:
+            recurrence.projection.deltas = d_proj
         return dx, dh0, dc0
 
-    def _fast_path(self) -> FastPath | None:
-        """This layer's fast path on its backend, unless switched off (made once per backend)."""
+    def _bias(self, index: int) -> Array:
+        """The recurrence's bias, or zeros without biases (whose gradient is dropped)."""
+        bias = self.recurrences[index].bias
+        if bias is not None:
+            return bias.values
+        return self.xp.zeros((4 * self.hidden_size,), dtype=self.dtype, device=self.device)
+
+    def _fast_path(self, index: int, optional: dict[str, Any]) -> FastPath | None:
+        """The fast path of recurrence ``index`` on this backend (made once per backend),
+        unless switched off or it does not cover the ``optional`` inputs of this call."""
         if not self.fast_path or os.environ.get(FAST_PATH_ENV, "1").strip().lower() in _OFF:
             return None
         if self._fast is None or self._fast[0] is not self._backend:
-            path = fast_path_of(self._backend)
-            self._fast = (self._backend, path)
-        return self._fast[1]
+            paths = [fast_path_of(self._backend) for _ in self.recurrences]
+            self._fast = (self._backend, paths)
+        path = self._fast[1][index]
+        return path if path is not None and set(optional) <= path.features else None
+
+    # -- lengths, masks and reversal ----------------------------------------------------
+    def _steps(self, lengths: Any, mask: Array | None, batch: int, seq: int) -> _Steps:
+        """Which steps count, from ``lengths`` or ``mask`` (read on the host)."""
+        if lengths is not None and mask is not None:
+            raise ValueError(
+                "pass lengths (right padding, torch's semantics) or mask (any pattern, Keras's "
+                "semantics), not both"
+            )
+        if mask is not None:
+            self._check("mask", mask, (batch, seq), "(batch, seq)", boolean=True)
+            kept = np.asarray(to_numpy(mask), dtype=bool)
+            if not self.bidirectional:
+                return _Steps((self._time_major(kept), None), (None, None), None)
+            # keras.layers.Bidirectional forces zero_output_for_mask on both its layers.
+            reverse = kept[:, ::-1]
+            keep = (self._time_major(kept), self._time_major(reverse))
+            return _Steps(keep, (self._factor(kept), self._factor(reverse)), None)
+        if lengths is None:
+            return _ALL_STEPS
+        host = _host_lengths(lengths, batch, seq)
+        if (host == seq).all():
+            return _ALL_STEPS
+        t = np.arange(seq)
+        valid = t < host[:, None]
+        keep, out = self._time_major(valid), self._factor(valid)
+        within = np.where(valid, host[:, None] - 1 - t, t) + seq * np.arange(batch)[:, None]
+        # int32 where it suffices: JAX without 64-bit mode has no int64.
+        small = batch * seq < 2**31
+        flat = within.reshape(-1).astype(np.int32 if small else np.int64)
+        index = self._backend.from_numpy(flat, self.device)
+        return _Steps((keep, keep), (out, out), index)
+
+    def _time_major(self, kept: np.ndarray) -> Array:
+        return self._backend.from_numpy(np.ascontiguousarray(kept.T[:, :, None]), self.device)
+
+    def _factor(self, kept: np.ndarray) -> Array:
+        host = kept[:, :, None].astype(dtype_name(self.dtype))
+        return self._backend.from_numpy(host, self.device)
+
+    def _reverse(self, a: Array, steps: _Steps) -> Array:
+        """``a`` (batch, seq, features) with each row reversed in time (within its length)."""
+        if steps.index is None:
+            return self.xp.flip(a, axis=1)
+        batch, seq, features = a.shape
+        flat = self.xp.reshape(a, (batch * seq, features))
+        return self.xp.reshape(self.xp.take(flat, steps.index, axis=0), (batch, seq, features))
 
     # -- input state --------------------------------------------------------------------
-    def _state(self, name: str, state: Array | None, batch: int) -> Array:
-        """A (batch, hidden) state or gradient: checked when given, zeros when omitted."""
+    def _states(self, name: str, state: Array | None, batch: int, size: int) -> list[Array]:
+        """Per recurrence a (batch, size) state or gradient: checked when given, zeros when
+        omitted."""
+        count = len(self.recurrences)
         if state is None:
-            return self.xp.zeros((batch, self.hidden_size), dtype=self.dtype, device=self.device)
-        self._check(name, state, (batch, self.hidden_size), "(batch, hidden_size)")
-        return state
+            zeros = self.xp.zeros((batch, size), dtype=self.dtype, device=self.device)
+            return [zeros] * count
+        what = "proj_size" if size != self.hidden_size else "hidden_size"
+        if count == 1:
+            self._check(name, state, (batch, size), f"(batch, {what})")
+            return [state]
+        self._check(
+            name, state, (count, batch, size), f"(num_layers * num_directions, batch, {what})"
+        )
+        return [state[k, ...] for k in range(count)]
+
+    def _stacked(self, states: list[Array]) -> Array:
+        return states[0] if len(states) == 1 else self.xp.stack(states, axis=0)
+
+
+#: Constructor options beyond the sizes, with their defaults (for repr and checkpoints).
+_OPTIONS = {
+    "num_layers": 1,
+    "bidirectional": False,
+    "proj_size": 0,
+    "use_bias": True,
+    "dropout": 0.0,
+    "recurrent_dropout": 0.0,
+}
+
+
+def _values(weights: Weights | None) -> Array | None:
+    return None if weights is None else weights.values
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _probability(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
+    """Given values as one entry per recurrence (``None`` where to draw)."""
+    if values is None:
+        return [None] * count
+    if isinstance(values, (list, tuple)):
+        if len(values) != count:
+            raise ValueError(
+                f"{name} must list one array per recurrence (num_layers * num_directions = "
+                f"{count}), got {len(values)}"
+            )
+        return list(values)
+    if count != 1:
+        raise ValueError(
+            f"this LSTM has {count} recurrences (num_layers * num_directions): pass {name} "
+            f"as a list of {count} arrays, in layer.recurrences order"
+        )
+    return [values]
+
+
+def _host_lengths(lengths: Any, batch: int, seq: int) -> np.ndarray:
+    """``lengths`` as host int64, checked: ``batch`` of them, each in 1..seq."""
+    host = np.asarray(to_numpy(lengths) if not isinstance(lengths, (list, tuple)) else lengths)
+    if host.dtype.kind not in "iu" or host.ndim != 1:
+        raise ValueError(
+            f"lengths must be a 1-D sequence of ints (one per row), got {host.dtype} of shape "
+            f"{host.shape}"
+        )
+    if host.shape[0] != batch:
+        raise ValueError(f"lengths must have one length per row: {batch}, got {host.shape[0]}")
+    bad = np.flatnonzero((host < 1) | (host > seq))
+    if bad.size:
+        raise ValueError(
+            f"lengths must be in 1..seq = 1..{seq}; row {int(bad[0])} has length "
+            f"{int(host[bad[0]])} (drop empty rows, or pad x to the longest length)"
+        )
+    return host.astype(np.int64)
+
+
+def _torch_draw(
+    rng: np.random.Generator, hidden: int, out: int, name: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    """torch.nn.LSTM's initialisation: U(-1/sqrt(H), 1/sqrt(H)) for every parameter."""
+    bound = 1.0 / math.sqrt(hidden)
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def _keras_draw(
+    rng: np.random.Generator, hidden: int, out: int, name: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Keras's LSTM initialisation in xplstm's layout (gate blocks i, f, o, g): glorot-uniform
+    input kernel and projection, orthogonal recurrent kernel (out rows), zero bias with the
+    forget block at 1 (``unit_forget_bias``)."""
+    if name == "bias":
+        bias = np.zeros(shape)
+        bias[hidden : 2 * hidden] = 1.0  # the forget block, the same in both gate orders
+        return bias
+    if name == "projection":
+        return _glorot(rng, shape)
+    kernel = _glorot(rng, (shape[0] - out, shape[1]))
+    recurrent = _orthogonal(rng, (out, shape[1]))
+    return np.concatenate([kernel, recurrent])[:, interop.gate_order(hidden)]
+
+
+def _glorot(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def _orthogonal(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """Keras's ``Orthogonal`` initializer: Q of a QR of a normal matrix, signs fixed."""
+    rows, cols = shape
+    q, r = np.linalg.qr(rng.standard_normal((max(rows, cols), min(rows, cols))))
+    q = q * np.sign(np.diag(r))
+    return q.T if rows < cols else q
+
+
+_INITS = {"torch": _torch_draw, "keras": _keras_draw}

@@ -203,7 +203,10 @@ def _recurrences(layer: LSTM) -> list[tuple[np.ndarray, np.ndarray]]:
                 f"one has {attribute}={getattr(layer, attribute)!r} (ONNX's LSTM operator has no "
                 "projection; stacked and bidirectional layers are not exported yet)"
             )
-    return [(to_numpy(layer.weights.values), to_numpy(layer.bias.values))]
+    weights = to_numpy(layer.weights.values)
+    # use_bias=False: ONNX's B is optional, but zeros keep one graph for both.
+    bias = np.zeros(4 * layer.hidden_size, weights.dtype) if layer.bias is None else None
+    return [(weights, to_numpy(layer.bias.values) if bias is None else bias)]
 
 
 # -- graph building ----------------------------------------------------------------------

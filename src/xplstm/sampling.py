@@ -41,7 +41,13 @@ def generate(
             f"but the text task has {task.input_size} characters: it was not trained on "
             "the text task (train one with `xplstm train --task text`)"
         )
-    backend = backends.backend_of(lstm.weights.values)
+    if lstm.bidirectional:
+        raise ValueError(
+            "a bidirectional model cannot generate text: its reverse direction reads "
+            "characters not yet written; train one without --bidirectional"
+        )
+    lstm.eval()
+    backend = backends.backend_of(lstm.parameters()[0].values)
     eye = np.eye(task.input_size, dtype="float32")
     codes, state = task.encode(prime), (None, None)
     sampled = []

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
+from xplstm import backends
 from xplstm.backends import Backend
-from xplstm.layer import Layer, Weights, last_forward
+from xplstm.layer import Layer, Weights, dtype_name, last_forward
+from xplstm.resolver import to_numpy
 from xplstm.types import Array
 
 
@@ -19,23 +22,44 @@ def _first(result: Any) -> Any:
 class LastStep:
     """Keep the last time step: (batch, seq, features) -> (batch, features). No parameters.
 
-    Put it between an LSTM and a Linear head when one prediction per sequence is wanted.
+    Put it between an LSTM and a Linear head when one prediction per sequence is wanted. With
+    ``lengths`` (right padding) it keeps each row's last valid step; with a Keras-style
+    ``mask`` the last step, which carries the state of the last unmasked one.
     """
 
-    def __call__(self, y: Array) -> Array:
-        return self.forward(y)
+    #: ``Sequential`` passes it ``lengths`` and ``mask``.
+    reads_steps = True
 
-    def forward(self, y: Array) -> Array:
-        """``y[:, -1, :]`` for ``y`` (batch, seq, features)."""
+    def __call__(self, y: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
+        return self.forward(y, lengths=lengths, mask=mask)
+
+    def forward(self, y: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
+        """``y[:, -1, :]`` for ``y`` (batch, seq, features), or ``y[b, lengths[b] - 1, :]``."""
         if getattr(y, "ndim", None) != 3:
             shape = tuple(getattr(y, "shape", ()))
             raise ValueError(f"LastStep expects (batch, seq, features), got shape {shape}")
         self._shape = tuple(y.shape)
-        return y[:, -1, :]
+        self._pick = None
+        if lengths is None:
+            return y[:, -1, :]
+        batch, seq, _ = y.shape
+        host = np.asarray(lengths if isinstance(lengths, (list, tuple)) else to_numpy(lengths))
+        if host.shape != (batch,) or host.dtype.kind not in "iu" or not np.all(host >= 1):
+            raise ValueError(
+                f"lengths must be {batch} ints in 1..{seq}, one per row, got {host.tolist()}"
+            )
+        if np.any(host > seq):
+            raise ValueError(f"lengths must be in 1..{seq}, got {host.tolist()}")
+        pick = np.zeros((batch, seq, 1), dtype=dtype_name(y.dtype))
+        pick[np.arange(batch), host - 1] = 1.0
+        owner = backends.backend_of(y)
+        self._pick = owner.from_numpy(pick, array_api_compat.device(y))
+        xp = array_api_compat.array_namespace(y)
+        return xp.sum(y * self._pick, axis=1)
 
     def backward(self, d_last: Array) -> Array:
-        """The gradient with respect to the whole sequence: ``d_last`` at the last step, zeros
-        before it."""
+        """The gradient with respect to the whole sequence: ``d_last`` at the step kept, zeros
+        elsewhere."""
         batch, seq, features = last_forward(getattr(self, "_shape", None))
         if tuple(d_last.shape) != (batch, features):
             raise ValueError(
@@ -44,6 +68,8 @@ class LastStep:
             )
         xp = array_api_compat.array_namespace(d_last)
         last = xp.expand_dims(d_last, axis=1)
+        if self._pick is not None:
+            return self._pick * last
         if seq == 1:
             return last
         before = xp.zeros(
@@ -93,13 +119,16 @@ class Sequential:
                 )
         self.layers = list(layers)
 
-    def __call__(self, x: Array) -> Array:
-        return self.forward(x)
+    def __call__(self, x: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
+        return self.forward(x, lengths=lengths, mask=mask)
 
-    def forward(self, x: Array) -> Array:
-        """Run ``x`` through every layer in order."""
+    def forward(self, x: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
+        """Run ``x`` through every layer in order; ``lengths`` or ``mask`` go to the layers that
+        read them (``LSTM``, ``LastStep``)."""
+        steps = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
         for layer in self.layers:
-            x = _first(layer.forward(x))
+            reads = steps and getattr(layer, "reads_steps", False)
+            x = _first(layer.forward(x, **steps) if reads else layer.forward(x))
         return x
 
     def backward(self, dy: Array) -> Array:
@@ -111,6 +140,17 @@ class Sequential:
     def parameters(self) -> list[Weights]:
         """Every layer's parameters, in layer order."""
         return [param for layer in self.layers for param in layer.parameters()]
+
+    def train(self, mode: bool = True) -> Sequential:
+        """Training mode for every layer that has one (dropout acts); returns self."""
+        for layer in self.layers:
+            if hasattr(layer, "train"):
+                layer.train(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        """Evaluation mode for every layer that has one (no dropout); returns self."""
+        return self.train(False)
 
     def to(self, backend: str | Backend, device: Any = None) -> Sequential:
         """Move every layer to ``backend`` and ``device``; returns self."""

@@ -1,4 +1,4 @@
-"""The training tasks of ``xplstm train``: adding, copy, sine and text.
+"""The training tasks of ``xplstm train``: adding, adding-lengths, copy, sine and text.
 
 Each task generates its data on the host with NumPy from a seed (so a seed gives the same data
 on every backend), and says what the model needs: the input and output sizes, whether the head
@@ -25,17 +25,20 @@ CLASS_DTYPE = "int32"
 
 @dataclass(frozen=True)
 class Data:
-    """A set of examples on the host: ``inputs`` (n, seq, features) float32 and ``targets``."""
+    """A set of examples on the host: ``inputs`` (n, seq, features) float32 and ``targets``;
+    ``lengths`` (n,) when the rows have their own lengths (right padding), else ``None``."""
 
     inputs: np.ndarray
     targets: np.ndarray
+    lengths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
     def rows(self, start: int, stop: int) -> Data:
         """Examples ``start`` to ``stop``."""
-        return Data(self.inputs[start:stop], self.targets[start:stop])
+        lengths = None if self.lengths is None else self.lengths[start:stop]
+        return Data(self.inputs[start:stop], self.targets[start:stop], lengths)
 
 
 class Task:
@@ -63,6 +66,8 @@ class Task:
     test_size: ClassVar[int] = 1000
     #: True when :meth:`plot` draws the predictions against the truth.
     has_plot: ClassVar[bool] = False
+    #: True when the rows have their own lengths (``Data.lengths``, passed as ``lengths=``).
+    has_lengths: ClassVar[bool] = False
 
     def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:
         seq_len = self.defaults["seq_len"] if seq_len is None else seq_len
@@ -161,6 +166,41 @@ class Adding(Task):
             title="held-out predictions (300 shown)",
         )
         ax.legend(loc="upper left")
+
+
+class AddingLengths(Adding):
+    """The adding problem over sequences of different lengths, as padded batches really come.
+
+    Each row has its own length, drawn uniformly from ``seq_len // 2`` to ``seq_len``; its two
+    markers fall one in each half of its own length, and the steps past it are zeros (right
+    padding). The model reads the batch with ``lengths=`` and answers at each row's last
+    valid step: without them, the padding would have to be learnt away. Baseline and target as
+    for ``adding``.
+    """
+
+    name = "adding-lengths"
+    has_lengths = True
+    defaults: ClassVar[dict[str, Any]] = Adding.defaults | {"seq_len": 50}
+
+    def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:
+        super().__init__(seq_len, seed)
+        if self.seq_len < 4:  # the shortest row, seq_len // 2, needs a step in each half
+            raise ValueError(f"--seq-len must be at least 4 for adding-lengths, got {seq_len}")
+
+    def sample(self, rng: np.random.Generator, n: int) -> Data:
+        seq = self.seq_len
+        lengths = rng.integers(seq // 2, seq + 1, size=n)
+        values = rng.uniform(0.0, 1.0, size=(n, seq))
+        first = rng.integers(0, lengths // 2)
+        second = rng.integers(lengths // 2, lengths)
+        rows = np.arange(n)
+        markers = np.zeros((n, seq))
+        markers[rows, first] = 1.0
+        markers[rows, second] = 1.0
+        inputs = np.stack([values, markers], axis=-1)
+        inputs[np.arange(seq)[None, :] >= lengths[:, None]] = 0.0
+        sums = values[rows, first] + values[rows, second]
+        return Data(inputs.astype("float32"), sums[:, None].astype("float32"), lengths)
 
 
 class Copy(Task):
@@ -365,7 +405,9 @@ def vocabulary(text: str) -> list[str]:
     return sorted(set(text))
 
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (Adding, Copy, Sine, Text)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (Adding, AddingLengths, Copy, Sine, Text)
+}
 
 
 def get(name: str, seq_len: int | None = None, seed: int = 0) -> Task:

@@ -44,6 +44,11 @@ class Settings:
     device: str | None = None
     seq_len: int | None = None
     hidden: int | None = None
+    #: The LSTM's structure: stacked layers, a reverse direction, projection, dropout.
+    layers: int = 1
+    bidirectional: bool = False
+    proj_size: int = 0
+    dropout: float = 0.0
     batch: int | None = None
     steps: int | None = None
     lr: float | None = None
@@ -68,25 +73,41 @@ class Settings:
 
 
 def build_model(
-    task: tasks.Task, hidden: int, backend: Any, device: Any, seed: int
+    task: tasks.Task, hidden: int, backend: Any, device: Any, seed: int, **structure: Any
 ) -> xplstm.Sequential:
-    """LSTM -> (last step) -> Linear, sized for ``task``."""
+    """LSTM -> (last step) -> Linear, sized for ``task``; ``structure`` (``num_layers``,
+    ``bidirectional``, ``proj_size``, ``dropout``) goes to the LSTM."""
     head = [xplstm.LastStep()] if task.last_step else []
+    lstm = xplstm.LSTM(
+        task.input_size, hidden, backend=backend, device=device, seed=seed, **structure
+    )
+    features = lstm.directions * lstm.output_size
     return xplstm.Sequential(
-        xplstm.LSTM(task.input_size, hidden, backend=backend, device=device, seed=seed),
+        lstm,
         *head,
-        xplstm.Linear(hidden, task.output_size, backend=backend, device=device, seed=seed + 1),
+        xplstm.Linear(features, task.output_size, backend=backend, device=device, seed=seed + 1),
     )
 
 
 def evaluate(
     model: xplstm.Sequential, task: tasks.Task, data: tasks.Data, backend: Any
 ) -> tuple[float, np.ndarray]:
-    """The task's metric on ``data`` and the predictions, on the host."""
+    """The task's metric on ``data`` and the predictions, on the host (in eval mode: no
+    dropout; the model is back in training mode after)."""
+    model.eval()
+    try:
+        return _evaluate(model, task, data, backend)
+    finally:
+        model.train()
+
+
+def _evaluate(
+    model: xplstm.Sequential, task: tasks.Task, data: tasks.Data, backend: Any
+) -> tuple[float, np.ndarray]:
     total, predictions = 0.0, []
     for start in range(0, len(data), EVAL_CHUNK):
         chunk = data.rows(start, start + EVAL_CHUNK)
-        prediction = model(backend.from_numpy(chunk.inputs, model.device))
+        prediction = model(backend.from_numpy(chunk.inputs, model.device), lengths=chunk.lengths)
         loss, _ = task.loss(prediction, backend.from_numpy(chunk.targets, model.device))
         total += float(loss) * len(chunk)
         predictions.append(to_numpy(prediction))
@@ -158,7 +179,8 @@ def _local_gradients(model: xplstm.Sequential, task: tasks.Task, backend: Any) -
     """Forward and backward in this process."""
 
     def gradients(data: tasks.Data) -> float:
-        prediction = model(backend.from_numpy(data.inputs, model.device))
+        x = backend.from_numpy(data.inputs, model.device)
+        prediction = model(x, lengths=data.lengths)
         loss, d_prediction = task.loss(prediction, backend.from_numpy(data.targets, model.device))
         model.backward(d_prediction)
         return float(loss)
@@ -176,6 +198,11 @@ def _gradients(
     if settings.workers is None and settings.scheduler is None:
         yield _local_gradients(model, task, backend), None
         return
+    if task.has_lengths:
+        raise ValueError(
+            f"--workers and --scheduler do not pass row lengths to the workers yet: train "
+            f"{task.name} without them"
+        )
     from xplstm import distributed  # only here: Dask is an optional dependency
 
     where = {"workers": settings.workers, "scheduler": settings.scheduler}
@@ -241,7 +268,13 @@ def train(settings: Settings) -> dict[str, Any]:
     out = Path(settings.out or Path("runs") / task.name)
     backend = resolve(settings.backend)
     device = backend.parse_device(settings.device)
-    model = build_model(task, hidden, backend, device, settings.seed)
+    structure = {
+        "num_layers": settings.layers,
+        "bidirectional": settings.bidirectional,
+        "proj_size": settings.proj_size,
+        "dropout": settings.dropout,
+    }
+    model = build_model(task, hidden, backend, device, settings.seed, **structure)
     test = task.test_set()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -260,6 +293,10 @@ def train(settings: Settings) -> dict[str, Any]:
         "dtype": str(model.dtype),
         "seq_len": task.seq_len,
         "hidden": hidden,
+        "layers": settings.layers,
+        "bidirectional": settings.bidirectional,
+        "proj_size": settings.proj_size,
+        "dropout": settings.dropout,
         "batch": batch,
         "lr": lr,
         "clip": settings.clip,

@@ -12,7 +12,14 @@ from dataclasses import asdict
 from typing import Any
 
 from xplstm import backends
-from xplstm.bench.contenders import REFERENCE, Config, build_rows, device_for, is_gpu
+from xplstm.bench.contenders import (
+    REFERENCE,
+    Config,
+    Structure,
+    build_rows,
+    device_for,
+    is_gpu,
+)
 from xplstm.bench.report import environment, format_table
 from xplstm.bench.timing import Ceilings, ceilings, run_config
 
@@ -90,12 +97,16 @@ def _bench(args: argparse.Namespace) -> int:
     probe = [device_for(backends.get(n), args.device) for n in names]
     on_gpu = any(d is not None and is_gpu(d) for d in probe)
     configs = args.configs or (GPU_CONFIGS if on_gpu else CPU_CONFIGS)
+    if args.layers < 1:
+        raise ValueError(f"--layers must be a positive int, got {args.layers}")
+    structure = Structure(args.layers, args.bidirectional, args.lengths)
     peaks: dict[str, list[float]] = {}
     results, skipped = [], []
     for config in configs:
         rows, skipped = build_rows(
-            names, args.paths, args.device, config, args.dtype, args.naive, args.reference
-        )
+            names, args.paths, args.device, config, args.dtype, args.naive, args.reference,
+            structure,
+        )  # fmt: skip
         # The ceilings are measured again for every configuration, next to its timings.
         measured: dict[tuple[str, str], Ceilings] = {}
         for row in rows:
@@ -108,6 +119,7 @@ def _bench(args: argparse.Namespace) -> int:
             rows, config, args.modes,
             limits=limits, repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
             clock=args.clock,
+            structure=structure,
         )  # fmt: skip
         results += found
         if not args.json:
@@ -163,6 +175,15 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "gpu"), default="auto",
         help="auto: a GPU where a backend has one (then the GPU configs too)",
+    )  # fmt: skip
+    parser.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    parser.add_argument(
+        "--bidirectional", action="store_true", help="a reverse direction in every layer"
+    )
+    parser.add_argument(
+        "--lengths", action="store_true",
+        help="rows of their own lengths (seq/2..seq): xplstm's lengths=, torch's "
+        "pack_padded_sequence",
     )  # fmt: skip
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip the baseline")
     parser.add_argument(

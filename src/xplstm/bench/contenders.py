@@ -32,6 +32,45 @@ Runs = dict[str, Callable[[], Any]]
 
 
 @dataclass(frozen=True)
+class Structure:
+    """What every contender of a run builds beyond one plain layer: a stack, a reverse
+    direction, rows of their own lengths (torch then runs ``pack_padded_sequence``)."""
+
+    num_layers: int = 1
+    bidirectional: bool = False
+    lengths: bool = False
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def label(self) -> str:
+        """A suffix for row names, empty for one plain layer."""
+        parts = [f"{self.num_layers} layers"] if self.num_layers > 1 else []
+        parts += ["bidirectional"] if self.bidirectional else []
+        parts += ["lengths"] if self.lengths else []
+        return f" [{', '.join(parts)}]" if parts else ""
+
+    def host_lengths(self, batch: int, seq: int) -> np.ndarray | None:
+        """Each row's length, from seq // 2 to seq (seeded), or ``None``."""
+        if not self.lengths:
+            return None
+        return np.random.default_rng(1).integers(max(seq // 2, 1), seq + 1, size=batch)
+
+    def flops_forward(self, config: Config) -> float:
+        """Multiply-adds of the products of a forward, times 2, over every recurrence."""
+        batch, seq, inputs, hidden = config
+        per_input = [inputs] + [self.directions * hidden] * (self.num_layers - 1)
+        return sum(
+            2.0 * batch * seq * (size + hidden) * 4 * hidden * self.directions for size in per_input
+        )
+
+
+#: One plain layer: what the benchmark measures unless told otherwise.
+PLAIN = Structure()
+
+
+@dataclass(frozen=True)
 class Row:
     """One contender: how to build its runs, and where it runs."""
 
@@ -98,64 +137,88 @@ def _environment(name: str, value: str) -> Iterator[None]:
 LR, CLIP = 1e-2, 1.0
 
 
-def xplstm_runs(layer: xplstm.LSTM, x: Any, dy: Any, target: Any) -> Runs:
-    """A layer's forward; its forward and backward with the weight gradient; and one training
-    step of ``Sequential(layer, LastStep(), Linear(hidden, 1))`` towards ``target`` (batch, 1)."""
+def xplstm_runs(layer: xplstm.LSTM, x: Any, dy: Any, target: Any, lengths: Any = None) -> Runs:
+    """A layer's forward; its forward and backward with the first weight gradient; and one
+    training step of ``Sequential(layer, LastStep(), Linear(features, 1))`` towards ``target``
+    (batch, 1); every call with ``lengths`` when given."""
+    features = layer.directions * layer.output_size
     head = xplstm.Linear(
-        layer.hidden_size, 1, backend=layer.backend, device=layer.device, dtype=layer.dtype, seed=1
+        features, 1, backend=layer.backend, device=layer.device, dtype=layer.dtype, seed=1
     )
     model = xplstm.Sequential(layer, xplstm.LastStep(), head)
     optimizer = optim.Adam(model.parameters(), lr=LR)
 
+    def forward() -> Any:
+        return layer.forward(x, lengths=lengths)[0]
+
     def forward_backward() -> tuple:
-        layer.forward(x)
+        layer.forward(x, lengths=lengths)
         dx, _, _ = layer.backward(dy)
-        return dx, layer.weights.deltas
+        return dx, layer.parameters()[0].deltas
 
     def train_step() -> Any:
-        loss, d_prediction = losses.mse(model(x), target)
+        loss, d_prediction = losses.mse(model(x, lengths=lengths), target)
         model.backward(d_prediction)
         optim.clip_grad_norm(model.parameters(), CLIP)
         optimizer.step()
         return loss
 
-    return {
-        "forward": lambda: layer.forward(x)[0],
-        "forward+backward": forward_backward,
-        "train-step": train_step,
-    }
+    return {"forward": forward, "forward+backward": forward_backward, "train-step": train_step}
 
 
-def torch_runs(hidden: int, x: Any, dy: Any, target: Any) -> Runs:
-    """torch.nn.LSTM (cuDNN on CUDA) with autograd, on the device and dtype of the tensor ``x``;
-    the train step as xplstm's: nn.LSTM, nn.Linear, MSE, clip_grad_norm_, torch.optim.Adam."""
+def torch_runs(
+    hidden: int, x: Any, dy: Any, target: Any, structure: Structure = PLAIN, lengths: Any = None
+) -> Runs:
+    """torch.nn.LSTM (cuDNN on CUDA) with autograd, on the device and dtype of the tensor ``x``,
+    with ``lengths`` through ``pack_padded_sequence(enforce_sorted=False)`` and back; the train
+    step as xplstm's: nn.LSTM, nn.Linear on the last (valid) step, MSE, clip_grad_norm_,
+    torch.optim.Adam."""
     import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-    module = torch.nn.LSTM(x.shape[-1], hidden, batch_first=True, dtype=x.dtype).to(x.device)
-    head = torch.nn.Linear(hidden, 1, dtype=x.dtype).to(x.device)
+    module = torch.nn.LSTM(
+        x.shape[-1],
+        hidden,
+        num_layers=structure.num_layers,
+        bidirectional=structure.bidirectional,
+        batch_first=True,
+        dtype=x.dtype,
+    ).to(x.device)
+    head = torch.nn.Linear(structure.directions * hidden, 1, dtype=x.dtype).to(x.device)
     parameters = [*module.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=LR)
     inputs = x.detach()
     x = x.detach().requires_grad_(True)
+    batch, seq = x.shape[:2]
+    rows = torch.arange(batch, device=x.device)
+    last = torch.full((batch,), seq - 1) if lengths is None else lengths - 1
 
-    def forward() -> Any:
-        return module(x)[0]
+    def run(given: Any) -> Any:
+        if lengths is None:
+            return module(given)[0]
+        packed = pack_padded_sequence(given, lengths, batch_first=True, enforce_sorted=False)
+        return pad_packed_sequence(module(packed)[0], batch_first=True, total_length=seq)[0]
 
     def forward_backward() -> Any:
         module.zero_grad(set_to_none=True)
         x.grad = None
-        module(x)[0].backward(dy)
+        run(x).backward(dy)
         return x.grad
 
     def train_step() -> Any:
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(head(module(inputs)[0][:, -1]), target)
+        kept = run(inputs)[rows, last.to(x.device)]
+        loss = torch.nn.functional.mse_loss(head(kept), target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, CLIP)
         optimizer.step()
         return loss.detach()
 
-    return {"forward": forward, "forward+backward": forward_backward, "train-step": train_step}
+    return {
+        "forward": lambda: run(x),
+        "forward+backward": forward_backward,
+        "train-step": train_step,
+    }
 
 
 def is_gpu(device: Any) -> bool:
@@ -185,13 +248,16 @@ def build_rows(
     dtype: str,
     naive: bool,
     reference: bool,
+    structure: Structure = PLAIN,
 ) -> tuple[list[Row], list[str]]:
     """The contenders for one configuration, and why any asked for is missing."""
     batch, seq, inputs, hidden = config
     rng = np.random.default_rng(0)
     host_x = rng.standard_normal((batch, seq, inputs)).astype(dtype)
-    host_dy = rng.standard_normal((batch, seq, hidden)).astype(dtype)
+    host_dy = rng.standard_normal((batch, seq, structure.directions * hidden)).astype(dtype)
     host_target = rng.uniform(0.0, 2.0, (batch, 1)).astype(dtype)
+    host_lengths = structure.host_lengths(batch, seq)
+    layer_options = {"num_layers": structure.num_layers, "bidirectional": structure.bidirectional}
     rows, skipped = [], []
     for name in names:
         backend = backends.get(name)
@@ -210,19 +276,20 @@ def build_rows(
             label = f"xplstm {name}" + {"fast": " fast", "written-once": suffix}.get(
                 path, f" fast, {path} loop"
             )
+            label += structure.label()
 
             def build(backend: Backend = backend, device: Any = device, path: str = path) -> Runs:
                 layer = xplstm.LSTM(
                     inputs, hidden, backend=backend, device=device, dtype=dtype, seed=0,
-                    fast_path=path != "written-once",
+                    fast_path=path != "written-once", **layer_options,
                 )  # fmt: skip
                 x, dy, target = (
                     backend.from_numpy(a, device) for a in (host_x, host_dy, host_target)
                 )
                 if path in NUMPY_LOOPS:  # the layer makes its fast path at its first forward
                     with _environment(NUMPY_LOOP_ENV, path):
-                        layer.forward(x)
-                return xplstm_runs(layer, x, dy, target)
+                        layer.forward(x, lengths=host_lengths)
+                return xplstm_runs(layer, x, dy, target, host_lengths)
 
             rows.append(Row(label, backend, device, build))
     if reference and "torch" in backends.available():
@@ -233,12 +300,15 @@ def build_rows(
             x, dy, target = (
                 torch_backend.from_numpy(a, device) for a in (host_x, host_dy, host_target)
             )
-            return torch_runs(hidden, x, dy, target)
+            lengths = None
+            if host_lengths is not None:  # pack_padded_sequence wants them on the CPU
+                lengths = torch_backend.from_numpy(host_lengths, torch_backend.default_device())
+            return torch_runs(hidden, x, dy, target, structure, lengths)
 
-        rows.insert(0, Row(REFERENCE, torch_backend, device, build_reference))
+        rows.insert(0, Row(REFERENCE + structure.label(), torch_backend, device, build_reference))
     elif reference:
         skipped.append(f"{REFERENCE}: {backends.unavailable()['torch']}")
-    if naive:
+    if naive and structure == PLAIN:
 
         def build_naive() -> Runs:
             layer = xplstm.LSTM(inputs, hidden, backend="numpy", dtype=dtype, seed=0)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from xplstm.backends import Backend
-from xplstm.bench.contenders import REFERENCE, Config, Row, is_gpu
+from xplstm.bench.contenders import PLAIN, REFERENCE, Config, Row, Structure, is_gpu
 
 
 @dataclass(frozen=True)
@@ -171,11 +171,14 @@ def run_config(
     warmup: int,
     dtype: str,
     clock: str = "wall",
+    structure: Structure = PLAIN,
 ) -> list[Result]:
-    """Time every row on one configuration, alternating, and count its peak memory."""
-    batch, seq, inputs, hidden = config
-    flops_forward = 2.0 * batch * seq * (inputs + hidden) * 4 * hidden
-    cache_bytes = 5 * batch * seq * hidden * np.dtype(dtype).itemsize
+    """Time every row on one configuration, alternating, and count its peak memory (FLOPs and
+    the cache size count every recurrence of the ``structure``)."""
+    batch, seq, _, hidden = config
+    flops_forward = structure.flops_forward(config)
+    recurrences = structure.num_layers * structure.directions
+    cache_bytes = 5 * batch * seq * hidden * recurrences * np.dtype(dtype).itemsize
     runs = [row.build() for row in rows]
     timed = {mode: [k for k, run in enumerate(runs) if mode in run] for mode in modes}
     times = {
@@ -195,7 +198,8 @@ def run_config(
         mode_rows = [rows[k] for k in timed[mode]]  # the naive baseline has no train step
         medians = [statistics.median(t) for t in times[mode]]
         reference = next(
-            (m for r, m in zip(mode_rows, medians, strict=True) if r.name == REFERENCE), None
+            (m for r, m in zip(mode_rows, medians, strict=True) if r.name.startswith(REFERENCE)),
+            None,
         )
         flops = flops_forward * (1 if mode == "forward" else 3)  # the LSTM's products only
         for row, row_times, median in zip(mode_rows, times[mode], medians, strict=True):

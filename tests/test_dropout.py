@@ -1,0 +1,155 @@
+"""Dropout between layers (torch's) and recurrent dropout (variational, Keras's): off in eval
+mode as torch's; in training mode drawn on the host from a seed, so reproducible on every
+backend; gradients with the masks fixed pass finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xplstm
+from tests.numerics import directional_derivative
+from tests.support import TOLERANCES, assert_close
+
+torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
+
+#: Analytic gradients against central differences, in float64.
+FINITE_DIFFERENCE = dict(
+    zip(("rtol", "atol"), TOLERANCES["finite-difference"]["float64"], strict=True)
+)
+
+
+def against_reference(dtype: str) -> dict[str, float]:
+    """The tolerance against an independent reference, for host arrays of ``dtype``."""
+    return dict(zip(("rtol", "atol"), TOLERANCES["reference"][dtype], strict=True))
+
+
+BATCH, SEQ, INPUTS, HIDDEN = 3, 4, 3, 4
+KWARGS = {"num_layers": 2, "bidirectional": True, "dropout": 0.4, "recurrent_dropout": 0.3}
+
+
+def host_problem(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "x": rng.standard_normal((BATCH, SEQ, INPUTS)),
+        "dy": rng.standard_normal((BATCH, SEQ, 2 * HIDDEN)),
+        "dh_n": rng.standard_normal((4, BATCH, HIDDEN)),
+    }
+
+
+def test_eval_mode_equals_torch_eval(target):
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(
+        INPUTS, HIDDEN, num_layers=3, dropout=0.5, batch_first=True, dtype=torch.float64
+    ).eval()
+    layer = xplstm.LSTM.from_torch(module, backend=target.backend, device=target.device)
+    assert layer.dropout == 0.5 and layer.training, "dropout comes along; training by default"
+    x = host_problem()["x"]
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x))[0].numpy()
+    trained = layer(target.asarray(x))[0]
+    assert not np.allclose(xplstm.to_numpy(trained), expected), "dropout acts in training"
+    assert layer.eval() is layer and not layer.training
+    assert_close(layer(target.asarray(x))[0], expected, like=layer, name="y")
+
+
+def run(layer, target, p: dict, seed: int) -> dict[str, np.ndarray]:
+    layer.dropout_seed(seed)
+    y, h_n, _ = layer(target.asarray(p["x"]))
+    dx, dh0, _ = layer.backward(target.asarray(p["dy"]), target.asarray(p["dh_n"]))
+    found = {"y": y, "h_n": h_n, "dx": dx, "dh0": dh0}
+    found |= {f"d{k}": w.deltas for k, w in enumerate(layer.parameters())}
+    return {k: xplstm.to_numpy(v) for k, v in found.items()}
+
+
+def test_a_seed_gives_the_same_results_on_every_backend(target):
+    """The masks come from the host: the same seed, the same numbers as on NumPy (in float32,
+    the training dtype; the finite-difference test below runs float64)."""
+    dtype = "float32"
+    p = {k: v.astype(dtype) for k, v in host_problem(1).items()}
+    reference = xplstm.LSTM(INPUTS, HIDDEN, backend="numpy", dtype=dtype, seed=3, **KWARGS)
+    expected = run(reference, _NumPy(), p, seed=9)
+    layer = target.lstm(INPUTS, HIDDEN, dtype=dtype, seed=3, **KWARGS)
+    actual = run(layer, target, p, seed=9)
+    for name, value in actual.items():
+        np.testing.assert_allclose(value, expected[name], **against_reference(dtype), err_msg=name)
+    again = run(layer, target, p, seed=10)
+    assert not np.allclose(again["y"], actual["y"]), "another seed draws other masks"
+    layer.eval()
+    assert not np.allclose(run(layer, target, p, seed=9)["y"], actual["y"])
+
+
+class _NumPy:
+    """The NumPy target, for a reference run."""
+
+    @staticmethod
+    def asarray(host: np.ndarray) -> np.ndarray:
+        return host
+
+
+def test_masks_are_drawn_as_documented():
+    """Between layers: fresh per element and step, zero or 1 / (1 - p); recurrent: one mask per
+    sequence and recurrence (batch, out)."""
+    layer = xplstm.LSTM(
+        3,
+        8,
+        num_layers=3,
+        backend="numpy",
+        seed=0,
+        dropout=0.25,
+        recurrent_dropout=0.5,
+        bidirectional=True,
+        proj_size=5,
+    )
+    masks = layer._draw_dropout(200, 30)
+    assert len(masks.between) == 2 and len(masks.recurrent) == 6
+    for mask in masks.between:
+        assert mask.shape == (200, 30, 10)
+        assert set(np.unique(mask)) == {0.0, np.float32(1 / 0.75)}
+        assert abs((mask == 0).mean() - 0.25) < 0.01
+    for mask in masks.recurrent:
+        assert mask.shape == (200, 5) and abs((mask == 0).mean() - 0.5) < 0.05
+    assert layer.eval()._draw_dropout(2, 3) is None
+
+
+def test_sequential_switches_its_layers():
+    model = xplstm.Sequential(
+        xplstm.LSTM(2, 4, num_layers=2, dropout=0.5, backend="numpy"),
+        xplstm.LastStep(),
+        xplstm.Linear(4, 1, backend="numpy"),
+    )
+    assert model.eval() is model and not model.layers[0].training
+    assert model.train().layers[0].training
+
+
+def test_finite_differences_with_the_masks_fixed(target):
+    """Re-seeding before every forward fixes the masks: the gradient is that of the function
+    with those masks, checked along two random directions."""
+    p = host_problem(2)
+    layer = target.lstm(INPUTS, HIDDEN, dtype="float64", seed=4, **KWARGS)
+    params = [xplstm.to_numpy(w.values) for w in layer.parameters()]
+
+    def loss(x: np.ndarray, values: list) -> float:
+        for weights, v in zip(layer.parameters(), values, strict=True):
+            weights.values = target.asarray(v)
+        layer.dropout_seed(5)
+        y, h_n, _ = layer(target.asarray(x))
+        return float(
+            np.sum(xplstm.to_numpy(y) * p["dy"]) + np.sum(xplstm.to_numpy(h_n) * p["dh_n"])
+        )
+
+    loss(p["x"], params)
+    dx, _, _ = layer.backward(target.asarray(p["dy"]), target.asarray(p["dh_n"]))
+    deltas = [xplstm.to_numpy(w.deltas) for w in layer.parameters()]
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        direction = rng.standard_normal(p["x"].shape)
+        along = [rng.standard_normal(v.shape) for v in params]
+        analytic = float(np.sum(xplstm.to_numpy(dx) * direction))
+        analytic += sum(float(np.sum(d * a)) for d, a in zip(deltas, along, strict=True))
+        numeric = directional_derivative(
+            lambda t, direction=direction, along=along: loss(
+                p["x"] + t * direction, [v + t * a for v, a in zip(params, along, strict=True)]
+            )
+        )
+        np.testing.assert_allclose(analytic, numeric, **FINITE_DIFFERENCE)
