@@ -32,21 +32,29 @@ def session(proto: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def data(batch: int, seq: int, features: int, hidden: int, dtype: str) -> dict[str, np.ndarray]:
+def data(
+    batch: int, seq: int, features: int, hidden: int, dtype: str, recurrences: int = 1
+) -> dict[str, np.ndarray]:
+    """Inputs ``x`` and states ``h0``, ``c0`` shaped as the forward of an LSTM with that many
+    ``recurrences`` takes them."""
     rng = np.random.default_rng(11)
+    states = (batch, hidden) if recurrences == 1 else (recurrences, batch, hidden)
     return {
         "x": rng.standard_normal((batch, seq, features)).astype(dtype),
-        "h0": (rng.standard_normal((batch, hidden)) * 0.5).astype(dtype),
-        "c0": (rng.standard_normal((batch, hidden)) * 0.5).astype(dtype),
+        "h0": (rng.standard_normal(states) * 0.5).astype(dtype),
+        "c0": (rng.standard_normal(states) * 0.5).astype(dtype),
     }
 
 
-def ours(model, x, h0=None, c0=None) -> dict[str, np.ndarray]:
+def ours(model, x, h0=None, c0=None, lengths=None) -> dict[str, np.ndarray]:
     """xplstm's y (the model's output), h_n and c_n, the last two from the model's one LSTM."""
     layers = model.layers if isinstance(model, xplstm.Sequential) else [model]
+    steps = {} if lengths is None else {"lengths": lengths}
     for layer in layers:
         if isinstance(layer, xplstm.LSTM):
-            x, h_n, c_n = layer(x, h0, c0)
+            x, h_n, c_n = layer(x, h0, c0, **steps)
+        elif isinstance(layer, xplstm.LastStep):
+            x = layer(x, **steps)
         else:
             x = layer(x)
     return {name: xplstm.to_numpy(a) for name, a in (("y", x), ("h_n", h_n), ("c_n", c_n))}
@@ -81,10 +89,80 @@ def models(dtype: str) -> dict[str, xplstm.LSTM | xplstm.Sequential]:
         "linear-lstm-laststep": xplstm.Sequential(
             xplstm.Linear(3, 4, seed=5, dtype=dtype), lstm(6, inputs=4), xplstm.LastStep()
         ),
+        "stacked-bidirectional-without-bias-laststep-linear": xplstm.Sequential(
+            xplstm.LSTM(
+                3, 5, num_layers=2, bidirectional=True, use_bias=False, seed=8, dtype=dtype
+            ),
+            xplstm.LastStep(),
+            xplstm.Linear(10, 2, seed=9, dtype=dtype),
+        ),
     }
 
 
 CONFIGURATIONS = list(models("float32"))
+
+
+def the_lstm(model) -> xplstm.LSTM:
+    """The first LSTM of ``model``."""
+    return next(m for m in getattr(model, "layers", [model]) if isinstance(m, xplstm.LSTM))
+
+
+#: Unsorted lengths, with a full-length row and a length-1 row, for batches of 4 and seq 6.
+LENGTHS = np.array([3, 6, 1, 4], dtype=np.int32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_stacked_and_bidirectional_layers_give_our_outputs_with_lengths(
+    num_layers: int, bidirectional: bool
+) -> None:
+    lstm = xplstm.LSTM(3, 4, num_layers=num_layers, bidirectional=bidirectional, seed=num_layers)
+    for recurrence in lstm.recurrences:  # a bias that no gate order or direction order hides
+        recurrence.bias.values = recurrence.bias.values + 0.3
+    head = xplstm.Linear(lstm.directions * 4, 2, seed=1)
+    lstm_and_head = xplstm.Sequential(lstm, xplstm.LastStep(), head)
+    count = len(lstm.recurrences)
+    feed = data(4, 6, 3, 4, "float32", count)
+    for model in (lstm, lstm_and_head):
+        proto = exporter.to_onnx(model)
+        onnx.checker.check_model(proto, full_check=True)
+        nodes = [n for n in proto.graph.node if n.op_type == "LSTM"]
+        assert len(nodes) == num_layers
+        direction = "bidirectional" if bidirectional else "forward"
+        assert {helper_attribute(n, "direction") for n in nodes} == {direction}
+        run = session(proto)
+        states = ("batch", 4) if count == 1 else (count, "batch", 4)
+        assert [tuple(i.shape) for i in run.get_inputs()][1:] == [states, states, ("batch",)]
+        for lengths in (None, LENGTHS):
+            for given in ({}, {"h0": feed["h0"], "c0": feed["c0"]}):
+                steps = {} if lengths is None else {"sequence_lens": lengths}
+                got = run.run(None, {"x": feed["x"]} | given | steps)
+                expected = ours(model, feed["x"], **given, lengths=lengths)
+                assert_outputs(got, expected, "float32")
+    # The lengths matter: the padded steps do not leak into the outputs.
+    padded = feed["x"].copy()
+    padded[np.arange(6)[None, :] >= LENGTHS[:, None]] = 7.0
+    got = session(exporter.to_onnx(lstm_and_head)).run(
+        None, {"x": padded, "sequence_lens": LENGTHS}
+    )
+    assert_outputs(got, ours(lstm_and_head, feed["x"], lengths=LENGTHS), "float32")
+
+
+def helper_attribute(node: onnx.NodeProto, name: str):
+    """The value of attribute ``name`` of ``node``."""
+    value = onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == name))
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def test_dropout_is_left_out_as_at_inference() -> None:
+    # Exported as model.eval() computes: dropout acts only in training.
+    lstm = xplstm.LSTM(3, 4, num_layers=2, dropout=0.5, recurrent_dropout=0.3, seed=3)
+    assert lstm.training
+    run = session(exporter.to_onnx(lstm))
+    assert lstm.training  # export does not switch the model's mode
+    feed = data(2, 5, 3, 4, "float32", 2)
+    expected = ours(lstm.eval(), feed["x"])
+    assert_outputs(run.run(None, {"x": feed["x"]}), expected, "float32")
 
 
 @pytest.mark.parametrize("opset", [exporter.DEFAULT_OPSET, NEWER_OPSET])
@@ -93,10 +171,11 @@ def test_onnx_runtime_gives_our_outputs_in_float32(name: str, opset: int) -> Non
     model = models("float32")[name]
     proto = exporter.to_onnx(model, opset=opset)
     assert proto.opset_import[0].version == opset
-    assert [n.op_type for n in proto.graph.node].count("LSTM") == 1
+    lstm = the_lstm(model)
+    assert [n.op_type for n in proto.graph.node].count("LSTM") == lstm.num_layers
     run = session(proto)
     for batch, seq in ((3, 6), (1, 1)):
-        feed = data(batch, seq, 3, 5, "float32")
+        feed = data(batch, seq, 3, 5, "float32", len(lstm.recurrences))
         expected = ours(model, feed["x"], feed["h0"], feed["c0"])
         assert_outputs(run.run(None, feed), expected, "float32")
         # The states are optional inputs: left out, they are zeros.
@@ -109,8 +188,12 @@ def test_onnx_runtime_gives_our_outputs_in_float32(name: str, opset: int) -> Non
 def test_float64_graphs_give_our_outputs(name: str) -> None:
     model = models("float64")[name]
     proto = exporter.to_onnx(model, dtype="float64")
-    feed = data(2, 5, 3, 5, "float64")
+    lstm = the_lstm(model)
+    feed = data(2, 5, 3, 5, "float64", len(lstm.recurrences))
     expected = ours(model, feed["x"], feed["h0"], feed["c0"])
+    # The reference evaluator needs every input fed, and ignores sequence_lens (lengths are
+    # checked in ONNX Runtime, in float32).
+    feed[exporter.LENGTHS] = np.full(2, 5, dtype=np.int32)
     assert_outputs(ReferenceEvaluator(proto).run(None, feed), expected, "float64")
     # ONNX Runtime either runs double LSTMs just as closely or refuses them outright.
     try:
@@ -159,7 +242,8 @@ def test_two_lstms_have_their_own_states() -> None:
     first, second = xplstm.LSTM(3, 5, seed=0), xplstm.LSTM(5, 2, seed=1)
     model = xplstm.Sequential(first, second, xplstm.LastStep())
     run = session(exporter.to_onnx(model))
-    assert [i.name for i in run.get_inputs()] == ["x", "h0_0", "c0_0", "h0_1", "c0_1"]
+    inputs = ["x", "h0_0", "c0_0", "h0_1", "c0_1", "sequence_lens"]
+    assert [i.name for i in run.get_inputs()] == inputs
     assert [o.name for o in run.get_outputs()] == ["y", "h_n_0", "c_n_0", "h_n_1", "c_n_1"]
     feed = data(2, 4, 3, 5, "float32")
     y1, h1, c1 = first(feed["x"], feed["h0"], feed["c0"])
@@ -194,6 +278,7 @@ def test_summary_names_every_input_and_output() -> None:
         "  input  x      float32 (batch, seq, 3)",
         "  input  h0     float32 (batch, 5) (optional: zeros when not fed)",
         "  input  c0     float32 (batch, 5) (optional: zeros when not fed)",
+        "  input  sequence_lens int32 (batch) (optional: every row seq steps long when not fed)",
         "  output y      float32 (batch, 2)",
         "  output h_n    float32 (batch, 5)",
         "  output c_n    float32 (batch, 5)",
@@ -223,15 +308,10 @@ def test_export_refuses_what_it_cannot_export() -> None:
         exporter.to_onnx(nested)
 
 
-@pytest.mark.parametrize(
-    ("attribute", "value"), [("num_layers", 2), ("bidirectional", True), ("proj_size", 2)]
-)
-def test_configurations_the_operator_cannot_run_are_refused(attribute: str, value) -> None:
-    # The layer gains these options elsewhere; until the exporter maps them, it refuses them.
-    layer = xplstm.LSTM(3, 5, seed=0)
-    setattr(layer, attribute, value)
-    with pytest.raises(ValueError, match=f"one-layer, one-direction.*{attribute}={value!r}"):
-        exporter.to_onnx(layer)
+def test_a_projection_is_refused() -> None:
+    layer = xplstm.LSTM(3, 5, num_layers=2, proj_size=2, seed=0)
+    with pytest.raises(ValueError, match=r"proj_size=2: ONNX's LSTM operator has no projection"):
+        exporter.to_onnx(xplstm.Sequential(layer, xplstm.LastStep()))
 
 
 def test_the_exporter_imports_the_onnx_package_not_itself(monkeypatch) -> None:
@@ -243,23 +323,33 @@ def test_the_exporter_imports_the_onnx_package_not_itself(monkeypatch) -> None:
 
 
 # -- the command line ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("task", "options"),
+    [("adding", []), ("adding-lengths", ["--layers", "2", "--bidirectional"])],
+)
 def test_a_model_trained_by_the_cli_exports_and_runs_in_onnx_runtime(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    task: str, options: list[str], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     pytest.importorskip("matplotlib", reason="xplstm train draws loss.png with matplotlib")
     pytest.importorskip("threadpoolctl", reason="xplstm train limits BLAS threads")
     from xplstm import tasks
 
-    run = ["train", "--task", "adding", "--seq-len", "10", "--hidden", "8", "--batch", "4"]
+    run = ["train", "--task", task, "--seq-len", "10", "--hidden", "8", "--batch", "4", *options]
     assert cli.main([*run, "--steps", "3", "--out", str(tmp_path), "--quiet"]) == 0
-    model_path, onnx_path = tmp_path / "model.npz", tmp_path / "adding.onnx"
+    model_path, onnx_path = tmp_path / "model.npz", tmp_path / f"{task}.onnx"
     assert cli.main(["export", "--model", str(model_path), "--onnx", str(onnx_path)]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {onnx_path} (ONNX opset {exporter.DEFAULT_OPSET})" in printed
     assert "output y      float32 (batch, 1)" in printed
-    inputs = tasks.get("adding", 10, seed=0).test_set().inputs[:16].astype("float32")
-    got = ort.InferenceSession(str(onnx_path)).run(["y"], {"x": inputs})[0]
-    expected = xplstm.to_numpy(checkpoint.load(model_path, backend="numpy")(inputs))
+    test_set = tasks.get(task, 10, seed=0).test_set()
+    inputs = test_set.inputs[:16].astype("float32")
+    feed, lengths = {"x": inputs}, None
+    if test_set.lengths is not None:
+        lengths = test_set.lengths[:16]
+        feed[exporter.LENGTHS] = lengths.astype("int32")
+    got = ort.InferenceSession(str(onnx_path)).run(["y"], feed)[0]
+    model = checkpoint.load(model_path, backend="numpy")
+    expected = xplstm.to_numpy(model(inputs, lengths=lengths))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 

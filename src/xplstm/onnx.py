@@ -1,29 +1,43 @@
 """Export an ``LSTM``, or a ``Sequential`` of ``LSTM``, ``LastStep`` and ``Linear``, to ONNX.
 
-The graph computes what ``model.forward`` computes, with ONNX's own ``LSTM`` operator and a few
-standard operators around it, so any ONNX runtime runs it (ONNX Runtime on servers, in C++, on
-phones, in the browser):
+The graph computes what ``model.forward`` computes, with ONNX's own ``LSTM`` operator (one node
+per stacked layer, ``direction="bidirectional"`` for two directions, W, R and B stacked forward
+direction first) and a few standard operators around it, so any ONNX runtime runs it (ONNX
+Runtime on servers, in C++, on phones, in the browser):
 
 - input ``x``: (batch, seq, input_size), batch-first as in xplstm. The graph transposes it to
-  the time-major layout around the operator, because ONNX Runtime's CPU kernel refuses
-  ``layout=1``;
-- optional inputs ``h0`` and ``c0``: (batch, hidden_size), the LSTM's initial state. They are
-  ONNX optional inputs: leave them out of the feed (or feed ``None``) for zeros;
+  the time-major layout around the operators, because ONNX Runtime's CPU kernel refuses
+  ``layout=1``; each stacked layer reads the one below's outputs, both directions side by side;
+- optional inputs ``h0`` and ``c0``: the LSTM's initial state, shaped as ``LSTM.forward`` takes
+  it: (batch, hidden_size) for one layer in one direction, else
+  (num_layers * num_directions, batch, hidden_size), layer-major, forward direction first, as
+  torch's. They are ONNX optional inputs: leave them out of the feed (or feed ``None``) for
+  zeros;
+- optional input ``sequence_lens``: (batch,) int32, each row's length in 1..seq (right
+  padding), as ``lengths=`` of ``forward``, with torch's ``pack_padded_sequence`` semantics: y
+  is zero past each length, ``h_n`` and ``c_n`` are each row's state at its last valid step, a
+  reverse direction starts there, and ``LastStep`` keeps each row's last valid step. Left out,
+  every row is ``seq`` steps long. A model without an LSTM or a LastStep has no such input;
 - outputs ``y``, what ``model.forward`` returns (an LSTM's output sequence, or the last layer's
-  output of a Sequential), then ``h_n`` and ``c_n``, the LSTM's final state.
+  output of a Sequential), then ``h_n`` and ``c_n``, the LSTM's final state, shaped as ``h0``.
 
 A model with several LSTMs names the states of its layer ``i`` ``h0_i``, ``c0_i``, ``h_n_i`` and
-``c_n_i``. Batch and sequence length are free in the graph; sizes and weights are fixed.
+``c_n_i``; they share ``sequence_lens``. Batch and sequence length are free in the graph; sizes
+and weights are fixed.
 
 ONNX Runtime's CPU LSTM kernel runs float32 only (checked with onnxruntime 1.32: a double graph
 loads, then fails with "LSTM operator does not support double yet"). A float64 model is therefore
 exported only with an explicit ``dtype``: ``"float32"`` casts its parameters, ``"float64"``
 writes a double graph for runtimes that run one (ONNX's reference evaluator does).
 
-An LSTM the operator cannot run as xplstm does is refused with a ``ValueError``: a projection
-(``proj_size``) has no counterpart in ONNX's ``LSTM``, and stacked or bidirectional layers are
-not exported yet (:func:`_recurrences` is where they plug in: one ``LSTM`` node per stacked
-layer, with ``direction="bidirectional"`` for two directions).
+What the graph leaves out or cannot do:
+
+- dropout (``dropout``, ``recurrent_dropout``): the graph computes inference, as
+  ``model.eval()`` does, whatever the model's mode;
+- masks: Keras's ``mask=`` (any pattern of skipped steps, carried states) has no counterpart
+  in ONNX's ``LSTM``, which knows only right padding; pass ``sequence_lens`` for that;
+- a projection (``proj_size``) has no counterpart in ONNX's ``LSTM``: such a layer is refused
+  with a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -55,7 +69,10 @@ from xplstm.sequential import LastStep, Sequential
 #: ``OptionalHasElement`` accepts an optional input that was not fed.
 DEFAULT_OPSET = 18
 
-__all__ = ["DEFAULT_OPSET", "export", "summary", "to_onnx"]
+#: The graph input of each row's length, as ONNX's ``LSTM`` names it.
+LENGTHS = "sequence_lens"
+
+__all__ = ["DEFAULT_OPSET", "LENGTHS", "export", "summary", "to_onnx"]
 
 
 def export(
@@ -107,17 +124,20 @@ def to_onnx(
     graph = _Graph(dtype)
     lstm_count = sum(isinstance(layer, LSTM) for layer in layers)
     x, shape = _model_input(graph, layers)
+    lengths = _lengths_input(graph, x) if any(_reads_steps(layer) for layer in layers) else None
     for index, layer in enumerate(layers):
         _check_input(index, layer, shape)
         if isinstance(layer, LSTM):
-            x = _lstm(graph, layer, x, "" if lstm_count == 1 else f"_{index}")
-            shape = (*shape[:-1], layer.hidden_size)
+            x = _lstm(graph, layer, x, lengths, "" if lstm_count == 1 else f"_{index}")
+            shape = (*shape[:-1], layer.directions * layer.hidden_size)
         elif isinstance(layer, Linear):
             x = _linear(graph, layer, x, f"layers.{index}")
             shape = (*shape[:-1], layer.out_features)
         else:
-            x = graph.op("Gather", x, graph.constant("last", np.array(-1)), axis=1)
+            x = _last_step(graph, x, lengths)
             shape = (shape[0], shape[2])
+    # sequence_lens goes after the states, so that the inputs read as forward's arguments.
+    graph.inputs.sort(key=lambda value: value.name == LENGTHS)
     graph.output(graph.op("Identity", x, name="y"), shape, first=True)
     ids = [helper.make_opsetid("", opset)]
     proto = helper.make_model(
@@ -141,7 +161,8 @@ def summary(proto: onnx.ModelProto) -> str:
             tensor = value.type.optional_type.elem_type if optional else value.type
             dims = ", ".join(d.dim_param or str(d.dim_value) for d in tensor.tensor_type.shape.dim)
             elem = helper.tensor_dtype_to_np_dtype(tensor.tensor_type.elem_type).name
-            note = " (optional: zeros when not fed)" if optional else ""
+            default = "every row seq steps long" if value.name == LENGTHS else "zeros"
+            note = f" (optional: {default} when not fed)" if optional else ""
             lines.append(f"  {kind:6s} {value.name:6s} {elem} ({dims}){note}")
     return "\n".join(lines)
 
@@ -176,7 +197,7 @@ def _model_input(graph: _Graph, layers: list[Any]) -> tuple[str, tuple[Any, ...]
     """The graph input ``x`` (batch, seq, features), sized by the first layer with a size."""
     first = next(layer for layer in layers if layer.parameters())
     shape = ("batch", "seq", first.input_size if isinstance(first, LSTM) else first.in_features)
-    return graph.input("x", shape), shape
+    return graph.input("x", graph.tensor_type(shape)), shape
 
 
 def _check_input(index: int, layer: Any, shape: tuple[Any, ...]) -> None:
@@ -189,24 +210,34 @@ def _check_input(index: int, layer: Any, shape: tuple[Any, ...]) -> None:
         raise ValueError(f"{name} takes {size} features, but it gets {shape[-1]}: {shape}")
 
 
-def _recurrences(layer: LSTM) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The host ``(weights, bias)`` of each recurrence the layer runs, in torch's state order
-    (layer-major, forward direction first): one for the layer xplstm has today.
+def _reads_steps(layer: Any) -> bool:
+    """Whether ``layer`` reads ``lengths`` in a ``Sequential`` (an LSTM or a LastStep)."""
+    return isinstance(layer, LSTM | LastStep)
 
-    Stacked and bidirectional layers go here: their recurrences, grouped by stacked layer, each
-    group one ``LSTM`` node whose W, R, B stack the directions (see :func:`_lstm`).
-    """
-    for attribute, plain in (("num_layers", 1), ("bidirectional", False), ("proj_size", 0)):
-        if getattr(layer, attribute, plain) != plain:
-            raise ValueError(
-                f"xplstm.onnx exports a one-layer, one-direction LSTM without projection; this "
-                f"one has {attribute}={getattr(layer, attribute)!r} (ONNX's LSTM operator has no "
-                "projection; stacked and bidirectional layers are not exported yet)"
-            )
-    weights = to_numpy(layer.weights.values)
-    # use_bias=False: ONNX's B is optional, but zeros keep one graph for both.
-    bias = np.zeros(4 * layer.hidden_size, weights.dtype) if layer.bias is None else None
-    return [(weights, to_numpy(layer.bias.values) if bias is None else bias)]
+
+def _check_exportable(layer: LSTM) -> None:
+    """A ValueError for an LSTM that ONNX's ``LSTM`` operator cannot express."""
+    if layer.proj_size:
+        raise ValueError(
+            f"xplstm.onnx cannot export an LSTM with proj_size={layer.proj_size!r}: ONNX's LSTM "
+            "operator has no projection; export a layer with proj_size=0"
+        )
+
+
+def _onnx_parameters(layer: LSTM, stacked: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Host ``(W, R, B)`` of stacked layer ``stacked`` for one ``LSTM`` node: its recurrences
+    (forward direction first, as in ``layer.recurrences``) stacked on the first axis."""
+    directions = layer.directions
+    inputs = layer.input_size if stacked == 0 else directions * layer.hidden_size
+    per_direction = []
+    for recurrence in layer.recurrences[stacked * directions : (stacked + 1) * directions]:
+        weights = to_numpy(recurrence.weights.values)
+        # use_bias=False: ONNX's B is optional, but zeros keep one graph for both.
+        bias = recurrence.bias
+        bias = np.zeros(4 * layer.hidden_size, weights.dtype) if bias is None else bias.values
+        per_direction.append(interop.to_onnx(weights, to_numpy(bias), inputs))
+    w, r, b = (np.stack(arrays) for arrays in zip(*per_direction, strict=True))
+    return w, r, b
 
 
 # -- graph building ----------------------------------------------------------------------
@@ -252,10 +283,7 @@ class _Graph:
     def tensor_type(self, shape: tuple[Any, ...]) -> onnx.TypeProto:
         return helper.make_tensor_type_proto(self.elem_type, list(shape))
 
-    def input(self, name: str, shape: tuple[Any, ...], optional: bool = False) -> str:
-        kind = self.tensor_type(shape)
-        if optional:
-            kind = helper.make_optional_type_proto(kind)
+    def input(self, name: str, kind: onnx.TypeProto) -> str:
         name = self.name(name)
         self.inputs.append(helper.make_value_info(name, kind))
         return name
@@ -265,71 +293,123 @@ class _Graph:
         self.outputs.insert(0 if first else len(self.outputs), info)
 
 
-def _batch_and(graph: _Graph, x: str, size: int) -> str:
-    """The 1-D shape ``(batch, size)``, with the batch read from ``x`` (batch, ...) at run
-    time."""
-    batch = graph.op("Shape", x, name="batch", start=0, end=1)
-    return graph.op("Concat", batch, graph.constant("size", np.array([size])), axis=0)
+def _run_time_shape(graph: _Graph, x: str, *sizes: int | str) -> str:
+    """A 1-D int64 shape of ``sizes``, where ``"batch"`` and ``"seq"`` are read from ``x``
+    (batch, seq, ...) at run time."""
+    axes = {"batch": 0, "seq": 1}
+    parts = [
+        graph.op("Shape", x, name=size, start=axes[size], end=axes[size] + 1)
+        if isinstance(size, str)
+        else graph.constant("size", np.array([size]))
+        for size in sizes
+    ]
+    return graph.op("Concat", *parts, axis=0)
 
 
-def _initial_state(graph: _Graph, name: str, hidden: int, shape: str) -> str:
-    """An optional graph input ``name`` (batch, hidden): the fed value, else zeros of ``shape``;
-    returned as the (1, batch, hidden) the LSTM operator takes."""
-    graph.input(name, ("batch", hidden), optional=True)
-    fed, zeros = graph.name(f"{name}_fed"), graph.name(f"{name}_zeros")
-    zero = numpy_helper.from_array(np.zeros(1, dtype=graph.dtype))
+def _optional_input(graph: _Graph, name: str, kind: onnx.TypeProto, default: onnx.NodeProto) -> str:
+    """An optional graph input ``name`` of type ``kind``: the fed value, else the output of
+    the node ``default`` (which may read values of the graph around it)."""
+    name = graph.input(name, helper.make_optional_type_proto(kind))
+    fed = graph.name(f"{name}_fed")
     branch = {
         "then_branch": helper.make_graph(
             [helper.make_node("OptionalGetElement", [name], [fed])],
             fed,
             [],
-            [helper.make_value_info(fed, graph.tensor_type(("batch", hidden)))],
+            [helper.make_value_info(fed, kind)],
         ),
         "else_branch": helper.make_graph(
-            [helper.make_node("ConstantOfShape", [shape], [zeros], value=zero)],
-            zeros,
-            [],
-            [helper.make_value_info(zeros, graph.tensor_type(("batch", hidden)))],
+            [default], default.output[0], [], [helper.make_value_info(default.output[0], kind)]
         ),
     }
-    state = graph.op("If", graph.op("OptionalHasElement", name), name=f"{name}_or_zeros", **branch)
-    return graph.op("Unsqueeze", state, graph.constant("axis_0", np.array([0])))
+    return graph.op("If", graph.op("OptionalHasElement", name), name=f"{name}_or_default", **branch)
 
 
-def _lstm(graph: _Graph, layer: LSTM, x: str, suffix: str) -> str:
-    """ONNX's LSTM on ``x`` (batch, seq, input): returns y (batch, seq, hidden) and adds the
-    state inputs ``h0``, ``c0`` and outputs ``h_n``, ``c_n`` (names ending in ``suffix``)."""
-    hidden = layer.hidden_size
-    directions = _recurrences(layer)  # one stacked layer's directions (one, today)
-    onnx_weights = [interop.to_onnx(w, b, layer.input_size) for w, b in directions]
-    w, r, b = (
-        graph.constant(f"lstm{suffix}.{part}", np.stack(arrays))
-        for part, arrays in zip("WRB", zip(*onnx_weights, strict=True), strict=True)
+def _lengths_input(graph: _Graph, x: str) -> str:
+    """The optional input ``sequence_lens`` (batch,) int32, each row's length as xplstm's
+    ``lengths=``; when not fed, every row is ``seq`` long."""
+    kind = helper.make_tensor_type_proto(onnx.TensorProto.INT32, ["batch"])
+    seq = graph.op(
+        "Cast", graph.op("Shape", x, name="seq", start=1, end=2), to=onnx.TensorProto.INT32
     )
-    zeros_shape = _batch_and(graph, x, hidden)
-    h0, c0 = (
-        _initial_state(graph, f"{state}{suffix}", hidden, zeros_shape) for state in ("h0", "c0")
-    )
-    time_major = graph.op("Transpose", x, perm=[1, 0, 2])
-    node_outputs = [graph.name(f"lstm{suffix}.{part}") for part in ("Y", "Y_h", "Y_c")]
-    graph.nodes.append(
-        helper.make_node(
-            "LSTM",
-            [time_major, w, r, b, "", h0, c0],
-            node_outputs,
-            hidden_size=hidden,
-            direction="forward" if len(directions) == 1 else "bidirectional",
+    full = graph.name(f"{LENGTHS}_full")
+    default = helper.make_node("Expand", [seq, _run_time_shape(graph, x, "batch")], [full])
+    return _optional_input(graph, LENGTHS, kind, default)
+
+
+def _initial_state(graph: _Graph, name: str, shape: tuple[Any, ...], zeros_shape: str) -> str:
+    """The optional input ``name`` of ``shape``: the fed state, else zeros."""
+    zeros = graph.name(f"{name}_zeros")
+    zero = numpy_helper.from_array(np.zeros(1, dtype=graph.dtype))
+    default = helper.make_node("ConstantOfShape", [zeros_shape], [zeros], value=zero)
+    return _optional_input(graph, name, graph.tensor_type(shape), default)
+
+
+def _lstm(graph: _Graph, layer: LSTM, x: str, lengths: str | None, suffix: str) -> str:
+    """ONNX's LSTM on ``x`` (batch, seq, input), one node per stacked layer: returns y
+    (batch, seq, directions * hidden) and adds the state inputs ``h0``, ``c0`` and outputs
+    ``h_n``, ``c_n`` (names ending in ``suffix``), shaped as ``layer.forward``'s states."""
+    _check_exportable(layer)
+    hidden, directions = layer.hidden_size, layer.directions
+    count = len(layer.recurrences)
+    # One recurrence: states (batch, hidden); else (num_layers * directions, batch, hidden).
+    shape: tuple[Any, ...] = ("batch", hidden) if count == 1 else (count, "batch", hidden)
+    zeros_shape = _run_time_shape(graph, x, *shape)
+    states = [
+        _initial_state(graph, f"{state}{suffix}", shape, zeros_shape) for state in ("h0", "c0")
+    ]
+    if count == 1:
+        states = [graph.op("Unsqueeze", s, graph.constant("axis_0", np.array([0]))) for s in states]
+    y = graph.op("Transpose", x, perm=[1, 0, 2])  # time-major: (seq, batch, features)
+    h_n, c_n = [], []
+    for stacked in range(layer.num_layers):
+        prefix = f"lstm{suffix}" if layer.num_layers == 1 else f"lstm{suffix}.{stacked}"
+        w, r, b = (
+            graph.constant(f"{prefix}.{part}", array)
+            for part, array in zip("WRB", _onnx_parameters(layer, stacked), strict=True)
         )
-    )
-    y_time_major, h_n, c_n = node_outputs
-    # Y is (seq, directions, batch, hidden): to (batch, seq, directions * hidden).
-    y = graph.op("Transpose", y_time_major, perm=[2, 0, 1, 3])
-    y = graph.op("Reshape", y, graph.constant("batch_seq_rest", np.array([0, 0, -1])))
-    axis_0 = graph.constant("axis_0", np.array([0]))
-    for state, value in (("h_n", h_n), ("c_n", c_n)):
+        given = states
+        if count > 1:  # this stacked layer's directions of the (count, batch, hidden) states
+            where = [graph.constant("start", np.array([stacked * directions])),
+                     graph.constant("end", np.array([(stacked + 1) * directions]))]  # fmt: skip
+            given = [graph.op("Slice", s, *where) for s in states]
+        outputs = [graph.name(f"{prefix}.{part}") for part in ("Y", "Y_h", "Y_c")]
+        graph.nodes.append(
+            helper.make_node(
+                "LSTM",
+                [y, w, r, b, lengths or "", *given],
+                outputs,
+                hidden_size=hidden,
+                direction="forward" if directions == 1 else "bidirectional",
+            )
+        )
+        # Y is (seq, directions, batch, hidden): to (seq, batch, directions * hidden).
+        y = graph.op("Transpose", outputs[0], perm=[0, 2, 1, 3])
+        y = graph.op("Reshape", y, graph.constant("seq_batch_rest", np.array([0, 0, -1])))
+        h_n.append(outputs[1])
+        c_n.append(outputs[2])
+    for state, values in (("h_n", h_n), ("c_n", c_n)):
         name = f"{state}{suffix}"
-        graph.output(graph.op("Squeeze", value, axis_0, name=name), ("batch", hidden))
-    return y
+        if count == 1:
+            value = graph.op(
+                "Squeeze", values[0], graph.constant("axis_0", np.array([0])), name=name
+            )
+        else:
+            value = graph.op("Concat", *values, axis=0, name=name)
+        graph.output(value, shape)
+    return graph.op("Transpose", y, perm=[1, 0, 2])
+
+
+def _last_step(graph: _Graph, y: str, lengths: str) -> str:
+    """Each row's last valid step of ``y`` (batch, seq, features), ``y[b, lengths[b] - 1]``, as
+    :class:`~xplstm.sequential.LastStep` with ``lengths`` (the last step when not fed)."""
+    last = graph.op(
+        "Sub",
+        graph.op("Cast", lengths, to=onnx.TensorProto.INT64),
+        graph.constant("one", np.array(1)),
+    )
+    index = graph.op("Unsqueeze", last, graph.constant("axis_1", np.array([1])))
+    return graph.op("GatherND", y, index, batch_dims=1)
 
 
 def _linear(graph: _Graph, layer: Linear, x: str, prefix: str) -> str:
