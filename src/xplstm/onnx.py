@@ -370,9 +370,9 @@ def _lstm(graph: _Graph, layer: LSTM, x: str, lengths: str | None, suffix: str) 
         )
         given = states
         if count > 1:  # this stacked layer's directions of the (count, batch, hidden) states
-            where = [graph.constant("start", np.array([stacked * directions])),
-                     graph.constant("end", np.array([(stacked + 1) * directions]))]  # fmt: skip
-            given = [graph.op("Slice", s, *where) for s in states]
+            start = graph.constant("start", np.array([stacked * directions]))
+            end = graph.constant("end", np.array([(stacked + 1) * directions]))
+            given = [graph.op("Slice", s, start, end) for s in states]
         outputs = [graph.name(f"{prefix}.{part}") for part in ("Y", "Y_h", "Y_c")]
         graph.nodes.append(
             helper.make_node(
