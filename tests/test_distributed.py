@@ -58,9 +58,21 @@ def parameters(model: xplstm.Sequential) -> list[np.ndarray]:
     return [xplstm.to_numpy(p.values) for p in model.parameters()]
 
 
-def run_fit(client, steps: int = 4, **options):
+def dropout_model() -> xplstm.Sequential:
+    """A stacked LSTM with dropout between its layers and on h(t-1), in training mode."""
+    return xplstm.Sequential(
+        xplstm.LSTM(
+            FEATURES, HIDDEN, num_layers=2, dropout=0.5, recurrent_dropout=0.3,
+            dtype="float64", seed=0,
+        ),
+        xplstm.LastStep(),
+        xplstm.Linear(HIDDEN, 2, dtype="float64", seed=1),
+    )  # fmt: skip
+
+
+def run_fit(client, steps: int = 4, make=small_model, **options):
     """A fresh model trained by fit with Adam and clipping; (losses, parameters)."""
-    model = small_model()
+    model = make()
     optimizer = optim.Adam(model.parameters(), lr=0.05)
     x, y = data()
     options = {"loss": losses.mse, "batch_size": 8, "steps": steps, "clip": 0.5} | options
@@ -228,6 +240,35 @@ def test_a_worker_killed_mid_fit_does_not_change_the_result(client, tmp_path):
     after = set(client.run(os.getpid).values())
     assert len(before - after) == 1, "exactly one worker process should have been replaced"
     assert_same(survived, expected)
+
+
+def test_predict_runs_without_dropout(client):
+    """A prediction is not random: dropout is off on the workers and in the local batched run,
+    and the caller's model keeps its training mode."""
+    model = dropout_model()
+    x, _ = data(6)
+    expected = xplstm.to_numpy(model.eval()(x))
+    model.train()
+    assert_close(distributed.predict(model, x, client=client), expected, like=x, level="ulps")
+    assert_close(distributed.predict(model, x, client=client), expected, like=x, level="ulps")
+    from xplstm import batched
+
+    assert_close(batched.predict(model, x, 4), expected, like=x, level="ulps")
+    assert model.layers[0].training
+    assert not np.allclose(xplstm.to_numpy(model(x)), expected)  # dropout acts in training
+
+
+def test_fit_with_dropout_is_reproducible_and_resumes(client, tmp_path):
+    """Each shard's masks come from (seed, step, shard): the same run twice, and a resumed run,
+    end with the same parameters; and the masks act (eval mode trains differently)."""
+    expected = run_fit(client, steps=4, make=dropout_model, shards=2)
+    assert_same(run_fit(client, steps=4, make=dropout_model, shards=2), expected)
+    path = tmp_path / "run.npz"
+    run_fit(client, steps=2, make=dropout_model, shards=2, checkpoint=path, every=2)
+    resumed = run_fit(client, steps=4, make=dropout_model, shards=2, checkpoint=path, every=2)
+    assert_same(resumed, expected)
+    without = run_fit(client, steps=4, make=lambda: dropout_model().eval(), shards=2)
+    assert not np.allclose(without[1][0], expected[1][0])
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(client, tmp_path):

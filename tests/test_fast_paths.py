@@ -266,7 +266,8 @@ def test_compiled_exp_and_tanh_match_numpy(numpy_loop, dtype):
     exp, tanh = np.empty_like(x), np.empty_like(x)
     apply(x, exp, tanh)
     assert_close(exp, np.exp(x), like=x, rtol=4 * finfo.eps, atol=0, name="exp")
-    assert_close(tanh, np.tanh(x), like=x, rtol=4 * finfo.eps, atol=2 * finfo.eps, name="tanh")
+    # Relative error, near 0 too (where 1 - e^-2|x| would cancel): measured at most 4.6 ulps.
+    assert_close(tanh, np.tanh(x), like=x, rtol=6 * finfo.eps, atol=0, name="tanh")
     special = np.array([np.nan, np.inf, -np.inf, -1e4, 1e4], dtype)
     exp, tanh = np.empty_like(special), np.empty_like(special)
     apply(special, exp, tanh)

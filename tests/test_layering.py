@@ -14,10 +14,11 @@ CORE = ROOT / "src" / "xplstm"
 BACKENDS = ROOT / "backends"
 
 #: The modules that hold the math, written once against ``xp``.
-CORE_MATH = ("cell", "sequence", "layer", "linear", "losses", "optim")
+CORE_MATH = ("cell", "sequence", "layer", "lstm", "sequential", "linear", "losses", "optim")
 ARRAY_LIBRARIES = ("numpy", "cupy", "torch", "jax", "jaxlib", "dask", "array_api_strict")
-#: Host-side NumPy for seeded initialisation: the one exception the architecture allows.
-HOST_NUMPY = ("layer",)
+#: Host-side NumPy for seeded initialisation, dropout masks and lengths: the one exception the
+#: architecture allows.
+HOST_NUMPY = ("layer", "lstm", "sequential")
 
 
 def imports(path: Path) -> set[str]:

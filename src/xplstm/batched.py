@@ -52,11 +52,20 @@ def check_inputs(model: Any, x: Any, name: str) -> None:
 
 
 def predict(model: Any, x: Any, batch_size: int) -> np.ndarray:
-    """``model(x)`` on the host, run ``batch_size`` rows of ``x`` at a time so that memory
-    stays bounded however many rows there are."""
+    """``model(x)`` in evaluation mode (no dropout: a prediction is not random) on the host,
+    run ``batch_size`` rows of ``x`` at a time so that memory stays bounded however many rows
+    there are. Each layer's training mode is restored afterwards."""
     positive_int("batch_size", batch_size)
-    parts = [
-        to_numpy(output(model(on_model(model, x[start : start + batch_size]))))
-        for start in range(0, x.shape[0], batch_size)
-    ]
+    layers = model.layers if isinstance(model, Sequential) else [model]
+    modes = [(layer, layer.training) for layer in layers if hasattr(layer, "training")]
+    for layer, _ in modes:
+        layer.eval()
+    try:
+        parts = [
+            to_numpy(output(model(on_model(model, x[start : start + batch_size]))))
+            for start in range(0, x.shape[0], batch_size)
+        ]
+    finally:
+        for layer, training in modes:
+            layer.train(training)
     return np.concatenate(parts)

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from xplstm import backends, batched, checkpoint, optim
 from xplstm.checks import positive_int
 from xplstm.resolver import to_numpy
+from xplstm.sequential import Sequential
 from xplstm.types import Array
 
 try:
@@ -194,6 +195,7 @@ class Replica:
     arrays: dict[str, np.ndarray]
     backend: str
     device_kind: str
+    training: bool  # any layer in training mode: dropout acts in the shards' forward
 
     @classmethod
     def of(cls, model: Model) -> Replica:
@@ -204,7 +206,9 @@ class Replica:
                 "over NumPy (or CuPy) models: move the model with model.to('numpy')"
             )
         description, arrays = checkpoint.model_arrays(model)
-        return cls(description, arrays, model.backend, _kind(model.device))
+        layers = model.layers if isinstance(model, Sequential) else [model]
+        training = any(getattr(layer, "training", False) for layer in layers)
+        return cls(description, arrays, model.backend, _kind(model.device), training)
 
     def build(self) -> Model:
         """The model, here, on the first device of the kind the original lives on: a GPU
@@ -228,10 +232,16 @@ def _predict_block(replica: Replica, block: Any, batch_size: int) -> np.ndarray:
 
 
 def _shard_gradients(
-    replica: Replica, loss: Loss, x: Any, y: Any
+    replica: Replica, loss: Loss, x: Any, y: Any, dropout_seed: int
 ) -> tuple[float, list[np.ndarray]]:
-    """On a worker: the loss of one shard and its parameter gradients, on the host."""
+    """On a worker: the loss of one shard and its parameter gradients, on the host. Dropout
+    masks (in training mode) are drawn from ``dropout_seed``, so a recomputed shard draws the
+    same ones."""
     model = replica.build()
+    for layer in model.layers if isinstance(model, Sequential) else [model]:
+        if hasattr(layer, "dropout_seed"):
+            layer.train(replica.training)
+            layer.dropout_seed(dropout_seed)
     prediction = batched.output(model(batched.on_model(model, x)))
     value, d_prediction = loss(prediction, batched.on_model(model, y))
     model.backward(d_prediction)
@@ -243,7 +253,8 @@ def predict(
     model: Model, x: Any, *, client: Client | None = None, batch_size: int = PREDICT_BATCH
 ) -> np.ndarray:
     """The model's output for every row of ``x``, computed on the cluster; a host NumPy array
-    equal to ``model(x)`` on one machine (an LSTM's ``y``).
+    equal to ``model.eval()(x)`` on one machine (an LSTM's ``y``): predictions run in evaluation
+    mode, without dropout.
 
     ``x`` (rows, seq, features) is a host NumPy array, cut into blocks of ``batch_size`` rows,
     or a Dask array chunked along the rows only (its chunks are the blocks, run ``batch_size``
@@ -300,15 +311,30 @@ class DataParallel:
     ``backward``, and leaves in each parameter's ``deltas`` the gradient of the global batch's
     mean loss, ``sum_s (n_s / batch) * gradient_s``, added in shard order: the result does not
     depend on which worker ran what. Clip and step the optimizer then, as in a local loop.
+
+    Dropout (a model in training mode) draws each shard's masks from ``seed``, the step
+    (:attr:`step`, counted by :meth:`gradients`; set it when resuming) and the shard's index,
+    on the host: the same run gives the same masks, recomputed shards included. With dropout
+    the result depends on how the batch is sharded, so fix ``shards`` to compare runs.
     """
 
     #: Seconds between looks at which workers there are (restarted ones have new addresses).
     REFRESH = 10.0
 
-    def __init__(self, model: Model, loss: Loss, client: Client, shards: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        loss: Loss,
+        client: Client,
+        shards: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.model = model
         self.loss = loss
         self.client = client
+        self.seed = seed
+        #: The next step's index: part of the dropout masks' seed.
+        self.step = 0
         self.workers = _check_workers(client, model.backend)
         self._seen = time.monotonic()
         #: Shards per global batch: by default one per worker at the start.
@@ -329,7 +355,7 @@ class DataParallel:
         futures = [
             self.client.compute(
                 dask.delayed(_shard_gradients, pure=False)(
-                    replica, self.loss, x[start:stop], y[start:stop]
+                    replica, self.loss, x[start:stop], y[start:stop], self._dropout_seed(shard)
                 ),
                 workers=[workers[shard % len(workers)]],
                 allow_other_workers=True,
@@ -337,11 +363,17 @@ class DataParallel:
             for shard, (start, stop) in enumerate(bounds)
         ]
         losses, gradients = zip(*self.client.gather(futures), strict=True)
+        self.step += 1
         weights = [(stop - start) / batch for start, stop in bounds]
         for index, param in enumerate(self.model.parameters()):
             total = _in_order(weights, [shard[index] for shard in gradients])
             param.deltas = batched.on_model(self.model, total)
         return _in_order(weights, losses)
+
+    def _dropout_seed(self, shard: int) -> int:
+        """The seed of one shard's dropout masks at this step."""
+        state = np.random.SeedSequence([self.seed, self.step, shard]).generate_state(2, np.uint64)
+        return int(state[0])
 
     def _workers(self) -> list[str]:
         """The workers' addresses, looked up again every ``REFRESH`` seconds."""
@@ -416,7 +448,8 @@ def fit(
     if checkpoint is not None and os.path.exists(checkpoint):
         history = _resume(checkpoint, model, optimizer, position, steps)
     with _using(client) as active:
-        engine = DataParallel(model, loss, active, shards)
+        engine = DataParallel(model, loss, active, shards, seed=seed)
+        engine.step = len(history)
         data_x, data_y = active.persist([_rows_chunked(x), _rows_chunked(y)])
         with tqdm(total=steps, initial=len(history), unit="step", disable=not progress) as bar:
             for step in range(len(history), steps):

@@ -207,7 +207,7 @@ def _gradients(
 
     where = {"workers": settings.workers, "scheduler": settings.scheduler}
     with distributed.client_for(**where, timeout=settings.connect_timeout) as active:
-        engine = distributed.DataParallel(model, task.loss, active)
+        engine = distributed.DataParallel(model, task.loss, active, seed=settings.seed)
         yield (lambda data: engine.gradients(data.inputs, data.targets)), len(engine.workers)
 
 
