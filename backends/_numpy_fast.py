@@ -131,10 +131,9 @@ class NumPyFastPath:
     def compiled_for(self, batch: int, hidden: int) -> bool:
         """Whether a sequence of this batch and hidden size runs the compiled loop.
 
-        The one place that decides: the compiled loop covers the plain recurrence of one
-        direction and layer, and anything it does not cover must send calls to the ufunc loop
-        here (so a per-step mask or a projection, once the layer has them, falls back by itself
-        until the compiled loop learns them).
+        The one place that decides between NumPy's two loops, for the plain recurrence of one
+        direction and layer (a per-step mask, a projection or recurrent dropout never reach this
+        fast path: the layer runs those on the written-once path, see ``features``).
         """
         if self.loop != "auto":
             return self.loop == "compiled"

@@ -134,6 +134,8 @@ def test_weights_of_wrong_shape_or_dtype():
         xplstm.LSTM(3, 4, weights=np.zeros((16, 7), "float32"))
     with pytest.raises(ValueError, match=r"weights have dtype float64 .* pass dtype='float64'"):
         xplstm.LSTM(3, 4, weights=np.zeros((7, 16)))
+    with pytest.raises(ValueError, match=r"dtype int64 .* float32; cast the weights to float32"):
+        xplstm.LSTM(3, 4, weights=np.zeros((7, 16), "int64"))  # no advice to pass dtype='int64'
 
 
 def test_integer_input_is_not_told_to_change_the_layer_dtype(target, layer):

@@ -63,9 +63,10 @@ def host_parameter(
     if host.shape != shape:
         raise ValueError(f"{name} must have shape {shape} = {meaning}, got {host.shape}")
     if host.dtype.name != dtype:
+        fix = f"pass dtype={host.dtype.name!r} or " if host.dtype.name in _DTYPES else ""
         raise ValueError(
             f"{name} have dtype {host.dtype.name} but the layer's dtype is {dtype}; "
-            f"pass dtype={host.dtype.name!r} or cast the {name} first"
+            f"{fix}cast the {name} to {dtype} first"
         )
     return host
 
