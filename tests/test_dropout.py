@@ -9,20 +9,9 @@ import pytest
 
 import xplstm
 from tests.numerics import directional_derivative
-from tests.support import TOLERANCES, assert_close
+from tests.support import assert_close
 
 torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
-
-#: Analytic gradients against central differences, in float64.
-FINITE_DIFFERENCE = dict(
-    zip(("rtol", "atol"), TOLERANCES["finite-difference"]["float64"], strict=True)
-)
-
-
-def against_reference(dtype: str) -> dict[str, float]:
-    """The tolerance against an independent reference, for host arrays of ``dtype``."""
-    return dict(zip(("rtol", "atol"), TOLERANCES["reference"][dtype], strict=True))
-
 
 BATCH, SEQ, INPUTS, HIDDEN = 3, 4, 3, 4
 KWARGS = {"num_layers": 2, "bidirectional": True, "dropout": 0.4, "recurrent_dropout": 0.3}
@@ -72,7 +61,7 @@ def test_a_seed_gives_the_same_results_on_every_backend(target):
     layer = target.lstm(INPUTS, HIDDEN, dtype=dtype, seed=3, **KWARGS)
     actual = run(layer, target, p, seed=9)
     for name, value in actual.items():
-        np.testing.assert_allclose(value, expected[name], **against_reference(dtype), err_msg=name)
+        assert_close(value, expected[name], like=value, name=name)
     again = run(layer, target, p, seed=10)
     assert not np.allclose(again["y"], actual["y"]), "another seed draws other masks"
     layer.eval()
@@ -152,4 +141,5 @@ def test_finite_differences_with_the_masks_fixed(target):
                 p["x"] + t * direction, [v + t * a for v, a in zip(params, along, strict=True)]
             )
         )
-        np.testing.assert_allclose(analytic, numeric, **FINITE_DIFFERENCE)
+        analytic = np.asarray(analytic)
+        assert_close(analytic, np.asarray(numeric), like=analytic, level="finite-difference")

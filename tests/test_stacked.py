@@ -9,21 +9,10 @@ import pytest
 
 import xplstm
 from tests.numerics import directional_derivative
-from tests.support import TOLERANCES, assert_close
+from tests.support import assert_close
 from xplstm import interop
 
 torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
-
-#: Analytic gradients against central differences, in float64.
-FINITE_DIFFERENCE = dict(
-    zip(("rtol", "atol"), TOLERANCES["finite-difference"]["float64"], strict=True)
-)
-
-
-def against_reference(dtype: str) -> dict[str, float]:
-    """The tolerance against an independent reference, for host arrays of ``dtype``."""
-    return dict(zip(("rtol", "atol"), TOLERANCES["reference"][dtype], strict=True))
-
 
 #: (num_layers, bidirectional, proj_size, bias): every option on and off, layers 1 to 3.
 CONFIGS = {
@@ -156,7 +145,7 @@ def test_matches_torch(target, name, dtype):
     deltas = torch_named_deltas(layer)
     assert sorted(deltas) == sorted(name for name, _ in module.named_parameters())
     for name, delta in deltas.items():
-        np.testing.assert_allclose(delta, expected[name], **against_reference(dtype), err_msg=name)
+        assert_close(delta, expected[name], like=delta, name=name)
 
 
 LENGTH_CONFIGS = {k: CONFIGS[k] for k in ("bidirectional", "3-layers-bi-proj")}
@@ -178,7 +167,7 @@ def test_lengths_match_pack_padded_sequence(target, name, dtype):
     for name, value in actual.items():
         assert_close(value, as_layer_takes(layer, name, expected[name]), like=layer, name=name)
     for name, delta in torch_named_deltas(layer).items():
-        np.testing.assert_allclose(delta, expected[name], **against_reference(dtype), err_msg=name)
+        assert_close(delta, expected[name], like=delta, name=name)
     padded = np.arange(SEQ)[None, :] >= np.array(LENGTHS)[:, None]
     assert not np.any(xplstm.to_numpy(actual["y"])[padded]), "y is zero past each length"
     assert not np.any(xplstm.to_numpy(actual["dx"])[padded]), "dx is zero at padded steps"
@@ -256,7 +245,8 @@ def test_finite_differences(target, config, steps):
                 [v + t * a for v, a in zip(params, along, strict=True)],
             )
         )
-        np.testing.assert_allclose(analytic, numeric, **FINITE_DIFFERENCE)
+        analytic = np.asarray(analytic)
+        assert_close(analytic, np.asarray(numeric), like=analytic, level="finite-difference")
 
 
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
