@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # backends/ into it) that a folder named like the package could shadow it; none is at the root.
 QUIET_EDITABLE := PYTHONWARNINGS="ignore:Editable installation:UserWarning"
 
-.PHONY: demo test lint clean gpu-wheels gpu-check
+.PHONY: demo test lint mutate clean gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# Plant one-line bugs in the math, one at a time, and report which test catches each.
+mutate: $(VENV)/.installed-test
+	$(BIN)/python scripts/mutate.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis .ruff_cache .mutate-backup
 
 # The GPU proof (see scripts/gpu-check): fetch the wheels the GPU machine lacks, then run there.
 # Dask distributed and its dependencies let the GPU machine run xplstm.distributed with CuPy.

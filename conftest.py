@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.support import CANDIDATES, Target, skip_reason
+from tests.support import CANDIDATES, Target, paths_of, skip_reason
 from xplstm import backends
 
 ENV_VAR = "XPLSTM_TEST_BACKENDS"
@@ -26,8 +26,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _selected(config)  # an unknown name is a usage error now, not a traceback per test file
     # JAX computes in float32 unless told otherwise; the float64 tests need it on.
     # On GPUs, float32 matrix products may use TF32: the agreement tests demand full precision.
+    # Every problem in the suite is tiny: torch's extra threads only wait for the other jobs on
+    # a small machine (25x slower on 2 busy cores, measured), so torch gets one.
+    if backends.unavailable_reason("torch") is None:
+        import torch
+
+        torch.set_num_threads(1)
     if backends.unavailable_reason("jax") is None:
         import jax
 
@@ -46,12 +53,20 @@ def _selected(config: pytest.Config) -> list[tuple[str, str | None, str]]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``target``: every selected target. ``target`` with ``path``: each target once per route
+    through the sequence it has, ``"fast"`` (where its backend has a fast path) and
+    ``"written-once"``, so that a reference test names the code that is wrong."""
     if "target" not in metafunc.fixturenames:
         return
+    with_path = "path" in metafunc.fixturenames
     params = []
     for backend, device, test_id in _selected(metafunc.config):
         reason = skip_reason(backend, device)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         value = None if reason else Target(backend, device, test_id)
-        params.append(pytest.param(value, id=test_id, marks=marks))
-    metafunc.parametrize("target", params)
+        if not with_path:
+            params.append(pytest.param(value, id=test_id, marks=marks))
+            continue
+        for path in paths_of(backend) if value else ["written-once"]:
+            params.append(pytest.param(value, path, id=f"{test_id}-{path}", marks=marks))
+    metafunc.parametrize(("target", "path") if with_path else "target", params)

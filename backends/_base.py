@@ -75,6 +75,11 @@ class Backend:
         except importlib.metadata.PackageNotFoundError:
             return None
 
+    def precision(self) -> str | None:
+        """What users should know about this library's floating-point precision, with the
+        current settings (``xplstm info`` prints it), or ``None`` when there is nothing to say."""
+        return None
+
     # -- arrays and namespaces ----------------------------------------------------------
     def is_array(self, x: Any) -> bool:
         """True when ``x`` is an array of this backend; never imports the library."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,11 @@ class CuPyBackend(Backend):
 
     def is_array(self, x: Any) -> bool:
         return array_api_compat.is_cupy_array(x)
+
+    def precision(self) -> str:
+        if os.environ.get("CUPY_TF32", "0") != "0":
+            return "float32 matrix products in TF32 (CUPY_TF32 is set)"
+        return "full float32 matrix products (TF32 off unless CUPY_TF32=1, CuPy's default)"
 
     def namespace(self) -> Any:
         import array_api_compat.cupy

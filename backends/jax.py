@@ -20,6 +20,25 @@ class JaxBackend(Backend):
     def is_array(self, x: Any) -> bool:
         return array_api_compat.is_jax_array(x)
 
+    def precision(self) -> str:
+        import jax
+
+        x64 = (
+            "on"
+            if jax.config.jax_enable_x64
+            else (
+                "off: float32 only, enable float64 with jax.config.update('jax_enable_x64', True)"
+            )
+        )
+        matmul = jax.config.jax_default_matmul_precision
+        return (
+            f"64-bit floats {x64}; float32 matrix products at precision {matmul!r}"
+            if matmul
+            else f"64-bit floats {x64}; float32 matrix products in TF32 on Ampere and Hopper "
+            "GPUs (about 1e-3 relative error): set jax_default_matmul_precision to 'highest' "
+            "for full float32"
+        )
+
     def namespace(self) -> Any:
         import jax.numpy
 

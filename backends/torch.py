@@ -18,6 +18,13 @@ class TorchBackend(Backend):
     def is_array(self, x: Any) -> bool:
         return array_api_compat.is_torch_array(x)
 
+    def precision(self) -> str:
+        import torch
+
+        if torch.backends.cuda.matmul.allow_tf32:
+            return "float32 matrix products on CUDA in TF32 (torch.backends.cuda.matmul.allow_tf32)"
+        return "full float32 matrix products on CUDA (TF32 off, torch's default)"
+
     def namespace(self) -> Any:
         import array_api_compat.torch
 

@@ -27,15 +27,6 @@ def numeric_gradient(f: Callable[[np.ndarray], float], x: np.ndarray) -> np.ndar
     return numeric_partials(f, x, list(np.ndindex(x.shape))).reshape(x.shape)
 
 
-def random_indices(
-    rng: np.random.Generator, shape: tuple[int, ...], count: int
-) -> list[tuple[int, ...]]:
-    """Up to ``count`` distinct random indices into an array of ``shape``."""
-    size = int(np.prod(shape))
-    flat = rng.choice(size, size=min(count, size), replace=False)
-    return [tuple(int(i) for i in np.unravel_index(f, shape)) for f in flat]
-
-
 def directional_derivative(f: Callable[[float], float]) -> float:
     """d f(t) / d t at t = 0 by central differences: checks a whole gradient along one direction."""
     return (f(EPS) - f(-EPS)) / (2 * EPS)

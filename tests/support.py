@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import array_api_compat
@@ -174,6 +175,52 @@ def layer_for(target: Target, p: dict, dtype: str, **kwargs: Any) -> xplstm.LSTM
         dtype=dtype,
         **kwargs,
     )
+
+
+#: A stand-in for the ``cupy`` module made of NumPy functions, ``fuse`` doing nothing: with it,
+#: CuPy's fast path (``backends/_cupy_fast.py``) runs its own code on NumPy arrays here.
+STAND_IN_CUPY = SimpleNamespace(
+    fuse=lambda kernel_name: lambda kernel: kernel,
+    exp=np.exp,
+    abs=np.abs,
+    where=np.where,
+    tanh=np.tanh,
+)
+
+
+def paths_of(backend: str) -> list[str]:
+    """The routes through a sequence that tests run on ``backend``: ``"fast"`` where it has a
+    fast path, always ``"written-once"`` (``xplstm.sequence`` over ``xplstm.cell``), and on
+    NumPy also ``"cupy-seam"``: CuPy's fast path, run with :data:`STAND_IN_CUPY`."""
+    from xplstm.lstm import fast_path_of
+
+    fast = fast_path_of(backends.get(backend)) is not None
+    paths = ["fast", "written-once"] if fast else ["written-once"]
+    return [*paths, "cupy-seam"] if backend == "numpy" else paths
+
+
+def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
+    """``layer``, set to take ``path`` (one of :func:`paths_of`) from now on."""
+    layer.fast_path = path != "written-once"
+    if path == "cupy-seam":
+        from xplstm import cell, sequence
+        from xplstm.backends._cupy_fast import CuPyFastPath
+
+        seam = CuPyFastPath(
+            STAND_IN_CUPY, layer.xp, sequence.forward, sequence.backward, cell.KERNELS
+        )
+        layer._fast = (layer._backend, seam)  # what LSTM._fast_path() would have made on CuPy
+    return layer
+
+
+def assert_route(layer: xplstm.LSTM, path: str) -> None:
+    """The last forward of ``layer`` went by ``path``."""
+    taken = layer._cache.path
+    if path == "written-once":
+        assert taken is None, "the fast path ran, not the written-once one"
+    else:
+        assert taken is not None, f"the written-once path ran, not the {path} one"
+        assert (type(taken).__name__ == "CuPyFastPath") == (path == "cupy-seam"), type(taken)
 
 
 def random_problem(batch: int, seq: int, inputs: int, hidden: int, seed: int = 0) -> dict:

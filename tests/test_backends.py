@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 import xplstm
-from tests.support import assert_close
+from tests.support import assert_close, random_problem, torch_reference
 from xplstm import backends
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,12 +34,21 @@ def test_missing_backends_say_why():
         )
 
 
-def test_unavailable_backend_error_lists_alternatives():
-    if not backends.unavailable():
-        pytest.skip("every backend is available here")
-    name = next(iter(backends.unavailable()))
-    with pytest.raises(backends.BackendError, match=r"cannot run here: .*available here: "):
-        backends.get(name)
+def test_unavailable_backend_error_lists_why_each_missing_one_is_missing(monkeypatch):
+    """The README: the error lists what is available here and why each missing one is missing
+    (two backends are made unavailable, so this runs whatever is installed)."""
+    reasons = {"jax": "not installed (pip install 'xplstm[jax]')", "dask": "broken, for a test"}
+    real = backends.unavailable_reason
+    monkeypatch.setattr(backends, "unavailable_reason", lambda n: reasons.get(n) or real(n))
+    with pytest.raises(backends.BackendError) as raised:
+        xplstm.LSTM(2, 3, backend="dask")
+    message = str(raised.value)
+    assert message.startswith("backend 'dask' cannot run here: broken, for a test; available here:")
+    for name, reason in backends.unavailable().items():
+        assert f"{name}: {reason}" in message.split("(missing: ")[1], name
+    assert "numpy" in message.split("available here: ")[1].split(" (missing")[0]
+    with pytest.raises(backends.BackendError, match=r"unknown backend 'nope'; available here: "):
+        backends.get("nope")
 
 
 def test_resolve_explicit_beats_environment(monkeypatch):
@@ -92,6 +102,21 @@ def test_to_numpy_and_back(target):
     assert_close(copied, host, like=host, level="exact")
 
 
+def test_inputs_built_with_the_layer_s_namespace(target):
+    """The README's recipe for inputs on any backend: ``layer.xp.asarray(host, device=
+    layer.device)`` (and ``model.xp``/``model.device`` for a Sequential) gives arrays the layer
+    takes, with the host's values."""
+    host = np.random.default_rng(1).standard_normal((2, 3, 2)).astype("float32")
+    lstm = target.lstm(2, 4, seed=0)
+    model = xplstm.Sequential(lstm, xplstm.LastStep())
+    for owner, run in ((lstm, lambda x: lstm(x)[0][:, -1, :]), (model, model)):
+        x = owner.xp.asarray(host, device=owner.device)
+        assert backends.backend_of(x).name == target.backend
+        assert_close(x, host, like=owner, level="exact")
+        last = xplstm.to_numpy(run(x))
+        assert last.shape == (2, 4) and np.all(np.isfinite(last))
+
+
 def test_layer_moves_between_backends(target):
     layer = xplstm.LSTM(3, 4, backend="numpy", dtype="float64", seed=1)
     x = np.random.default_rng(0).standard_normal((2, 5, 3))
@@ -104,8 +129,11 @@ def test_layer_moves_between_backends(target):
     assert "LSTM(input_size=3, hidden_size=4, backend=" in repr(layer)
 
 
+@pytest.mark.reference
 def test_generic_fallback_serves_unknown_array_libraries(monkeypatch):
-    """A library with no backend module still works through its __array_namespace__."""
+    """A library with no backend module still works through its __array_namespace__: forward
+    and backward agree with torch.nn.LSTM."""
+    pytest.importorskip("torch", reason="torch.nn.LSTM is the reference")
     import array_api_strict
 
     from xplstm.backends._generic import GenericBackend
@@ -114,11 +142,18 @@ def test_generic_fallback_serves_unknown_array_libraries(monkeypatch):
     monkeypatch.setattr(backends, "_BY_TYPE", {})
     only_numpy = {"numpy": backends.get("numpy")}
     monkeypatch.setattr(backends, "known", lambda: only_numpy)
-    x = array_api_strict.asarray(np.ones((2, 3, 2)))
-    assert backends.backend_of(x).name == generic.name == "array_api_strict"
-    layer = xplstm.LSTM(2, 3, weights=array_api_strict.zeros((5, 12)), dtype="float64")
-    y, _, _ = layer.forward(x)
-    assert xplstm.to_numpy(y).shape == (2, 3, 3)
+    p = random_problem(2, 3, 2, 3, seed=4)
+    expected = torch_reference(p)
+    arrays = {key: array_api_strict.asarray(value) for key, value in p.items()}
+    assert backends.backend_of(arrays["x"]).name == generic.name == "array_api_strict"
+    layer = xplstm.LSTM(2, 3, weights=arrays["weights"], bias=arrays["bias"], dtype="float64")
+    assert isinstance(layer._backend, GenericBackend)
+    actual = layer.forward(arrays["x"], arrays["h0"], arrays["c0"])
+    actual += layer.backward(arrays["dy"], arrays["dh_n"], arrays["dc_n"])
+    actual += (layer.weights.deltas, layer.bias.deltas)
+    names = ("y", "h_n", "c_n", "dx", "dh0", "dc0", "d_weights", "d_bias")
+    for name, value in zip(names, actual, strict=True):
+        assert_close(value, expected[name], like=layer, name=name)
 
 
 def test_detection_never_imports_unused_libraries():
@@ -225,3 +260,76 @@ def test_jax_without_64_bit_floats_refuses_float64():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "64-bit floats are off; enable them with jax.config.update" in out.stdout
+
+
+def fake_cupy(monkeypatch: pytest.MonkeyPatch, device_count) -> None:
+    """Put a stand-in ``cupy`` in ``sys.modules`` whose CUDA runtime reports ``device_count``
+    (a number, or an exception to raise), and forget what was known about CuPy until the end."""
+    import types
+
+    def count() -> int:
+        if isinstance(device_count, Exception):
+            raise device_count
+        return device_count
+
+    runtime = types.SimpleNamespace(getDeviceCount=count)
+    module = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime), __version__="0")
+    monkeypatch.setitem(sys.modules, "cupy", module)
+    monkeypatch.delenv("XPLSTM_BACKEND", raising=False)
+    backends.unavailable_reason.cache_clear()
+
+
+@pytest.fixture
+def forget_cupy():
+    yield
+    backends.unavailable_reason.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("device_count", "reason", "auto"),
+    [
+        (1, None, "cupy"),
+        (0, "installed, but no CUDA device found", "numpy"),
+        (
+            RuntimeError("no CUDA driver"),
+            "installed, but no CUDA device found (no CUDA driver)",
+            "numpy",
+        ),
+    ],
+    ids=["one-gpu", "no-gpu", "no-driver"],
+)
+def test_auto_resolution_picks_cupy_exactly_when_it_sees_a_gpu(
+    monkeypatch, forget_cupy, device_count, reason, auto
+):
+    """CuPy's availability and the auto rule, with CuPy faked: installed with a GPU it is the
+    default, installed without one it says why not and NumPy is chosen."""
+    fake_cupy(monkeypatch, device_count)
+    assert backends.unavailable_reason("cupy") == reason
+    assert xplstm.resolve().name == auto and xplstm.resolve("auto").name == auto
+    assert ("cupy" in backends.available()) == (reason is None)
+
+
+def test_backend_option_and_environment_variable_narrow_the_matrix():
+    """The README: ``XPLSTM_TEST_BACKENDS=...`` (the default of ``pytest --backend ...``, which
+    this very run may use) narrows the targets, by names of backends or of targets; an unknown
+    name is a usage error."""
+
+    def collected(*options: str, env: str | None = None) -> list[str]:
+        environment = {k: v for k, v in os.environ.items() if k != "XPLSTM_TEST_BACKENDS"}
+        if env is not None:
+            environment["XPLSTM_TEST_BACKENDS"] = env
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+             "tests/test_backends.py::test_to_numpy_and_back", *options],
+            capture_output=True, text=True, cwd=ROOT, env=environment,
+        )  # fmt: skip
+        return [line.split("[")[1].rstrip("]") for line in done.stdout.splitlines() if "[" in line]
+
+    assert collected(env="numpy,torch-cuda") == ["numpy", "torch-cuda"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "--backend", "nunpy",
+         "tests/test_backends.py::test_to_numpy_and_back"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 4
+    assert done.stderr.startswith("ERROR: --backend: unknown ['nunpy']; choose from ['numpy',")

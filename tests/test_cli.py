@@ -4,6 +4,8 @@ early stopping, Ctrl-C and the error messages."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import signal
 from pathlib import Path
 
@@ -133,7 +135,9 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_model(
     status, metrics = train(tmp_path, "adding", "--steps", "1000")
     assert status == cli.INTERRUPTED
     assert metrics["stopped"] == "interrupted" and metrics["steps"] == 3
+    # The README: "Ctrl-C stops after the current step and still writes all three."
     assert (tmp_path / "adding" / "model.npz").exists()
+    assert (tmp_path / "adding" / "loss.png").read_bytes().startswith(PNG)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -172,6 +176,15 @@ def test_info_lists_backends_and_they_agree(capsys: pytest.CaptureFixture) -> No
         assert f"  {name:17s} ok (max difference from numpy" in printed
     for name, reason in xplstm.backends.unavailable().items():
         assert f"{name:17s} -- {reason}" in printed
+    # The README: "xplstm info prints these settings" (the precision notes).
+    precision = printed.split("\nprecision:\n")[1]
+    if "jax" in xplstm.backends.available():
+        import jax
+
+        x64 = "on" if jax.config.jax_enable_x64 else "off"
+        assert f"  jax               64-bit floats {x64};" in precision
+    if "torch" in xplstm.backends.available():
+        assert "  torch             full float32 matrix products on CUDA" in precision
 
 
 def test_self_check_catches_a_disagreeing_backend(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,3 +205,66 @@ def test_metrics_json_is_strict_json_even_when_training_diverges() -> None:
     metrics = {"test_metric": float("nan"), "evaluations": [(50, float("inf")), (100, 0.5)]}
     text = json.dumps(_json_safe(metrics), allow_nan=False)
     assert json.loads(text) == {"test_metric": None, "evaluations": [[50, None], [100, 0.5]]}
+
+
+def test_default_output_folder_is_runs_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The README: each run writes to ``runs/TASK/`` unless ``--out`` says otherwise."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--task", "sine", "--seq-len", "12", "--hidden", "4", "--batch", "2"]
+    assert cli.main([*argv, "--steps", "1", "--quiet"]) == 0
+    out = tmp_path / "runs" / "sine"
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "metrics.json", "model.npz"]
+    assert json.loads((out / "metrics.json").read_text())["out"] == str(Path("runs", "sine"))
+
+
+def test_progress_bar_shows_loss_speed_and_time_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README: a progress bar shows the loss, steps per second and the time left; on a
+    terminal only (tqdm's ``disable=None``, here taken as a terminal), and never with --quiet."""
+    import io
+
+    from xplstm import train as train_module
+
+    shown = io.StringIO()
+
+    def bar_on_a_terminal(*args, disable=None, **kwargs):
+        return tqdm(*args, disable=bool(disable), file=shown, mininterval=0, **kwargs)
+
+    tqdm = train_module.tqdm
+    monkeypatch.setattr(train_module, "tqdm", bar_on_a_terminal)
+    argv = ["train", "--task", "adding", "--seq-len", "10", "--hidden", "4", "--batch", "2"]
+    assert cli.main([*argv, "--steps", "3", "--out", str(tmp_path / "a")]) == 0
+    final = shown.getvalue().split("\r")[-1]
+    assert final.startswith("adding (seq-len 10): 100%"), final
+    assert "3/3 [" in final and "step/s" in final and "loss=" in final, final
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", final), f"no time left in {final!r}"
+    shown.seek(0)
+    shown.truncate()
+    assert cli.main([*argv, "--steps", "3", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert shown.getvalue() == ""
+
+
+def test_readme_table_states_each_task_s_baseline_and_target() -> None:
+    """The README's task table: the baseline and the "stops at" target of every task are the
+    ones the code uses."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {
+        m.group(1): [cell.strip() for cell in m.group(2).split("|")]
+        for m in re.finditer(r"^\| `(\w+)` \|(.*)\|$", readme, re.MULTILINE)
+    }
+    assert set(rows) == set(tasks.TASKS)
+    stated = {name: (row[-2], row[-1]) for name, row in rows.items()}
+    adding, sine, text = (tasks.get(name) for name in ("adding", "sine", "text"))
+    assert stated["adding"] == ("0.167 (always 1)", "< 0.01")
+    assert adding.target == 0.01 and adding.baseline == pytest.approx(0.167, abs=0.0005)
+    assert stated["sine"] == ("forecasting 0", "< 0.01") and sine.target == 0.01
+    assert stated["text"] == ("character frequencies, 4.84", "< 2.0") and text.target == 2.0
+    assert round(text.baseline, 2) == 4.84
+    assert stated["copy"] == ("10 log 8 / (T + 20)", "baseline / 10")
+    for blanks in (5, 20):
+        copy = tasks.get("copy", seq_len=blanks)
+        assert copy.baseline == pytest.approx(10 * math.log(8) / (blanks + 20))
+        assert copy.target == pytest.approx(copy.baseline / 10)

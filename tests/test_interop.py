@@ -38,6 +38,7 @@ def assert_outputs(layer, target, p: dict, expected: dict) -> None:
         assert_close(actual[name], expected[name], like=layer, name=name)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_from_torch_gives_torch_outputs(target, dtype):
     module = torch_lstm(3, 5)
@@ -49,6 +50,7 @@ def test_from_torch_gives_torch_outputs(target, dtype):
     assert_outputs(layer, target, p, torch_run(module, p))
 
 
+@pytest.mark.reference
 def test_to_torch_state_dict_loads_into_torch_with_the_same_outputs(target):
     layer = target.lstm(4, 3, dtype="float64", seed=2)
     layer.bias.values = target.asarray(np.linspace(-1.0, 1.0, 12))
@@ -59,11 +61,11 @@ def test_to_torch_state_dict_loads_into_torch_with_the_same_outputs(target):
         "bias_ih_l0": (12,),
         "bias_hh_l0": (12,),
     }
-    assert not torch.any(state["bias_hh_l0"]) and all(
-        v.device.type == "cpu" for v in state.values()
-    )
+    # A layer on torch keeps its device (cuda:0 on a GPU); any other layer's tensors go to the CPU.
+    home = layer.device if target.backend == "torch" else torch.device("cpu")
+    assert not torch.any(state["bias_hh_l0"]) and all(v.device == home for v in state.values())
     module = torch.nn.LSTM(4, 3, batch_first=True, dtype=torch.float64)
-    module.load_state_dict(state)
+    module.load_state_dict({name: tensor.cpu() for name, tensor in state.items()})
     p = random_problem(3, 5, 4, 3, seed=7)
     assert_outputs(layer, target, p, torch_run(module, p))
 
@@ -80,6 +82,7 @@ def test_torch_round_trip_is_exact_with_the_biases_summed():
     assert torch.equal(back["bias_hh_l0"], torch.zeros(16, dtype=torch.float64))
 
 
+@pytest.mark.reference
 def test_lstm_cell_and_bias_free_modules():
     torch.manual_seed(0)
     cell = torch.nn.LSTMCell(3, 2, dtype=torch.float64)
@@ -167,6 +170,7 @@ def keras_of_ours(keras) -> tuple[list[np.ndarray], dict, dict]:
     return weights, p, keras_run(keras, destination, p)
 
 
+@pytest.mark.reference
 def test_from_keras_gives_keras_outputs(target, keras_source):
     weights, p, expected = keras_source
     layer = xplstm.LSTM.from_keras(weights, backend=target.backend, device=target.device)
@@ -175,6 +179,7 @@ def test_from_keras_gives_keras_outputs(target, keras_source):
     assert_outputs(layer, target, p, expected)
 
 
+@pytest.mark.reference
 def test_to_keras_weights_give_our_outputs_in_keras(target, keras_of_ours):
     weights, p, expected = keras_of_ours
     layer = ours_for_keras(target)
@@ -196,6 +201,7 @@ def test_keras_round_trip_is_exact(keras):
     assert_close(fresh.bias.values, forget_only, like=fresh, level="exact")
 
 
+@pytest.mark.reference
 def test_a_keras_lstm_without_bias(keras):
     source = keras_lstm(keras, 3, 2, use_bias=False)
     assert len(source.get_weights()) == 2

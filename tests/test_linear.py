@@ -17,6 +17,7 @@ def linear(target, inputs: int, outputs: int, **kwargs) -> xplstm.Linear:
     return xplstm.Linear(inputs, outputs, backend=target.backend, device=target.device, **kwargs)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_forward_matches_torch_linear(target, shape, dtype):
@@ -38,6 +39,7 @@ def test_forward_matches_torch_linear(target, shape, dtype):
     assert_close(layer(target.asarray(x.astype(dtype))), expected, like=layer, name="y")
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_gradients_match_finite_differences(target, shape):
     rng = np.random.default_rng(2)
@@ -102,6 +104,7 @@ def test_linear_refuses_bad_inputs(target):
         xplstm.Linear(4, 0)
 
 
+@pytest.mark.reference
 def test_last_step_forward_and_gradient(target):
     rng = np.random.default_rng(4)
     y = rng.standard_normal((2, 4, 3))
@@ -128,6 +131,7 @@ def test_last_step_forward_and_gradient(target):
         step.backward(target.asarray(y))
 
 
+@pytest.mark.reference
 def test_sequential_gradients_match_finite_differences(target):
     """The whole chain LSTM -> LastStep -> Linear, checked along random directions in every
     parameter and the input at once."""

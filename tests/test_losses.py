@@ -21,6 +21,7 @@ def check_on_target(target, array, dtype: str) -> None:
     assert xplstm.to_numpy(array).dtype == np.dtype(dtype)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("shape", [(3, 4, 2), (5, 1)], ids=["sequence", "flat"])
 def test_mse_value_and_gradient(target, shape):
     rng = np.random.default_rng(0)
@@ -35,6 +36,7 @@ def test_mse_value_and_gradient(target, shape):
     assert_close(grad, expected, like=target, level="finite-difference", name="d_prediction")
 
 
+@pytest.mark.reference
 def test_mse_keeps_float32(target):
     ones = target.asarray(np.ones((2, 3), dtype="float32"))
     loss, grad = losses.mse(ones, ones * 0.5)
@@ -43,6 +45,7 @@ def test_mse_keeps_float32(target):
     assert float(loss) == pytest.approx(0.25)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("shape", [(2, 3, 5), (4, 3)], ids=["sequence", "flat"])
 def test_cross_entropy_matches_torch_and_finite_differences(target, shape):
     torch = pytest.importorskip("torch")
@@ -64,6 +67,7 @@ def test_cross_entropy_matches_torch_and_finite_differences(target, shape):
     assert_close(grad, expected, like=target, level="finite-difference", name="d_logits")
 
 
+@pytest.mark.reference
 def test_cross_entropy_is_stable_for_huge_logits(target):
     logits = np.array([[1000.0, 0.0, -1000.0], [3.0, 1.0, 2.0]])
     classes = np.array([1, 2])
@@ -99,6 +103,7 @@ def test_loss_errors_say_what_is_wrong(target):
             losses.mse(a, np.zeros((2, 3)))
 
 
+@pytest.mark.reference
 def test_cross_entropy_with_narrow_integer_targets(target):
     """uint8 targets with more classes than uint8 can count: the labels must not wrap."""
     rng = np.random.default_rng(3)
@@ -114,6 +119,7 @@ def test_cross_entropy_with_narrow_integer_targets(target):
     assert_close(grad, expected / 4, like=target, level="ulps")
 
 
+@pytest.mark.reference
 def test_cross_entropy_with_minus_infinity_logits_matches_torch(target):
     """A masked-out class (logit -inf) has probability 0: the loss stays finite, as in torch."""
     torch = pytest.importorskip("torch")

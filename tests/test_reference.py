@@ -8,6 +8,7 @@ import pytest
 from tests.support import assert_close, forward_backward, layer_for, random_problem, torch_reference
 
 pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
+pytestmark = pytest.mark.reference
 
 SHAPES = {
     "batch1": (1, 4, 3, 5),

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 import xplstm
-from tests.support import Target, assert_close, forward_backward, random_problem
+from tests.support import (
+    assert_close,
+    assert_route,
+    forward_backward,
+    layer_for,
+    on_path,
+    random_problem,
+    torch_reference,
+)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -70,15 +78,32 @@ def test_default_initialisation_bounds_and_layout(target):
     assert np.abs(w).max() > 0.9 / np.sqrt(16)  # uses the whole range, not a smaller one
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_agrees_with_numpy_float64(target, dtype):
-    """CPU/GPU agreement: the same seed and inputs match NumPy's written-once path in float64."""
+def test_agrees_with_torch_float64(target, dtype):
+    """CPU/GPU agreement: the same seed and inputs match torch.nn.LSTM in float64 (a reference
+    no target shares code with, NumPy included)."""
     p = random_problem(4, 12, 3, 8, seed=5)
-    numpy_target = Target("numpy", None, "numpy")
-    reference = numpy_target.lstm(3, 8, dtype="float64", seed=9, fast_path=False)
-    expected = forward_backward(reference, numpy_target, p)
+    seeded = xplstm.LSTM(3, 8, backend="numpy", dtype="float64", seed=9)
+    expected = torch_reference(p | {"weights": seeded.weights.values, "bias": seeded.bias.values})
     layer = target.lstm(3, 8, dtype=dtype, seed=9)
     for name, value in forward_backward(layer, target, p).items():
+        assert_close(value, expected[name], like=layer, name=name)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("omitted", ["state", "dy"])
+def test_omitted_state_and_gradients_are_zeros(target, path, omitted):
+    """``forward(x)`` starts from zeros and ``backward(dy)`` takes ``dh_n = dc_n = 0`` (or
+    ``backward(None, dh_n, dc_n)`` takes ``dy = 0``): against torch.nn.LSTM given those zeros."""
+    p = random_problem(2, 5, 3, 4, seed=12)  # test_gradients' shape: JAX compiles it once
+    zeros = ("h0", "c0", "dh_n", "dc_n") if omitted == "state" else ("dy",)
+    p |= {key: np.zeros_like(p[key]) for key in zeros}
+    expected = torch_reference(p)
+    layer = on_path(layer_for(target, p, "float64"), path)
+    actual = forward_backward(layer, target, p, state=omitted != "state", dy=omitted != "dy")
+    assert_route(layer, path)
+    for name, value in actual.items():
         assert_close(value, expected[name], like=layer, name=name)
 
 
@@ -94,12 +119,17 @@ def test_nan_input_propagates(target):
     assert np.isnan(dx[0]).any() and np.isfinite(dx[1]).all()
 
 
-def test_extreme_inputs_saturate_without_overflow(target):
-    """Pre-activations of +-1e4 saturate the gates; the stable sigmoid never overflows."""
-    host = np.full((2, 3, 2), 1e4)
-    host[1] *= -1
-    layer = target.lstm(2, 3, dtype="float64", seed=0)
+@pytest.mark.reference
+def test_extreme_inputs_saturate_without_overflow(target, path):
+    """Pre-activations of +-1e4 saturate the gates to exactly what torch.nn.LSTM gives; the
+    stable sigmoid never overflows (NumPy would warn, raised here as an error)."""
+    p = random_problem(2, 5, 3, 4, seed=0)
+    p["x"] = np.full((2, 5, 3), 1e4)
+    p["x"][1] *= -1
+    expected = torch_reference(p)
+    layer = on_path(layer_for(target, p, "float64"), path)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
-        y, _, _ = layer.forward(target.asarray(host))
-        y = xplstm.to_numpy(y)
-    assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
+        actual = forward_backward(layer, target, p)
+    assert_route(layer, path)
+    for name, value in actual.items():
+        assert_close(value, expected[name], like=layer, name=name)

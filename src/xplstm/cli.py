@@ -66,6 +66,11 @@ def info(args: argparse.Namespace) -> int:
         else:
             devices = ", ".join(str(d) for d in backend.devices())
             print(f"  {name:17s} {backend.version() or '':12s} devices: {devices}")
+    notes = {name: backends.get(name).precision() for name in backends.available()}
+    print("precision:")
+    for name, note in notes.items():
+        if note:
+            print(f"  {name:17s} {note}")
     print("self-check: LSTM forward and backward, batch 2, seq 5, float32, against numpy")
     results = self_check()
     for name, result in results.items():

@@ -1,0 +1,324 @@
+"""A mutation pass: plant plausible one-line bugs in the math, one at a time, and see which test
+catches each.
+
+    make mutate                       # every mutation (a few minutes)
+    .venv/bin/python scripts/mutate.py -k cell -k optim   # those whose file or id match
+    .venv/bin/python scripts/mutate.py --list             # the bugs, without running anything
+
+For each mutation the line is replaced in the working tree, then pytest runs twice at most:
+first only the tests marked ``reference`` (they compare with torch, Keras, finite
+differences or values worked out by hand: references independent of our code) in the files that
+guard the mutated module; if none fails, the remaining tests of those files (comparisons between
+two of our own paths, properties). The report says, per bug, the first test that failed and
+whether it was an independent reference; the score counts bugs caught by an independent
+reference. The file is restored after every mutation, also on Ctrl-C or SIGTERM; a copy of it
+waits in ``.mutate-backup/`` while it is mutated, so that even a killed run is undone by the next
+(``--restore`` alone does only that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKUP = ROOT / ".mutate-backup"
+
+#: The tests that guard each module, and the backends they run on for the pass (NumPy runs both
+#: paths, fast and written-once, in the reference tests; JAX's fast path needs JAX).
+GUARDS = {
+    "src/xplstm/cell.py": ["tests/test_reference.py", "tests/test_gradients.py"],
+    "src/xplstm/sequence.py": ["tests/test_reference.py", "tests/test_gradients.py"],
+    "src/xplstm/lstm.py": ["tests/test_reference.py", "tests/test_gradients.py"],
+    "backends/_numpy_fast.py": [
+        "tests/test_reference.py",
+        "tests/test_gradients.py",
+        "tests/test_fast_paths.py",
+    ],
+    "backends/jax.py": ["tests/test_reference.py", "tests/test_gradients.py"],
+    "backends/_cupy_fast.py": [
+        "tests/test_reference.py",
+        "tests/test_gradients.py",
+        "tests/test_fast_paths.py",
+    ],
+    "src/xplstm/optim.py": ["tests/test_optim.py"],
+    "src/xplstm/losses.py": ["tests/test_losses.py"],
+    "src/xplstm/linear.py": ["tests/test_linear.py"],
+}
+#: Checks shared by every mutation of a module, after its own guards: whole-model tests.
+BROAD = ["tests/test_state.py", "tests/test_training.py"]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """Replace ``old`` (which must occur exactly once in ``path``) with ``new``."""
+
+    path: str
+    old: str
+    new: str
+    backends: str = "numpy"
+
+    @property
+    def id(self) -> str:
+        return f"{Path(self.path).stem}: {self.old.strip()}  ->  {self.new.strip()}"
+
+
+def _m(path: str, old: str, new: str, backends: str = "numpy") -> Mutation:
+    return Mutation(path, old, new, backends)
+
+
+CELL, SEQ, FAST = "src/xplstm/cell.py", "src/xplstm/sequence.py", "backends/_numpy_fast.py"
+OPTIM, LOSSES, LINEAR = "src/xplstm/optim.py", "src/xplstm/losses.py", "src/xplstm/linear.py"
+
+MUTATIONS = [
+    # -- the cell: forward ---------------------------------------------------------------
+    _m(CELL, "return xp.where(z >= 0, r, e * r)", "return xp.where(z >= 0, r, e)"),
+    _m(CELL, "c = f * c_prev + i * g", "c = f * c_prev + o * g"),
+    _m(CELL, "return o * xp.tanh(c), c", "return o * xp.tanh(c_prev), c"),
+    _m(CELL, "g = xp.tanh(z[:, 3 * hidden :])", "g = sigmoid(xp, z[:, 3 * hidden :])"),
+    _m(
+        CELL,
+        "i, f, o = ifo[:, :hidden], ifo[:, hidden : 2 * hidden], ifo[:, 2 * hidden :]",
+        "i, o, f = ifo[:, :hidden], ifo[:, hidden : 2 * hidden], ifo[:, 2 * hidden :]",
+    ),
+    # -- the cell: backward --------------------------------------------------------------
+    _m(
+        CELL,
+        "dc = dc + dh * o * (1.0 - tanh_c * tanh_c)",
+        "dc = dc + dh * o * (1.0 - tanh_c)",
+    ),
+    _m(CELL, "di = dc * g * i * (1.0 - i)", "di = dc * g * (1.0 - i)"),
+    _m(CELL, "df = dc * c_prev * f * (1.0 - f)", "df = dc * c * f * (1.0 - f)"),
+    # A 1% error in the forget-gate block alone: sampled coordinates can miss a whole block.
+    _m(CELL, "df = dc * c_prev * f * (1.0 - f)", "df = dc * c_prev * f * (1.0 - f) * 1.01"),
+    _m(CELL, "do = dh * tanh_c * o * (1.0 - o)", "do = dc * tanh_c * o * (1.0 - o)"),
+    _m(CELL, "dg = dc * i * (1.0 - g * g)", "dg = dc * i * (1.0 - g)"),
+    _m(CELL, "return di, df, do, dg, dc * f", "return di, df, do, dg, dc"),
+    # -- the sequence driver -------------------------------------------------------------
+    _m(SEQ, "        outs.reverse()", "        pass"),
+    _m(
+        SEQ,
+        "z_x = xp.reshape(x_flat @ w[:inputs, :] + b, (batch, seq, four_h))",
+        "z_x = xp.reshape(x_flat @ w[:inputs, :], (batch, seq, four_h))",
+    ),
+    _m(SEQ, "z_x + h @ w_h", "z_x + c @ w_h"),
+    _m(SEQ, "dh = dh + xs_t[3]", "dh = xs_t[3]"),
+    _m(SEQ, "return (dz @ w_h_t, dc), (dz,)", "return (dz @ w_h_t + dh, dc), (dz,)"),
+    _m(SEQ, "cache.cells[:-1, ...]], axis=0)", "cache.cells[1:, ...]], axis=0)"),
+    _m(SEQ, "cache.hs[:-1, ...]], axis=0)", "cache.hs[1:, ...]], axis=0)"),
+    _m(SEQ, "d_b = xp.sum(dz_flat, axis=0)", "d_b = xp.mean(dz_flat, axis=0)"),
+    # -- the layer: omitted state must be zeros ------------------------------------------
+    _m(
+        "src/xplstm/lstm.py",
+        "return self.xp.zeros((batch, self.hidden_size), dtype=self.dtype, device=self.device)",
+        "return self.xp.full((batch, self.hidden_size), 0.5, dtype=self.dtype, device=self.device)",
+    ),
+    # -- NumPy's fast path (a restatement of the math) -----------------------------------
+    _m(FAST, "sign[: 3 * hidden] = -1.0", "sign[: 2 * hidden] = -1.0"),
+    _m(FAST, "ws.gates += b * sign", "ws.gates += b"),
+    _m(FAST, "np.multiply(f, c, out=c_t)", "np.multiply(i, c, out=c_t)"),
+    _m(FAST, "np.subtract(1.0, f, out=df)", "np.subtract(1.0, i, out=df)"),
+    _m(FAST, "df[:, 0] *= c0", "df[:, 0] *= h0"),
+    _m(FAST, "        a *= o", "        a *= i"),
+    _m(FAST, "dz_o *= dh", "dz_o *= dc"),
+    _m(FAST, "dc *= f_t", "dc *= dz_g"),
+    _m(FAST, "h_prev[:, 0] = h0", "h_prev[:, 0] = 0.0"),
+    _m(
+        FAST,
+        "return dx, dh, dc, d_w, dz_flat.sum(axis=0)",
+        "return dx, dh, dc, d_w, dz[:, 0].sum(axis=0)",
+    ),
+    _m(
+        FAST,
+        "return y, h.copy(), c.copy(), (x, h0, c0, y, ws)",
+        "return y, h.copy(), c, (x, h0, c0, y, ws)",
+    ),
+    # -- JAX's fast path: the loop direction ---------------------------------------------
+    _m(
+        "backends/jax.py",
+        "carry, xs, reverse=reverse)",
+        "carry, xs, reverse=False)",
+        backends="jax",
+    ),
+    # -- CuPy's fast path, run on NumPy through a stand-in cupy (tests/support.py) ----------
+    _m(
+        "backends/_cupy_fast.py",
+        "self._forward(self._xp, w, b, x, h0, c0, kernels=self._kernels)",
+        "self._forward(self._xp, w, b, x, c0, h0, kernels=self._kernels)",
+    ),
+    _m(
+        "backends/_cupy_fast.py",
+        "self._backward(self._xp, w, cache, dy, dh_n, dc_n, kernels=self._kernels)",
+        "self._backward(self._xp, w, cache, dy, dc_n, dh_n, kernels=self._kernels)",
+    ),
+    # -- optimizers and clipping ---------------------------------------------------------
+    _m(
+        OPTIM,
+        'velocity = self.momentum * self._buffer(state, "velocity", w) + g',
+        'velocity = self.momentum * self._buffer(state, "velocity", w) + (1 - self.momentum) * g',
+    ),
+    _m(OPTIM, "step_size = self.lr / (1.0 - beta1**self.steps)", "step_size = self.lr"),
+    _m(
+        OPTIM,
+        "denominator = xp.sqrt(v) / math.sqrt(1.0 - beta2**self.steps) + self.eps",
+        "denominator = xp.sqrt(v + self.eps) / math.sqrt(1.0 - beta2**self.steps)",
+    ),
+    _m(OPTIM, "(g / (xp.sqrt(v) + self.eps))", "(g / xp.sqrt(v + self.eps))"),
+    _m(OPTIM, "self.steps += 1", "self.steps = 1"),
+    _m(OPTIM, "norm = math.sqrt(float(total))", "norm = float(total)"),
+    _m(OPTIM, "scale = max_norm / (norm + 1e-6)", "scale = max_norm / norm"),
+    _m(OPTIM, "return w - self.lr * g, {}", "w -= self.lr * g; return w, {}  # noqa"),
+    # -- losses ----------------------------------------------------------------------------
+    _m(LOSSES, "diff * (2.0 * scale)", "diff * scale"),
+    _m(LOSSES, "xp.sum(diff * diff) * scale", "xp.sum(diff * diff)"),
+    _m(
+        LOSSES,
+        "shifted = logits - xp.max(logits, axis=-1, keepdims=True)",
+        "shifted = logits",
+    ),
+    _m(
+        LOSSES,
+        "xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))",
+        "xp.log(xp.sum(xp.exp(shifted), axis=0, keepdims=True))",
+    ),
+    _m(
+        LOSSES,
+        "return loss, (xp.exp(log_p) - xp.astype(chosen, logits.dtype)) * scale",
+        "return loss, (xp.exp(log_p) - xp.astype(chosen, logits.dtype))",
+    ),
+    _m(LOSSES, "scale = 1.0 / math.prod(targets.shape)", "scale = 1.0 / math.prod(logits.shape)"),
+    # -- the linear layer ------------------------------------------------------------------
+    _m(
+        LINEAR,
+        "y_flat = x_flat @ self.weights.values + self.bias.values",
+        "y_flat = x_flat @ self.weights.values - self.bias.values",
+    ),
+    _m(
+        LINEAR,
+        "self.bias.deltas = xp.sum(dy_flat, axis=0)",
+        "self.bias.deltas = xp.mean(dy_flat, axis=0)",
+    ),
+    _m(LINEAR, "dy_flat @ self.weights.values.T", "dy_flat @ self.weights.deltas.T"),
+]
+
+
+# -- applying and undoing ---------------------------------------------------------------------
+def restore_leftovers() -> list[str]:
+    """Put back any file a killed earlier run left mutated; returns their paths."""
+    restored = []
+    if BACKUP.is_dir():
+        for saved in BACKUP.rglob("*"):
+            if saved.is_file():
+                relative = saved.relative_to(BACKUP)
+                shutil.copy2(saved, ROOT / relative)  # contents and modification time
+                restored.append(str(relative))
+        shutil.rmtree(BACKUP)
+    return restored
+
+
+def check(mutation: Mutation) -> str:
+    """The file's text, after checking that ``old`` occurs in it exactly once."""
+    text = (ROOT / mutation.path).read_text()
+    count = text.count(mutation.old)
+    if count != 1:
+        raise SystemExit(
+            f"mutate: {mutation.path}: {mutation.old!r} occurs {count} times, not once; "
+            "the code changed: update MUTATIONS in scripts/mutate.py"
+        )
+    return text
+
+
+def _on_term(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM undoes the mutation as Ctrl-C does
+
+
+def run_pytest(files: list[str], marker: str, backends: str) -> tuple[str | None, float]:
+    """Run ``files`` restricted to ``marker``; the first failing test's id (or None), seconds."""
+    python = ROOT / ".venv" / "bin" / "python"
+    command = [
+        str(python if python.exists() else sys.executable), "-m", "pytest", "-x", "-q",
+        "-p", "no:cacheprovider", "-rfE", "--tb=no", "-m", marker, "--backend", backends, *files,
+    ]  # fmt: skip
+    # No bytecode: a .pyc of a mutated file could outlive it when restored within a second.
+    env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("XPLSTM_TEST_BACKENDS", None)
+    env.pop("XPLSTM_FAST_PATH", None)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode not in (0, 1, 5):  # 5: no test of that kind in these files
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise RuntimeError(f"pytest exited with {done.returncode}:\n{tail}")
+    failed = re.search(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
+    return (failed.group(1) if failed else None), seconds
+
+
+def mutate_and_test(mutation: Mutation) -> tuple[str, str | None, float]:
+    """Apply ``mutation``, run its guards, restore the file. Returns (verdict, test, seconds)."""
+    path = ROOT / mutation.path
+    text = check(mutation)
+    saved = BACKUP / mutation.path
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, saved)
+    files = GUARDS[mutation.path] + [f for f in BROAD if f not in GUARDS[mutation.path]]
+    try:
+        path.write_text(text.replace(mutation.old, mutation.new))
+        test, seconds = run_pytest(GUARDS[mutation.path], "reference", mutation.backends)
+        if test:
+            return "reference", test, seconds
+        test, more = run_pytest(files, "not reference", mutation.backends)
+        return ("ours only" if test else "survived"), test, seconds + more
+    finally:
+        restore_leftovers()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-k", action="append", default=[], help="only mutations whose id has this")
+    parser.add_argument("--list", action="store_true", help="list the mutations and stop")
+    parser.add_argument("--restore", action="store_true", help="only undo a killed run's changes")
+    args = parser.parse_args(argv)
+    for path in restore_leftovers():
+        print(f"mutate: restored {path}, left mutated by an earlier run that was killed")
+    if args.restore:
+        return 0
+    chosen = [m for m in MUTATIONS if not args.k or any(k in m.id for k in args.k)]
+    for mutation in chosen:
+        check(mutation)
+    if args.list:
+        print("\n".join(m.id for m in chosen))
+        return 0
+    previous = signal.signal(signal.SIGTERM, _on_term)
+    results: list[tuple[Mutation, str, str | None]] = []
+    try:
+        for number, mutation in enumerate(chosen, 1):
+            verdict, test, seconds = mutate_and_test(mutation)
+            results.append((mutation, verdict, test))
+            print(f"[{number}/{len(chosen)}] {verdict:9s} {mutation.id}", flush=True)
+            print(f"    {test or 'no test failed'}  ({seconds:.0f} s)", flush=True)
+    except KeyboardInterrupt:
+        print("mutate: interrupted; the tree is restored", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        restore_leftovers()
+    counts = {v: sum(r[1] == v for r in results) for v in ("reference", "ours only", "survived")}
+    print(
+        f"\nscore: {counts['reference']}/{len(results)} caught by an independent reference; "
+        f"{counts['ours only']} only by our own comparisons; {counts['survived']} survived"
+    )
+    for mutation, verdict, _ in results:
+        if verdict != "reference":
+            print(f"  {verdict}: {mutation.id}")
+    return 0 if counts["reference"] == len(results) == len(chosen) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
