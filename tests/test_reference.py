@@ -1,11 +1,19 @@
-"""Forward outputs and every gradient equal torch.nn.LSTM + autograd, on every backend."""
+"""Forward outputs and every gradient equal torch.nn.LSTM + autograd, on every backend and path."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tests.support import assert_close, forward_backward, layer_for, random_problem, torch_reference
+from tests.support import (
+    assert_close,
+    assert_route,
+    forward_backward,
+    layer_for,
+    on_path,
+    random_problem,
+    torch_reference,
+)
 
 pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
 pytestmark = pytest.mark.reference
@@ -20,11 +28,15 @@ SHAPES = {
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_matches_torch(target, shape, dtype):
+def test_matches_torch(target, path, shape, dtype):
+    """Each path a target has (fast, written-once, CuPy's through its seam on NumPy) on its
+    own: a failure names the code that is wrong."""
     p = random_problem(*shape, seed=sum(shape))
     expected = torch_reference(p)
-    layer = layer_for(target, p, dtype)
-    for name, value in forward_backward(layer, target, p).items():
+    layer = on_path(layer_for(target, p, dtype), path)
+    actual = forward_backward(layer, target, p)
+    assert_route(layer, path)
+    for name, value in actual.items():
         assert_close(value, expected[name], like=layer, name=name)
 
 
