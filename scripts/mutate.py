@@ -8,12 +8,12 @@ catches each.
 For each mutation the line is replaced in the working tree, then pytest runs twice at most:
 first only the tests marked ``reference`` (they compare with torch, Keras, finite
 differences or values worked out by hand: references independent of our code) in the files that
-guard the mutated module; if none fails, the remaining tests of those files (comparisons between
-two of our own paths, properties). The report says, per bug, the first test that failed and
-whether it was an independent reference; the score counts bugs caught by an independent
-reference. The file is restored after every mutation, also on Ctrl-C or SIGTERM; a copy of it
-waits in ``.mutate-backup/`` while it is mutated, so that even a killed run is undone by the next
-(``--restore`` alone does only that).
+guard the mutated module and in the whole-model files (``BROAD``); if none fails, the remaining
+tests of those files (comparisons between two of our own paths, properties). The report says,
+per bug, the first test that failed and whether it was an independent reference; the score
+counts bugs caught by an independent reference. The file is restored after every mutation, also
+on Ctrl-C or SIGTERM; a copy of it waits in ``.mutate-backup/`` while it is mutated, so that even
+a killed run is undone by the next (``--restore`` alone does only that).
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def mutate_and_test(mutation: Mutation) -> tuple[str, str | None, float]:
     files = GUARDS[mutation.path] + [f for f in BROAD if f not in GUARDS[mutation.path]]
     try:
         path.write_text(text.replace(mutation.old, mutation.new))
-        test, seconds = run_pytest(GUARDS[mutation.path], "reference", mutation.backends)
+        test, seconds = run_pytest(files, "reference", mutation.backends)
         if test:
             return "reference", test, seconds
         test, more = run_pytest(files, "not reference", mutation.backends)
