@@ -43,6 +43,11 @@ GUARDS = {
         "tests/test_gradients.py",
         "tests/test_fast_paths.py",
     ],
+    "backends/_numpy_jit.py": [
+        "tests/test_reference.py",
+        "tests/test_gradients.py",
+        "tests/test_fast_paths.py",
+    ],
     "backends/jax.py": ["tests/test_reference.py", "tests/test_gradients.py"],
     "backends/_cupy_fast.py": [
         "tests/test_reference.py",
@@ -76,6 +81,7 @@ def _m(path: str, old: str, new: str, backends: str = "numpy") -> Mutation:
 
 
 CELL, SEQ, FAST = "src/xplstm/cell.py", "src/xplstm/sequence.py", "backends/_numpy_fast.py"
+JIT = "backends/_numpy_jit.py"
 OPTIM, LOSSES, LINEAR = "src/xplstm/optim.py", "src/xplstm/losses.py", "src/xplstm/linear.py"
 
 MUTATIONS = [
@@ -123,24 +129,24 @@ MUTATIONS = [
     ),
     # -- NumPy's fast path (a restatement of the math) -----------------------------------
     _m(FAST, "sign[: 3 * hidden] = -1.0", "sign[: 2 * hidden] = -1.0"),
-    _m(FAST, "ws.gates += b * sign", "ws.gates += b"),
+    _m(FAST, "w[:inputs] * sign, b * sign)", "w[:inputs] * sign, b)"),
     _m(FAST, "np.multiply(f, c, out=c_t)", "np.multiply(i, c, out=c_t)"),
     _m(FAST, "np.subtract(1.0, f, out=df)", "np.subtract(1.0, i, out=df)"),
     _m(FAST, "df[:, 0] *= c0", "df[:, 0] *= h0"),
-    _m(FAST, "        a *= o", "        a *= i"),
+    _m(FAST, "    a *= o\n", "    a *= i\n"),
     _m(FAST, "dz_o *= dh", "dz_o *= dc"),
     _m(FAST, "dc *= f_t", "dc *= dz_g"),
-    _m(FAST, "h_prev[:, 0] = h0", "h_prev[:, 0] = 0.0"),
+    _m(FAST, "h_prev[0] = h0", "h_prev[0] = 0.0"),
+    _m(FAST, "dh, dc, d_w, dz_flat.sum(axis=0)", "dh, dc, d_w, dz_flat.mean(axis=0)"),
+    _m(FAST, "    return h.copy(), c.copy()", "    return h.copy(), c"),
+    # -- NumPy's compiled loop (numba): its restated tanh and its products -------------------
+    _m(JIT, "return t if x >= 0 else -t", "return t"),
     _m(
-        FAST,
-        "return dx, dh, dc, d_w, dz_flat.sum(axis=0)",
-        "return dx, dh, dc, d_w, dz[:, 0].sum(axis=0)",
+        JIT,
+        "for k in range(hidden - hidden % 4, hidden):",
+        "for k in range(hidden - hidden % 4, hidden - 1):",
     ),
-    _m(
-        FAST,
-        "return y, h.copy(), c.copy(), (x, h0, c0, y, ws)",
-        "return y, h.copy(), c, (x, h0, c0, y, ws)",
-    ),
+    _m(JIT, "s3 += d_k * w3[k]", "s3 += d_k * w2[k]"),
     # -- JAX's fast path: the loop direction ---------------------------------------------
     _m(
         "backends/jax.py",

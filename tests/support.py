@@ -189,27 +189,33 @@ STAND_IN_CUPY = SimpleNamespace(
 
 
 def paths_of(backend: str) -> list[str]:
-    """The routes through a sequence that tests run on ``backend``: ``"fast"`` where it has a
-    fast path, always ``"written-once"`` (``xplstm.sequence`` over ``xplstm.cell``), and on
-    NumPy also ``"cupy-seam"``: CuPy's fast path, run with :data:`STAND_IN_CUPY`."""
+    """The routes through a sequence that tests run on ``backend``: always ``"written-once"``
+    (``xplstm.sequence`` over ``xplstm.cell``); ``"fast"`` where it has a fast path, except on
+    NumPy, whose fast path has two time loops, ``"compiled"`` (numba, where installed) and
+    ``"ufuncs"``; and on NumPy also ``"cupy-seam"``: CuPy's fast path with :data:`STAND_IN_CUPY`."""
+    from xplstm.backends._numpy_fast import numba_installed
     from xplstm.lstm import fast_path_of
 
+    if backend == "numpy":
+        return ["compiled"] * numba_installed() + ["ufuncs", "written-once", "cupy-seam"]
     fast = fast_path_of(backends.get(backend)) is not None
-    paths = ["fast", "written-once"] if fast else ["written-once"]
-    return [*paths, "cupy-seam"] if backend == "numpy" else paths
+    return ["fast", "written-once"] if fast else ["written-once"]
 
 
 def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
     """``layer``, set to take ``path`` (one of :func:`paths_of`) from now on."""
-    layer.fast_path = path != "written-once"
-    if path == "cupy-seam":
-        from xplstm import cell, sequence
-        from xplstm.backends._cupy_fast import CuPyFastPath
+    from xplstm import cell, sequence
+    from xplstm.backends._cupy_fast import CuPyFastPath
+    from xplstm.backends._numpy_fast import NumPyFastPath
 
+    layer.fast_path = path != "written-once"
+    if path in ("compiled", "ufuncs"):  # what $XPLSTM_NUMPY_LOOP=path would have made
+        layer._fast = (layer._backend, NumPyFastPath(cell.KERNELS, loop=path))
+    if path == "cupy-seam":  # what LSTM._fast_path() would have made on CuPy
         seam = CuPyFastPath(
             STAND_IN_CUPY, layer.xp, sequence.forward, sequence.backward, cell.KERNELS
         )
-        layer._fast = (layer._backend, seam)  # what LSTM._fast_path() would have made on CuPy
+        layer._fast = (layer._backend, seam)
     return layer
 
 
@@ -218,9 +224,12 @@ def assert_route(layer: xplstm.LSTM, path: str) -> None:
     taken = layer._cache.path
     if path == "written-once":
         assert taken is None, "the fast path ran, not the written-once one"
-    else:
-        assert taken is not None, f"the written-once path ran, not the {path} one"
-        assert (type(taken).__name__ == "CuPyFastPath") == (path == "cupy-seam"), type(taken)
+        return
+    assert taken is not None, f"the written-once path ran, not the {path} one"
+    assert (type(taken).__name__ == "CuPyFastPath") == (path == "cupy-seam"), type(taken)
+    if path in ("compiled", "ufuncs"):
+        ran = "compiled" if layer._cache.saved[-1] else "ufuncs"
+        assert ran == path, f"NumPy's {ran} loop ran, not its {path} one"
 
 
 def random_problem(batch: int, seq: int, inputs: int, hidden: int, seed: int = 0) -> dict:
