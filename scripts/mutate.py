@@ -115,17 +115,17 @@ MUTATIONS = [
         "z_x = xp.reshape(x_flat @ w[:inputs, :] + b, (batch, seq, four_h))",
         "z_x = xp.reshape(x_flat @ w[:inputs, :], (batch, seq, four_h))",
     ),
-    _m(SEQ, "z_x + h @ w_h", "z_x + c @ w_h"),
-    _m(SEQ, "dh = dh + xs_t[3]", "dh = xs_t[3]"),
-    _m(SEQ, "return (dz @ w_h_t, dc), (dz,)", "return (dz @ w_h_t + dh, dc), (dz,)"),
+    _m(SEQ, "z = z_x + (h if h_drop", "z = z_x + (c if h_drop"),
+    _m(SEQ, "dh = dh + dy_t", "dh = dy_t"),
+    _m(SEQ, "dh_prev = dz @ w_h_t\n", "dh_prev = dz @ w_h_t + dh\n"),
     _m(SEQ, "cache.cells[:-1, ...]], axis=0)", "cache.cells[1:, ...]], axis=0)"),
     _m(SEQ, "cache.hs[:-1, ...]], axis=0)", "cache.hs[1:, ...]], axis=0)"),
     _m(SEQ, "d_b = xp.sum(dz_flat, axis=0)", "d_b = xp.mean(dz_flat, axis=0)"),
     # -- the layer: omitted state must be zeros ------------------------------------------
     _m(
         "src/xplstm/lstm.py",
-        "return self.xp.zeros((batch, self.hidden_size), dtype=self.dtype, device=self.device)",
-        "return self.xp.full((batch, self.hidden_size), 0.5, dtype=self.dtype, device=self.device)",
+        "zeros = self.xp.zeros((batch, size), dtype=self.dtype, device=self.device)",
+        "zeros = self.xp.full((batch, size), 0.5, dtype=self.dtype, device=self.device)",
     ),
     # -- NumPy's fast path (a restatement of the math) -----------------------------------
     _m(FAST, "sign[: 3 * hidden] = -1.0", "sign[: 2 * hidden] = -1.0"),
@@ -157,13 +157,13 @@ MUTATIONS = [
     # -- CuPy's fast path, run on NumPy through a stand-in cupy (tests/support.py) ----------
     _m(
         "backends/_cupy_fast.py",
-        "self._forward(self._xp, w, b, x, h0, c0, kernels=self._kernels)",
-        "self._forward(self._xp, w, b, x, c0, h0, kernels=self._kernels)",
+        "self._forward(self._xp, w, b, x, h0, c0, kernels=",
+        "self._forward(self._xp, w, b, x, c0, h0, kernels=",
     ),
     _m(
         "backends/_cupy_fast.py",
-        "self._backward(self._xp, w, cache, dy, dh_n, dc_n, kernels=self._kernels)",
-        "self._backward(self._xp, w, cache, dy, dc_n, dh_n, kernels=self._kernels)",
+        "self._backward(self._xp, w, cache, dy, dh_n, dc_n, kernels=",
+        "self._backward(self._xp, w, cache, dy, dc_n, dh_n, kernels=",
     ),
     # -- optimizers and clipping ---------------------------------------------------------
     _m(

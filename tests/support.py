@@ -210,26 +210,28 @@ def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
 
     layer.fast_path = path != "written-once"
     if path in ("compiled", "ufuncs"):  # what $XPLSTM_NUMPY_LOOP=path would have made
-        layer._fast = (layer._backend, NumPyFastPath(cell.KERNELS, loop=path))
+        paths = [NumPyFastPath(cell.KERNELS, loop=path) for _ in layer.recurrences]
+        layer._fast = (layer._backend, paths)
     if path == "cupy-seam":  # what LSTM._fast_path() would have made on CuPy
-        seam = CuPyFastPath(
-            STAND_IN_CUPY, layer.xp, sequence.forward, sequence.backward, cell.KERNELS
-        )
-        layer._fast = (layer._backend, seam)
+        paths = [
+            CuPyFastPath(STAND_IN_CUPY, layer.xp, sequence.forward, sequence.backward, cell.KERNELS)
+            for _ in layer.recurrences
+        ]
+        layer._fast = (layer._backend, paths)
     return layer
 
 
 def assert_route(layer: xplstm.LSTM, path: str) -> None:
     """The last forward of ``layer`` went by ``path``."""
-    taken = layer._cache.path
-    if path == "written-once":
-        assert taken is None, "the fast path ran, not the written-once one"
-        return
-    assert taken is not None, f"the written-once path ran, not the {path} one"
-    assert (type(taken).__name__ == "CuPyFastPath") == (path == "cupy-seam"), type(taken)
-    if path in ("compiled", "ufuncs"):
-        ran = "compiled" if layer._cache.saved[-1] else "ufuncs"
-        assert ran == path, f"NumPy's {ran} loop ran, not its {path} one"
+    for taken, saved in layer._cache.runs:  # one (fast path or None, cache) per recurrence
+        if path == "written-once":
+            assert taken is None, "the fast path ran, not the written-once one"
+            continue
+        assert taken is not None, f"the written-once path ran, not the {path} one"
+        assert (type(taken).__name__ == "CuPyFastPath") == (path == "cupy-seam"), type(taken)
+        if path in ("compiled", "ufuncs"):
+            ran = "compiled" if saved[-1] else "ufuncs"
+            assert ran == path, f"NumPy's {ran} loop ran, not its {path} one"
 
 
 def random_problem(batch: int, seq: int, inputs: int, hidden: int, seed: int = 0) -> dict:
