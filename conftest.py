@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.support import CANDIDATES, Target, paths_of, skip_reason
+from tests.support import CANDIDATES, Target, numpy_loops, paths_of, skip_reason
 from xplstm import backends
 
 ENV_VAR = "XPLSTM_TEST_BACKENDS"
@@ -55,18 +55,25 @@ def _selected(config: pytest.Config) -> list[tuple[str, str | None, str]]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``target``: every selected target. ``target`` with ``path``: each target once per route
     through the sequence it has, ``"fast"`` (where its backend has a fast path) and
-    ``"written-once"``, so that a reference test names the code that is wrong."""
+    ``"written-once"``, so that a reference test names the code that is wrong. ``target`` with
+    ``numpy_loop``: the numpy target once per NumPy loop, every other target once."""
     if "target" not in metafunc.fixturenames:
         return
     with_path = "path" in metafunc.fixturenames
+    with_loop = "numpy_loop" in metafunc.fixturenames
     params = []
     for backend, device, test_id in _selected(metafunc.config):
         reason = skip_reason(backend, device)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         value = None if reason else Target(backend, device, test_id)
-        if not with_path:
+        if with_loop:
+            for loop in numpy_loops() if backend == "numpy" else [None]:
+                loop_id = f"{test_id}-{loop}" if loop else test_id
+                params.append(pytest.param(value, loop, id=loop_id, marks=marks))
+        elif not with_path:
             params.append(pytest.param(value, id=test_id, marks=marks))
-            continue
-        for path in paths_of(backend) if value else ["written-once"]:
-            params.append(pytest.param(value, path, id=f"{test_id}-{path}", marks=marks))
-    metafunc.parametrize(("target", "path") if with_path else "target", params)
+        else:
+            for path in paths_of(backend) if value else ["written-once"]:
+                params.append(pytest.param(value, path, id=f"{test_id}-{path}", marks=marks))
+    names = ("target", "path") if with_path else ("target", "numpy_loop") if with_loop else "target"
+    metafunc.parametrize(names, params, indirect=["numpy_loop"] if with_loop else False)

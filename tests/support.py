@@ -188,16 +188,23 @@ STAND_IN_CUPY = SimpleNamespace(
 )
 
 
+def numpy_loops() -> list[str]:
+    """NumPy's fast-path time loops that can run here: ``"compiled"`` (numba, where installed)
+    and ``"ufuncs"``."""
+    from xplstm.backends._numpy_fast import numba_installed
+
+    return ["compiled"] * numba_installed() + ["ufuncs"]
+
+
 def paths_of(backend: str) -> list[str]:
     """The routes through a sequence that tests run on ``backend``: always ``"written-once"``
     (``xplstm.sequence`` over ``xplstm.cell``); ``"fast"`` where it has a fast path, except on
     NumPy, whose fast path has two time loops, ``"compiled"`` (numba, where installed) and
     ``"ufuncs"``; and on NumPy also ``"cupy-seam"``: CuPy's fast path with :data:`STAND_IN_CUPY`."""
-    from xplstm.backends._numpy_fast import numba_installed
     from xplstm.lstm import fast_path_of
 
     if backend == "numpy":
-        return ["compiled"] * numba_installed() + ["ufuncs", "written-once", "cupy-seam"]
+        return [*numpy_loops(), "written-once", "cupy-seam"]
     fast = fast_path_of(backends.get(backend)) is not None
     return ["fast", "written-once"] if fast else ["written-once"]
 

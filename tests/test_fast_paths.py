@@ -38,16 +38,12 @@ SHAPES = {
 }
 
 
-@pytest.fixture(params=["compiled", "ufuncs"])
-def numpy_loop(request, monkeypatch) -> str:
-    """Runs a NumPy test once per loop (``$XPLSTM_NUMPY_LOOP``); other backends run once."""
-    params = getattr(request.node, "callspec", None)
-    target = params.params.get("target") if params else None
-    if request.param == "ufuncs" and target is not None and target.backend != "numpy":
-        pytest.skip("the NumPy loops are NumPy's alone: run once per other backend")
-    if request.param == "compiled" and not numba_installed():
-        pytest.skip("numba is not installed (pip install 'xplstm[fast]')")
-    monkeypatch.setenv(LOOP_ENV, request.param)
+@pytest.fixture
+def numpy_loop(request, monkeypatch) -> str | None:
+    """The NumPy loop a test runs (``$XPLSTM_NUMPY_LOOP``): the root conftest gives the numpy
+    target each of ``support.numpy_loops()``, other targets ``None`` (no loop to choose)."""
+    if request.param is not None:
+        monkeypatch.setenv(LOOP_ENV, request.param)
     return request.param
 
 
@@ -238,16 +234,16 @@ def test_cupy_fast_path_runs_through_its_seam(monkeypatch):
 
 
 # -- the compiled NumPy loop: its restated exp and tanh, its choice, its on-disk cache --------
-def _compiled_or_skip(numpy_loop: str) -> None:
-    if numpy_loop != "compiled":
-        pytest.skip("a test of the compiled loop")
+def _compiled_or_skip() -> None:
+    if not numba_installed():
+        pytest.skip("numba is not installed (pip install 'xplstm[fast]')")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_compiled_exp_and_tanh_match_numpy(numpy_loop, dtype):
+def test_compiled_exp_and_tanh_match_numpy(dtype):
     """The two restated scalar functions agree with NumPy's exp and tanh to a few ulps, over
     their whole range, at the clamps, and for NaN and infinities."""
-    _compiled_or_skip(numpy_loop)
+    _compiled_or_skip()
     from numba import njit
 
     from xplstm.backends import _numpy_jit
@@ -308,9 +304,9 @@ for counts in ("cache_hits", "cache_misses"):
 """
 
 
-def test_a_second_process_loads_the_compiled_loop_from_disk(numpy_loop, tmp_path):
+def test_a_second_process_loads_the_compiled_loop_from_disk(tmp_path):
     """cache=True: the first process compiles and writes the loops, the next compiles nothing."""
-    _compiled_or_skip(numpy_loop)
+    _compiled_or_skip()
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), LOOP_ENV: "compiled"}
     counts = []
     for _ in range(2):
