@@ -145,14 +145,15 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_model(
     ("argv", "message"),
     [
         (["--steps", "0"], "--steps must be a positive int, got 0"),
-        (["--lr", "-1"], "--lr must be positive, got -1.0"),
+        (["--lr", "-1"], "--lr must be a positive finite number, got -1.0"),
         (["--seq-len", "1"], "--seq-len must be an int of at least 2, got 1"),
         (["--backend", "nope"], "unknown backend 'nope'; available here: "),
-        (["--clip", "0"], "--clip must be positive (the largest gradient norm), got 0.0"),
+        (["--clip", "0"], "--clip must be a positive finite number, got 0.0"),
+        (["--clip", "inf"], "--clip must be a positive finite number, got inf"),
         (["--dropout", "0.3"], "dropout acts between stacked layers"),
         (["--hidden", "8", "--proj-size", "8"], "proj_size must be smaller than hidden_size (8)"),
         (["--layers", "0"], "num_layers must be a positive int, got 0"),
-        (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+        (["--seed", "-1"], "--seed must be None or an int >= 0, got -1"),
         (
             ["--task", "text", "--seq-len", "18000"],
             "--seq-len 18000 is too long for the text task: its held-out text has",

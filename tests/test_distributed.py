@@ -349,7 +349,10 @@ def test_workers_without_the_models_backend_are_a_clear_error(client):
             {"x": data()[0].astype("float32")},
             "x has dtype float32 but the model computes in float64",
         ),
-        ({"x": data()[0][:, :, :2]}, "x has 2 features per step but the model takes 3"),
+        (
+            {"x": data()[0][:, :, :2]},
+            r"x must have shape \(rows, seq, features\) = \(\?, \?, 3\), got \(24, 5, 2\)",
+        ),
         ({"batch_size": ROWS + 1}, f"batch_size {ROWS + 1} is larger than the {ROWS} rows of x"),
         ({"shards": 9}, "a batch of 8 rows cannot be cut into 9 shards"),
     ],

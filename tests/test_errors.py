@@ -101,6 +101,18 @@ def test_unknown_backend():
         xplstm.LSTM(3, 4, backend="nunpy")
 
 
+@pytest.mark.parametrize("backend", [["numpy"], 3, b"numpy"])
+def test_a_backend_that_is_neither_a_name_nor_a_backend(backend):
+    with pytest.raises(TypeError, match=r"backend must be a name such as 'numpy' .* or a Backend"):
+        xplstm.LSTM(3, 4, backend=backend)
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, True, "0"])
+def test_a_bad_seed_is_named(seed):
+    with pytest.raises(ValueError, match=r"seed must be None or an int >= 0, got "):
+        xplstm.Linear(3, 4, seed=seed)
+
+
 @pytest.mark.parametrize(
     ("backend", "device", "message"),
     [

@@ -110,6 +110,9 @@ def test_from_torch_refuses_what_it_cannot_convert():
         ValueError, match=r"weight_hh_l0 must have shape .* = \(8, 2\), got \(8, 3\)"
     ):
         xplstm.LSTM.from_torch(bad)
+    for other, kind in (([1, 2, 3], "builtins.list"), (torch.nn.GRU(3, 2), r"torch\..*\.GRU")):
+        with pytest.raises(TypeError, match=f"got a {kind}, which is not a torch.nn.LSTM"):
+            xplstm.LSTM.from_torch(other)
 
 
 # -- Keras ------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def test_last_step_forward_and_gradient(target):
     one(target.asarray(y[:, :1, :]))
     assert tuple(one.backward(target.asarray(d_last)).shape) == (2, 1, 3)
     with pytest.raises(
-        ValueError, match=r"LastStep expects \(batch, seq, features\), got shape \(2, 3\)"
+        ValueError,
+        match=r"LastStep's input y must have shape \(batch, seq, features\) = \(\?, \?, \?\), "
+        r"got \(2, 3\)",
     ):
         step(target.asarray(d_last))
     with pytest.raises(

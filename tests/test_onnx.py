@@ -291,9 +291,17 @@ def test_export_refuses_what_it_cannot_export() -> None:
         with pytest.raises(ValueError, match=f"opset must be an int from {exporter.DEFAULT_OPSET}"):
             exporter.to_onnx(lstm, opset=opset)
     cases = [
-        (xplstm.Sequential(xplstm.LastStep(), lstm), r"layer 1 \(LSTM\) needs \(batch, seq"),
+        (
+            xplstm.Sequential(xplstm.LastStep(), lstm),
+            r"the input of layer 1 \(LSTM\) must have shape \(batch, seq, features\) = "
+            r"\(\?, \?, 3\)",
+        ),
         (xplstm.Sequential(lstm, xplstm.LastStep(), xplstm.LastStep()), r"layer 2 \(LastStep\)"),
-        (xplstm.Sequential(lstm, xplstm.Linear(4, 1)), r"layer 1 \(Linear\) takes 4 features"),
+        (
+            xplstm.Sequential(lstm, xplstm.Linear(4, 1)),
+            r"layer 1 \(Linear\) must have shape \(\.\.\., in_features\) = \(\?, \?, 4\), got "
+            r"\('batch', 'seq', 5\)",
+        ),
         (xplstm.Sequential(xplstm.LastStep()), "no LSTM or Linear layer"),
         (
             xplstm.Sequential(lstm, xplstm.Linear(5, 1, dtype="float64")),

@@ -173,7 +173,7 @@ def test_generate_samples_from_the_vocabulary_and_checks_the_model() -> None:
     with pytest.raises(ValueError, match=r"reads 2 and writes 1 classes.*not trained on"):
         generate(other, task, "HAMLET:\n", 5)
     for temperature in (0.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match=r"temperature must be a positive number"):
+        with pytest.raises(ValueError, match=r"temperature must be a positive finite number"):
             generate(model, task, "HAMLET:\n", 5, temperature=temperature)
     with pytest.raises(ValueError, match=r"length must be a positive int, got -3"):
         generate(model, task, "HAMLET:\n", -3)

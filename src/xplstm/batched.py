@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from xplstm import backends
-from xplstm.checks import positive_int
+from xplstm import backends, checks
 from xplstm.layer import dtype_name
 from xplstm.resolver import to_numpy
-from xplstm.sequential import Sequential
+from xplstm.sequential import Sequential, output
 from xplstm.types import Array
 
 
@@ -24,38 +23,26 @@ def on_model(model: Any, a: Any) -> Array:
     return backend.from_numpy(np.ascontiguousarray(to_numpy(a)), model.device)
 
 
-def output(result: Any) -> Array:
-    """A model's output: the first element when it returns a tuple (an LSTM's ``y``)."""
-    return result[0] if isinstance(result, tuple) else result
-
-
 def check_inputs(model: Any, x: Any, name: str) -> None:
     """A clear error unless ``x`` (any array with ``shape`` and ``dtype``: NumPy, a memory
-    map, Dask) is (rows, seq, features), with the model's features and dtype, and not empty."""
-    if getattr(x, "ndim", None) != 3:
-        shape = tuple(getattr(x, "shape", ()))
-        raise ValueError(f"{name} must be (rows, seq, features), got shape {shape}")
+    map, Dask) is (rows, seq, features), with the model's features and dtype, and not empty
+    (:func:`xplstm.checks.sequences`)."""
     first = model.layers[0] if isinstance(model, Sequential) else model
     features = getattr(first, "input_size", getattr(first, "in_features", None))
-    if x.shape[2] != features:
-        raise ValueError(
-            f"{name} has {x.shape[2]} features per step but the model takes {features}"
-        )
+    checks.sequences(name, tuple(getattr(x, "shape", ())), features, "(rows, seq, features)")
     dtype = dtype_name(model.dtype)
     if np.dtype(x.dtype).name != dtype:
         raise ValueError(
             f"{name} has dtype {x.dtype} but the model computes in {dtype}; convert it first "
             f"(x.astype({dtype!r})), or load the model with that dtype"
         )
-    if 0 in x.shape:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
 
 
 def predict(model: Any, x: Any, batch_size: int) -> np.ndarray:
     """``model(x)`` in evaluation mode (no dropout: a prediction is not random) on the host,
     run ``batch_size`` rows of ``x`` at a time so that memory stays bounded however many rows
     there are. Each layer's training mode is restored afterwards."""
-    positive_int("batch_size", batch_size)
+    checks.positive_int("batch_size", batch_size)
     layers = model.layers if isinstance(model, Sequential) else [model]
     modes = [(layer, layer.training) for layer in layers if hasattr(layer, "training")]
     for layer, _ in modes:

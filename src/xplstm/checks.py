@@ -1,11 +1,14 @@
-"""Argument checks shared by the layers, the tasks and the command line.
+"""Argument checks shared by the layers, the optimizers, the tasks and the command line.
 
 Each error names the argument as its caller spells it (``hidden_size`` for a layer, ``--steps``
-on the command line), so one check serves every place an integer is taken.
+on the command line), says what was expected and what came, so one check serves every place
+such an argument is taken, with one message.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 
@@ -15,3 +18,78 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> int:
         wanted = "a positive int" if minimum == 1 else f"an int of at least {minimum}"
         raise ValueError(f"{name} must be {wanted}, got {value!r}")
     return value
+
+
+def flag(name: str, value: Any) -> bool:
+    """``value`` when it is ``True`` or ``False`` (not 1, not None), else a ValueError."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def probability(name: str, value: Any) -> float:
+    """``value`` as a float when it is a probability in [0, 1), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def in_range(name: str, value: Any, low: float, high: float, *, low_open: bool) -> float:
+    """``value`` as a float when it is a real number in [low, high) (or (low, high) when
+    ``low_open``), else a ValueError; ``high`` itself is never accepted, so ``(0.0, inf)``
+    means a positive finite number."""
+    bracket = "(" if low_open else "["
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number in {bracket}{low}, {high}), got {value!r}")
+    value = float(value)
+    above = value > low if low_open else value >= low
+    if not (above and value < high):
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}), got {value}")
+    return value
+
+
+def positive(name: str, value: Any) -> float:
+    """``value`` as a float when it is a positive finite number, else a ValueError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0.0 < float(value) < math.inf
+    ):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def seed(value: Any, name: str = "seed") -> int | None:
+    """``value`` when it is ``None`` (fresh entropy) or an int >= 0, else a ValueError that
+    names ``name``, instead of NumPy's own words from deep inside the call."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+    return int(value)
+
+
+def shape(name: str, got: tuple[Any, ...], expected: tuple[int | None, ...], meaning: str) -> None:
+    """A ValueError unless ``got`` matches ``expected`` (``None``: any size) and has no empty
+    axis; ``meaning`` spells ``expected`` in words, e.g. ``"(batch, seq, input_size)"``."""
+    got = tuple(got)
+    if len(got) != len(expected) or any(
+        s is not None and s != n for s, n in zip(expected, got, strict=False)
+    ):
+        wanted = "(" + ", ".join("?" if s is None else str(s) for s in expected) + ")"
+        if len(expected) == 1:
+            wanted = wanted[:-1] + ",)"
+        raise ValueError(f"{name} must have shape {meaning} = {wanted}, got {got}")
+    if any(n == 0 for n in got):
+        raise ValueError(f"{name} has an empty axis: shape {got}")
+
+
+def sequences(
+    name: str,
+    got: tuple[Any, ...],
+    features: int | None = None,
+    meaning: str = "(batch, seq, features)",
+) -> None:
+    """The one check of a batch of sequences: a ValueError unless ``got`` is (batch, seq,
+    features), with ``features`` per step when given, and no empty axis."""
+    shape(name, got, (None, None, features), meaning)

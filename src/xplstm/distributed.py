@@ -41,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xplstm import backends, batched, checkpoint, optim
-from xplstm.checks import positive_int
+from xplstm.checks import positive, positive_int
 from xplstm.resolver import to_numpy
 from xplstm.sequential import Sequential
 from xplstm.types import Array
@@ -428,8 +428,9 @@ def fit(
     batch_size = positive_int("batch_size", batch_size)
     steps = positive_int("steps", steps)
     every = positive_int("every", every)
-    if clip is not None and not clip > 0.0:
-        raise ValueError(f"clip must be positive (the largest gradient norm) or None, got {clip}")
+    seed = positive_int("seed", seed, minimum=0)
+    if clip is not None:
+        positive("clip", clip)  # the largest gradient norm
     if [id(p) for p in optimizer.parameters] != [id(p) for p in model.parameters()]:
         raise ValueError(
             "the optimizer must be built on this model: optim.Adam(model.parameters())"

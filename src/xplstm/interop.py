@@ -68,7 +68,7 @@ def from_torch(source: Any) -> Imported:
     """The parameters of a ``torch.nn.LSTM`` (any ``num_layers``, ``bidirectional``,
     ``proj_size``, ``bias``), an ``nn.LSTMCell``, or the ``state_dict()`` of either; each
     recurrence's two biases are summed."""
-    state: Mapping[str, Any] = source.state_dict() if hasattr(source, "state_dict") else source
+    state = _torch_state(source)
     matches = {key: _TORCH_KEY.fullmatch(key) for key in state}
     strange = sorted(key for key, match in matches.items() if match is None)
     if strange or ("weight_ih_l0" not in state and "weight_ih" not in state):
@@ -108,6 +108,21 @@ def from_torch(source: Any) -> Imported:
                 f"holds weights for {attribute}={found!r}"
             )
     return Imported(recurrences, config, state["weight_ih" if cell else "weight_ih_l0"])
+
+
+def _torch_state(source: Any) -> Mapping[str, Any]:
+    """The ``state_dict()`` of ``source``, a TypeError unless it is a torch LSTM or LSTMCell
+    (or already a state dict): a GRU's weights have other shapes and another meaning."""
+    kinds = {f"{c.__module__}.{c.__qualname__}" for c in type(source).__mro__}
+    if kinds & {"torch.nn.modules.rnn.LSTM", "torch.nn.modules.rnn.LSTMCell"}:
+        return source.state_dict()
+    if isinstance(source, Mapping):
+        return source
+    kind = type(source)
+    raise TypeError(
+        f"from_torch takes a torch.nn.LSTM, an nn.LSTMCell or the state_dict() of one; got a "
+        f"{kind.__module__}.{kind.__qualname__}, which is not a torch.nn.LSTM"
+    )
 
 
 def _from_torch_recurrence(

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import array_api_compat
 import numpy as np
 
-from xplstm import backends
+from xplstm import backends, checks
 from xplstm.backends import Backend
 from xplstm.resolver import resolve, to_numpy
 from xplstm.types import Array
@@ -102,7 +102,7 @@ class Layer:
         """
         name_of_dtype = dtype_name(dtype)
         chosen, device = self._where(backend, device, [v for v, _, _ in given.values()])
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(checks.seed(seed))
         for name, (values, shape, meaning) in given.items():
             host = host_parameter(
                 name,
@@ -224,10 +224,4 @@ class Layer:
             raise TypeError(
                 f"{name} has dtype {a.dtype} but this layer computes in {self.dtype}; {fix}"
             )
-        expected = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
-        if a.ndim != len(shape) or any(
-            s is not None and s != n for s, n in zip(shape, a.shape, strict=True)
-        ):
-            raise ValueError(f"{name} must have shape {meaning} = {expected}, got {tuple(a.shape)}")
-        if any(n == 0 for n in a.shape):
-            raise ValueError(f"{name} has an empty axis: shape {tuple(a.shape)}")
+        checks.shape(name, tuple(a.shape), shape, meaning)

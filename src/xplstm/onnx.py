@@ -57,7 +57,7 @@ except ImportError as error:
     ) from error
 
 import xplstm
-from xplstm import interop
+from xplstm import checks, interop
 from xplstm.checkpoint import Model
 from xplstm.layer import dtype_name
 from xplstm.linear import Linear
@@ -202,12 +202,13 @@ def _model_input(graph: _Graph, layers: list[Any]) -> tuple[str, tuple[Any, ...]
 
 def _check_input(index: int, layer: Any, shape: tuple[Any, ...]) -> None:
     """A ValueError unless ``layer`` takes inputs of ``shape``."""
-    name = f"layer {index} ({type(layer).__name__})"
-    if isinstance(layer, LSTM | LastStep) and len(shape) != 3:
-        raise ValueError(f"{name} needs (batch, seq, features), but it gets {shape}")
-    size = layer.input_size if isinstance(layer, LSTM) else getattr(layer, "in_features", None)
-    if size is not None and size != shape[-1]:
-        raise ValueError(f"{name} takes {size} features, but it gets {shape[-1]}: {shape}")
+    name = f"the input of layer {index} ({type(layer).__name__})"
+    if isinstance(layer, LSTM | LastStep):
+        size = layer.input_size if isinstance(layer, LSTM) else None
+        checks.sequences(name, shape, size)
+    else:
+        expected = (*[None] * (len(shape) - 1), layer.in_features)
+        checks.shape(name, shape, expected, "(..., in_features)")
 
 
 def _reads_steps(layer: Any) -> bool:

@@ -16,19 +16,10 @@ from typing import Any
 
 import array_api_compat
 
-from xplstm import backends
+from xplstm import backends, checks
 from xplstm.layer import Weights, dtype_name
 from xplstm.resolver import to_numpy
 from xplstm.types import Array
-
-
-def _in_range(name: str, value: float, low: float, high: float, *, low_open: bool) -> float:
-    value = float(value)
-    above = value > low if low_open else value >= low
-    if not (above and value < high):
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}), got {value}")
-    return value
 
 
 def _check_deltas(index: int, param: Weights) -> None:
@@ -69,7 +60,7 @@ class Optimizer:
                     f"parameter {index} is a {type(param).__name__}, not xplstm.Weights; "
                     "pass model.parameters()"
                 )
-        self.lr = _in_range("lr", lr, 0.0, math.inf, low_open=True)
+        self.lr = checks.positive("lr", lr)
         #: Steps taken so far (Adam's bias correction counts them).
         self.steps = 0
         self._state: list[dict[str, Array]] = [{} for _ in self.parameters]
@@ -164,7 +155,7 @@ class SGD(Optimizer):
 
     def __init__(self, parameters: Iterable[Weights], lr: float, momentum: float = 0.0) -> None:
         super().__init__(parameters, lr)
-        self.momentum = _in_range("momentum", momentum, 0.0, 1.0, low_open=False)
+        self.momentum = checks.in_range("momentum", momentum, 0.0, 1.0, low_open=False)
 
     def _update(
         self, w: Array, g: Array, state: dict[str, Array]
@@ -189,10 +180,10 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(parameters, lr)
         self.betas = (
-            _in_range("betas[0]", betas[0], 0.0, 1.0, low_open=False),
-            _in_range("betas[1]", betas[1], 0.0, 1.0, low_open=False),
+            checks.in_range("betas[0]", betas[0], 0.0, 1.0, low_open=False),
+            checks.in_range("betas[1]", betas[1], 0.0, 1.0, low_open=False),
         )
-        self.eps = _in_range("eps", eps, 0.0, math.inf, low_open=False)
+        self.eps = checks.in_range("eps", eps, 0.0, math.inf, low_open=False)
 
     def _update(
         self, w: Array, g: Array, state: dict[str, Array]
@@ -218,8 +209,8 @@ class RMSProp(Optimizer):
         eps: float = 1e-8,
     ) -> None:
         super().__init__(parameters, lr)
-        self.alpha = _in_range("alpha", alpha, 0.0, 1.0, low_open=False)
-        self.eps = _in_range("eps", eps, 0.0, math.inf, low_open=False)
+        self.alpha = checks.in_range("alpha", alpha, 0.0, 1.0, low_open=False)
+        self.eps = checks.in_range("eps", eps, 0.0, math.inf, low_open=False)
 
     def _update(
         self, w: Array, g: Array, state: dict[str, Array]
@@ -237,7 +228,7 @@ def clip_grad_norm(parameters: Iterable[Weights], max_norm: float) -> float:
     when the norm is at most ``max_norm``, or is NaN (check ``math.isfinite`` on the result to
     catch a diverged run).
     """
-    max_norm = _in_range("max_norm", max_norm, 0.0, math.inf, low_open=True)
+    max_norm = checks.positive("max_norm", max_norm)
     params = list(parameters)
     if not params:
         return 0.0

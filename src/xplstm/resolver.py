@@ -26,6 +26,11 @@ def resolve(backend: str | Backend | None = None, *arrays: Any) -> Backend:
     """
     if isinstance(backend, Backend):
         return backend
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(
+            f"backend must be a name such as 'numpy' (see xplstm.backends.available()) or a "
+            f"Backend, got {backend!r}"
+        )
     name = backend or os.environ.get(ENV_VAR) or None
     if name is None:
         given = {backends.backend_of(a) for a in arrays if a is not None}

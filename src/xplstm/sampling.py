@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xplstm import backends
-from xplstm.checks import positive_int
+from xplstm import backends, checks
 from xplstm.resolver import to_numpy
 
 #: What text samples start from: a speaker's name, as in the play.
@@ -30,9 +29,8 @@ def generate(
     """
     if not prime:
         raise ValueError(f"prime must be at least one character, e.g. {PRIME!r}")
-    if not 0.0 < temperature < float("inf"):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
-    positive_int("length", length)
+    checks.positive("temperature", temperature)
+    checks.positive_int("length", length)
     rng = np.random.default_rng() if rng is None else rng
     lstm, head = model.layers[0], model.layers[-1]
     if (lstm.input_size, head.out_features) != (task.input_size, task.output_size):

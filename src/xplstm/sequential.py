@@ -7,15 +7,16 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from xplstm import backends
+from xplstm import backends, checks
 from xplstm.backends import Backend
 from xplstm.layer import Layer, Weights, dtype_name, last_forward
 from xplstm.resolver import to_numpy
 from xplstm.types import Array
 
 
-def _first(result: Any) -> Any:
-    """The array a layer passes on: the first element when it returns a tuple (as LSTM does)."""
+def output(result: Any) -> Any:
+    """The array a layer or model passes on: the first element when it returns a tuple (as
+    LSTM does, ``(y, h_n, c_n)``)."""
     return result[0] if isinstance(result, tuple) else result
 
 
@@ -35,9 +36,7 @@ class LastStep:
 
     def forward(self, y: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
         """``y[:, -1, :]`` for ``y`` (batch, seq, features), or ``y[b, lengths[b] - 1, :]``."""
-        if getattr(y, "ndim", None) != 3:
-            shape = tuple(getattr(y, "shape", ()))
-            raise ValueError(f"LastStep expects (batch, seq, features), got shape {shape}")
+        checks.sequences("LastStep's input y", tuple(getattr(y, "shape", ())))
         self._shape = tuple(y.shape)
         self._pick = None
         if lengths is None:
@@ -128,13 +127,13 @@ class Sequential:
         steps = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
         for layer in self.layers:
             reads = steps and getattr(layer, "reads_steps", False)
-            x = _first(layer.forward(x, **steps) if reads else layer.forward(x))
+            x = output(layer.forward(x, **steps) if reads else layer.forward(x))
         return x
 
     def backward(self, dy: Array) -> Array:
         """Back-propagate ``dy`` through every layer in reverse order; returns ``dx``."""
         for layer in reversed(self.layers):
-            dy = _first(layer.backward(dy))
+            dy = output(layer.backward(dy))
         return dy
 
     def parameters(self) -> list[Weights]:

@@ -25,8 +25,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 import xplstm
-from xplstm import checkpoint, optim, tasks
-from xplstm.checks import positive_int
+from xplstm import checkpoint, checks, optim, tasks
 from xplstm.resolver import resolve, to_numpy
 
 #: Examples per forward pass when evaluating, to bound memory on long sequences.
@@ -141,15 +140,10 @@ def _checked(settings: Settings) -> tuple[int, int, int, float]:
     hidden, batch, steps, lr = (settings.setting(n) for n in ("hidden", "batch", "steps", "lr"))
     counts = {"hidden": hidden, "batch": batch, "steps": steps, "eval-every": settings.eval_every}
     for name, value in counts.items():
-        positive_int(f"--{name}", value)
-    if not lr > 0.0:
-        raise ValueError(f"--lr must be positive, got {lr!r}")
-    if not settings.clip > 0.0:
-        raise ValueError(
-            f"--clip must be positive (the largest gradient norm), got {settings.clip}"
-        )
-    if settings.seed < 0:
-        raise ValueError(f"--seed must be 0 or more, got {settings.seed}")
+        checks.positive_int(f"--{name}", value)
+    checks.positive("--lr", lr)
+    checks.positive("--clip", settings.clip)  # the largest gradient norm
+    checks.seed(settings.seed, "--seed")
     if settings.threads < 0:
         raise ValueError(
             f"--threads must be 0 (the library's default) or more, got {settings.threads}"
@@ -157,7 +151,7 @@ def _checked(settings: Settings) -> tuple[int, int, int, float]:
     if settings.workers is not None and settings.scheduler is not None:
         raise ValueError("give --workers (a cluster on this machine) or --scheduler, not both")
     if settings.workers is not None:
-        positive_int("--workers", settings.workers)
+        checks.positive_int("--workers", settings.workers)
     return hidden, batch, steps, lr
 
 
