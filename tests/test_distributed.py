@@ -365,6 +365,28 @@ def test_bad_input_to_fit_is_a_clear_error(client, change, message):
         distributed.fit(model, optim.SGD(model.parameters(), lr=0.1), client=client, **options)
 
 
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        (np.zeros((ROWS, 3)), r"target has shape \(1, 3\) but prediction has \(1, 2\)"),
+        (np.zeros((ROWS, 2), dtype="float32"), "target has dtype float32 but prediction has"),
+    ],
+)
+def test_targets_the_loss_refuses_are_refused_before_any_work_is_sent(
+    client, monkeypatch, y, message
+):
+    """Checked on the driver: one clear error, no worker's "Compute Failed" per shard."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work was sent to the workers")
+
+    monkeypatch.setattr(client, "compute", refuse)
+    model = small_model()
+    with pytest.raises((ValueError, TypeError), match=rf"y does not fit .*: {message}"):
+        distributed.fit(model, optim.SGD(model.parameters(), lr=0.1), data()[0], y,
+                        loss=losses.mse, batch_size=8, steps=1, client=client)  # fmt: skip
+
+
 def test_errors_inside_a_call_on_the_default_client_come_out_as_they_are(client):
     model = small_model()
     x, y = data()

@@ -444,6 +444,7 @@ def fit(
         )
     if batch_size > rows:
         raise ValueError(f"batch_size {batch_size} is larger than the {rows} rows of x")
+    _check_targets(model, loss, x, y)
     position = {"seed": seed, "batch_size": batch_size, "rows": rows}
     history: list[float] = []
     if checkpoint is not None and os.path.exists(checkpoint):
@@ -515,6 +516,19 @@ def _resume(
 
 
 # -- input checks ---------------------------------------------------------------------------
+def _check_targets(model: Model, loss: Loss, x: Any, y: Any) -> None:
+    """The loss of the model's prediction for the first row, here: targets the loss refuses
+    (another shape, dtype) raise its own clear error before any work is sent, not once per
+    shard from the workers. Evaluation mode (see :func:`xplstm.batched.predict`), so no
+    dropout mask is drawn."""
+    prediction = batched.on_model(model, batched.predict(model, x[:1], 1))
+    try:
+        loss(prediction, batched.on_model(model, y[:1]))
+    except (ValueError, TypeError) as error:
+        message = f"y does not fit loss(model(x), y) (tried on the first row): {error}"
+        raise type(error)(message) from None
+
+
 def _check_inputs(model: Model, x: Any, name: str) -> None:
     """``x`` fits the model (see :func:`xplstm.batched.check_inputs`), chunked along rows only."""
     batched.check_inputs(model, x, name)
