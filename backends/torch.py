@@ -56,6 +56,11 @@ class TorchBackend(Backend):
             ) from error
         return super().parse_device(device)
 
+    def from_numpy(self, host: np.ndarray, device: Any) -> Any:
+        # torch shares a CPU array's memory, and warns when it is read-only (a memory map):
+        # copy those, as the contract says.
+        return super().from_numpy(host if host.flags.writeable else np.array(host), device)
+
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().resolve_conj().numpy()
 

@@ -88,6 +88,19 @@ def test_linear_alone_and_the_file_layout(tmp_path):
     }
 
 
+def test_a_checkpoint_records_the_mode_and_load_restores_it(tmp_path):
+    """A model saved in eval mode loads in eval mode (its dropout off), and in training mode
+    in training mode; restore leaves the mode the model has."""
+    lstm = xplstm.LSTM(2, 3, num_layers=2, dropout=0.5, seed=0)
+    for mode in (False, True):
+        checkpoint.save(tmp_path / "m.npz", xplstm.Sequential(lstm.train(mode), xplstm.LastStep()))
+        loaded = checkpoint.load(tmp_path / "m.npz", backend="numpy")
+        assert loaded.layers[0].training is mode
+    model = xplstm.Sequential(lstm.eval(), xplstm.LastStep())
+    assert checkpoint.restore(tmp_path / "m.npz", model) is None
+    assert lstm.training is False
+
+
 def test_save_refuses_what_it_cannot_describe(tmp_path):
     class Custom(xplstm.LastStep):
         pass

@@ -480,3 +480,23 @@ def test_a_file_named_distributed_py_that_hides_dask_is_named(tmp_path):
     )
     assert run.returncode == 1
     assert f"{tmp_path / 'distributed.py'} hides Dask's distributed package" in run.stderr
+
+
+def test_predict_passes_each_rows_lengths_or_mask_with_its_block(client, tmp_path):
+    """Blocks of rows take their rows' lengths or mask, from host or Dask x, and the command
+    line's --workers reads them from an .npz: the same outputs as the forward."""
+    model = small_model()
+    x, _ = data(10)
+    lengths = np.array([5, 1, 3, 5, 2, 4, 1, 5, 3, 2])
+    mask = np.random.default_rng(1).random((10, SEQ)) < 0.6
+    for given in (x, da.from_array(x, chunks=(4, SEQ, FEATURES))):
+        for steps in ({"lengths": lengths}, {"mask": mask}):
+            outputs = distributed.predict(model, given, client=client, batch_size=3, **steps)
+            assert_close(outputs, model(x, **steps), like=x, level="ulps")
+    assert np.abs(distributed.predict(model, x, client=client, lengths=lengths) - model(x)).max()
+    checkpoint.save(tmp_path / "m.npz", model)
+    np.savez(tmp_path / "x.npz", x=x, lengths=lengths)
+    files = ["--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "x.npz")]
+    on_cluster = ["--scheduler", client.scheduler.address]
+    assert cli.main(["predict", *files, "--output", str(tmp_path / "y.npy"), *on_cluster]) == 0
+    assert_close(np.load(tmp_path / "y.npy"), model(x, lengths=lengths), like=x, level="ulps")

@@ -98,6 +98,20 @@ def test_lstm_cell_and_bias_free_modules():
     assert no_bias.bias is None and not no_bias.use_bias and str(no_bias.dtype) == "float32"
 
 
+def test_a_layer_from_a_module_mirrors_its_mode():
+    """A module in eval mode gives a layer in eval mode (no dropout: torch's outputs); one in
+    training mode a layer in training mode; a state dict the default, training."""
+    module = torch_lstm(3, 4, num_layers=2, dropout=0.5).eval()
+    layer = xplstm.LSTM.from_torch(module, backend="numpy")
+    assert (layer.training, layer.dropout) == (False, 0.5)
+    p = random_problem(2, 5, 3, 4, seed=1)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(p["x"]))[0].numpy()
+    assert_close(layer(p["x"])[0], expected, like=layer, name="y")
+    assert xplstm.LSTM.from_torch(module.train()).training
+    assert xplstm.LSTM.from_torch(module.eval().state_dict()).training
+
+
 def test_from_torch_refuses_what_it_cannot_convert():
     state = torch.nn.LSTM(3, 2, num_layers=2).state_dict()
     del state["weight_hh_l1"]

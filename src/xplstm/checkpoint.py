@@ -8,10 +8,13 @@ as a 0-d string array, e.g.::
     {"format": "xplstm-checkpoint", "version": 1, "model": "Sequential", "dtype": "float32",
      "layers": [{"type": "LSTM", "input_size": 2, "hidden_size": 32, "num_layers": 2,
                  "bidirectional": false, "proj_size": 0, "use_bias": true, "dropout": 0.1,
-                 "recurrent_dropout": 0.0},
+                 "recurrent_dropout": 0.0, "training": false},
                 {"type": "LastStep"}, {"type": "Linear", "in_features": 32, "out_features": 1}]}
 
-Options missing from a description take their defaults, so older files still load.
+A layer with a training mode (an LSTM) records it as ``training``, and :func:`load` gives the
+model back in that mode (a model saved after ``model.eval()`` loads in evaluation mode).
+Options missing from a description take their defaults (training mode), so older files still
+load.
 
 Files are read with ``numpy.load(..., allow_pickle=False)``: nothing in them is ever unpickled,
 so a checkpoint from an untrusted source cannot run code. Parameters are stored on the host,
@@ -36,6 +39,7 @@ import numpy as np
 
 from xplstm import backends
 from xplstm.backends import Backend, BackendError
+from xplstm.layer import dtype_name
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
 from xplstm.optim import Optimizer
@@ -102,6 +106,8 @@ def model_arrays(model: Model) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         kind = type(layer).__name__
         recorded = (*LAYERS[kind][1], *OPTIONS.get(kind, ()))
         description.append({"type": kind} | {k: getattr(layer, k) for k in recorded})
+        if hasattr(layer, "training"):
+            description[-1]["training"] = layer.training
         if layer.parameters():
             for name, param in layer.named_parameters().items():
                 arrays[f"layers.{index}.{name}"] = to_numpy(param.values)
@@ -150,12 +156,17 @@ def save(
 
 
 def load(
-    path: str | os.PathLike[str], backend: str | Backend | None = None, device: Any = None
+    path: str | os.PathLike[str],
+    backend: str | Backend | None = None,
+    device: Any = None,
+    dtype: str | None = None,
 ) -> Model:
-    """Read a checkpoint written by :func:`save` onto ``backend`` and ``device``.
+    """Read a checkpoint written by :func:`save` onto ``backend`` and ``device``, in the
+    training or evaluation mode it was saved in.
 
     ``backend`` defaults as for a new layer: ``$XPLSTM_BACKEND``, else CuPy with a GPU, else
-    NumPy. Raises :class:`CheckpointError` saying what is wrong when the file is not an
+    NumPy. ``dtype`` (``"float32"``, ``"float64"``) converts the parameters; by default they
+    keep the file's. Raises :class:`CheckpointError` saying what is wrong when the file is not an
     ``.npz``, is truncated or corrupt, lacks an array, has another layout version, or holds
     arrays that do not fit the layers it describes.
     """
@@ -164,6 +175,9 @@ def load(
     arrays = _read(path)
     header = _header(path, arrays)
     _optimizer_arrays(arrays)
+    if dtype is not None:
+        header = header | {"dtype": dtype_name(dtype)}
+        arrays = {name: a.astype(header["dtype"]) for name, a in arrays.items()}
     return model_from_arrays(header, arrays, chosen, device, source=os.fspath(path))
 
 
@@ -203,6 +217,8 @@ def model_from_arrays(
             arrays |= {f"layers.{index}.{k}": v for k, v in found.items() if k not in names}
             kwargs |= _values_by_argument({name: found[name] for name in names})
             layer = cls(**kwargs, backend=chosen, device=device, dtype=header["dtype"])
+            if "training" in spec:
+                layer.train(spec["training"])
         except BackendError:
             raise  # the backend cannot hold these arrays (JAX without 64-bit floats): not the file
         except (ValueError, TypeError) as exc:
@@ -232,7 +248,7 @@ def restore(
     saved = _optimizer_arrays(arrays)
     expected, _ = model_arrays(model)
     for key in ("model", "dtype", "layers"):
-        if header[key] != expected[key]:
+        if _without_modes(header[key]) != _without_modes(expected[key]):
             raise CheckpointError(
                 f"{path} holds a {header['model']} {header['layers']} in {header['dtype']}, but "
                 f"the model is a {expected['model']} {expected['layers']} in {expected['dtype']}; "
@@ -259,6 +275,14 @@ def restore(
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: the optimizer state does not fit: {exc}") from None
     return header.get("training")
+
+
+def _without_modes(described: Any) -> Any:
+    """A description's ``layers`` without their training modes (which :func:`restore` leaves
+    as the model has them); other entries as they are."""
+    if not isinstance(described, list):
+        return described
+    return [{k: v for k, v in spec.items() if k != "training"} for spec in described]
 
 
 def _optimizer_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ xplstm info                       the backends found here, and whether they agre
 xplstm train --task adding        train an LSTM on a task; writes runs/adding/
 xplstm train --workers 4          the same, data-parallel on 4 local Dask worker processes
 xplstm generate --model runs/text/model.npz   sample text from a text model
-xplstm predict --model M.npz --input X.npy --output Y.npy [--workers N]   a model's outputs
+xplstm predict --model M.npz --input X.npz --output Y.npy [--workers N]   a model's outputs
 xplstm export --model runs/adding/model.npz --onnx adding.onnx   the model as an ONNX graph
 """
 
@@ -137,27 +137,30 @@ def export(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Write a model's outputs for every sequence of an .npy file (rows, seq, features) to
-    another .npy file: in this process, or spread over Dask workers with --workers or
-    --scheduler."""
-    model = checkpoint.load(args.model, backend=args.backend, device=args.device)
-    x = np.load(args.input, allow_pickle=False, mmap_mode="r")
+    """Write a model's outputs for every sequence of x (rows, seq, features) to an .npy (or
+    .npz) file: in this process, or spread over Dask workers with --workers or --scheduler.
+    x comes from an .npy, or from an .npz holding x with each row's lengths (rows,) or a mask
+    (rows, seq); --lengths and --mask name .npy files of those instead."""
+    from xplstm import files
+
+    inputs = files.read_inputs(args.input, lengths=args.lengths, mask=args.mask, dtype=args.dtype)
+    model = checkpoint.load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    steps = {"lengths": inputs.lengths, "mask": inputs.mask}
     if args.workers is None and args.scheduler is None:
         from xplstm import batched
 
-        batched.check_inputs(model, x, str(args.input))
-        y = batched.predict(model, x, args.batch_size)
+        batched.check_inputs(model, inputs.x, str(args.input), **steps)
+        y = batched.predict(model, inputs.x, args.batch_size, **steps)
     else:
         from xplstm import distributed  # only here: Dask is an optional dependency
 
         where = {"workers": args.workers, "scheduler": args.scheduler}
         with distributed.client_for(**where, timeout=args.connect_timeout) as client:
-            y = distributed.predict(model, x, client=client, batch_size=args.batch_size)
-    partial = Path(f"{args.output}.partial")
-    with open(partial, "wb") as file:
-        np.save(file, y)
-    partial.replace(args.output)
-    print(f"{args.output}: outputs {y.shape} {y.dtype} for {x.shape[0]} sequences")
+            y = distributed.predict(
+                model, inputs.x, client=client, batch_size=args.batch_size, **steps
+            )
+    files.write_outputs(args.output, y)
+    print(f"{args.output}: outputs {y.shape} {y.dtype} for {inputs.x.shape[0]} sequences")
     return 0
 
 
@@ -254,9 +257,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict_parser.add_argument("--model", required=True, help="a checkpoint (.npz)")
     predict_parser.add_argument(
-        "--input", required=True, type=Path, help="an .npy of (rows, seq, features)"
+        "--input",
+        required=True,
+        type=Path,
+        help="an .npy of x (rows, seq, features), or an .npz of x and lengths or mask",
     )
-    predict_parser.add_argument("--output", required=True, type=Path, help="where to write (.npy)")
+    predict_parser.add_argument(
+        "--output", required=True, type=Path, help="where to write: .npy, or .npz (as 'y')"
+    )
+    predict_parser.add_argument(
+        "--lengths", type=Path, help="an .npy of each row's length (rows,), right padding"
+    )
+    predict_parser.add_argument(
+        "--mask", type=Path, help="an .npy of booleans (rows, seq), True where a step counts"
+    )
+    predict_parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        help="compute in this dtype, converting the model and x (default: the model's)",
+    )
     predict_parser.add_argument(
         "--batch-size", type=int, default=256, help="sequences per forward pass"
     )

@@ -226,9 +226,12 @@ def _kind(device: Any) -> str:
     return re.sub(r"\d+", "", str(device))
 
 
-def _predict_block(replica: Replica, block: Any, batch_size: int) -> np.ndarray:
-    """On a worker: the model's output for ``block``, run ``batch_size`` rows at a time."""
-    return batched.predict(replica.build(), block, batch_size)
+def _predict_block(
+    replica: Replica, block: Any, batch_size: int, steps: dict[str, np.ndarray]
+) -> np.ndarray:
+    """On a worker: the model's output for ``block`` with its rows' ``lengths`` or ``mask``
+    (``steps``), run ``batch_size`` rows at a time."""
+    return batched.predict(replica.build(), block, batch_size, **steps)
 
 
 def _shard_gradients(
@@ -250,26 +253,42 @@ def _shard_gradients(
 
 # -- predict --------------------------------------------------------------------------------
 def predict(
-    model: Model, x: Any, *, client: Client | None = None, batch_size: int = PREDICT_BATCH
+    model: Model,
+    x: Any,
+    *,
+    client: Client | None = None,
+    batch_size: int = PREDICT_BATCH,
+    lengths: Any = None,
+    mask: Any = None,
 ) -> np.ndarray:
     """The model's output for every row of ``x``, computed on the cluster; a host NumPy array
-    equal to ``model.eval()(x)`` on one machine (an LSTM's ``y``): predictions run in evaluation
-    mode, without dropout.
+    equal to ``model.eval()(x, lengths=lengths, mask=mask)`` on one machine (an LSTM's ``y``):
+    predictions run in evaluation mode, without dropout.
 
     ``x`` (rows, seq, features) is a host NumPy array, cut into blocks of ``batch_size`` rows,
     or a Dask array chunked along the rows only (its chunks are the blocks, run ``batch_size``
-    rows at a time): the recurrence cannot cross chunks along time. The parameters travel
-    once per call, as one key of the task graph. ``client``: see :func:`fit`.
+    rows at a time): the recurrence cannot cross chunks along time. ``lengths`` (rows,) or
+    ``mask`` (rows, seq), host or Dask arrays, travel with the blocks of ``x``. The parameters
+    travel once per call, as one key of the task graph. ``client``: see :func:`fit`.
     """
     batch_size = positive_int("batch_size", batch_size)
-    _check_inputs(model, x, "x")
+    steps = {k: np.asarray(v) for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
+    _check_inputs(model, x, "x", **steps)
     blocks: Sequence[Any]
     if isinstance(x, da.Array):
         blocks = list(x.to_delayed().ravel())
+        stops = np.cumsum(x.chunks[0])
     else:
-        blocks = [x[start : start + batch_size] for start in range(0, x.shape[0], batch_size)]
+        stops = np.arange(batch_size, x.shape[0] + batch_size, batch_size)
+        blocks = [x[stop - batch_size : stop] for stop in stops]
+    starts = [0, *stops[:-1]]
     replica = dask.delayed(Replica.of(model), pure=False, traverse=False)
-    tasks = [dask.delayed(_predict_block, pure=False)(replica, b, batch_size) for b in blocks]
+    tasks = [
+        dask.delayed(_predict_block, pure=False)(
+            replica, block, batch_size, {k: v[start:stop] for k, v in steps.items()}
+        )
+        for block, start, stop in zip(blocks, starts, stops, strict=True)
+    ]
     with _using(client) as active:
         _check_workers(active, model.backend)
         outputs = active.gather(active.compute(tasks))
@@ -529,9 +548,10 @@ def _check_targets(model: Model, loss: Loss, x: Any, y: Any) -> None:
         raise type(error)(message) from None
 
 
-def _check_inputs(model: Model, x: Any, name: str) -> None:
-    """``x`` fits the model (see :func:`xplstm.batched.check_inputs`), chunked along rows only."""
-    batched.check_inputs(model, x, name)
+def _check_inputs(model: Model, x: Any, name: str, **steps: Any) -> None:
+    """``x`` (with ``lengths`` or ``mask``) fits the model (see
+    :func:`xplstm.batched.check_inputs`), chunked along rows only."""
+    batched.check_inputs(model, x, name, **steps)
     if isinstance(x, da.Array) and any(len(c) > 1 for c in x.chunks[1:]):
         raise ValueError(
             f"{name} is chunked along time or features (chunks {x.chunks[1:]}); the "

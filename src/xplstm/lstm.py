@@ -338,11 +338,14 @@ class LSTM(Layer):
         torch's two biases are summed. ``layer_kwargs`` go to :class:`LSTM` (``backend``,
         ``device``, ``dtype``, ``dropout``, ...); by default the layer lands where the tensors
         are, in their dtype. Feed it batch-first inputs whatever the module's ``batch_first``.
+        A layer made from a module takes its mode (``module.training``: ``eval()`` or
+        ``train()``) and its ``dropout``; one made from a state dict is in training mode.
         """
         imported = interop.from_torch(source)
         if "dropout" not in layer_kwargs and getattr(source, "dropout", 0.0):
             layer_kwargs["dropout"] = float(source.dropout)
-        return cls._imported(imported, layer_kwargs)
+        layer = cls._imported(imported, layer_kwargs)
+        return layer.train(bool(getattr(source, "training", True)))
 
     @classmethod
     def from_keras(cls, weights: Any, **layer_kwargs: Any) -> LSTM:
