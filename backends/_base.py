@@ -149,6 +149,15 @@ class Backend:
         """Start a new peak for :meth:`peak_memory`."""
 
     # -- speed --------------------------------------------------------------------------
+    def start_with_threads(self, count: int) -> str | None:
+        """Start the library now with ``count`` threads for its own pools, where that can only
+        be set before it starts, and say how (``None``: nothing of that kind to set).
+
+        BLAS, OpenMP and torch pools can be changed at any time (threadpoolctl, torch) and are
+        not set here.
+        """
+        return None
+
     def fast_path(self, forward: Callable, backward: Callable, kernels: Any) -> FastPath | None:
         """A new :class:`FastPath` for one layer, or ``None`` when this backend has none.
 

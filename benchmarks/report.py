@@ -29,22 +29,24 @@ def markdown(report: dict) -> str:
             "",
             f"**(B,T,I,H) = {config}**",
             "",
-            "| row | fwd ms | fwd x torch | fwd+bwd ms | fwd+bwd x torch | train step ms"
-            " | train x torch | GFLOP/s | of mm | step mm GFLOP/s | peak MB | peak / 5BTH |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| row | fwd ms | fwd x torch | fwd x best peer | fwd+bwd ms | fwd+bwd x torch"
+            " | fwd+bwd x best peer | train step ms | train x torch | train x best peer | GFLOP/s"
+            " | of mm | step mm GFLOP/s | peak MB | peak / 5BTH |",
+            "|---|" + "---:|" * 15,
         ]
         for name, modes in rows.items():
             f, fb = modes.get("forward", {}), modes.get("forward+backward", {})
             train = modes.get("train-step", {})
             both = fb or f or train
             lines.append(
-                f"| {name} | {_cell(f.get('median_ms'), '.2f')} "
-                f"| {_cell(f.get('ratio_to_torch'), '.2f')} "
-                f"| {_cell(fb.get('median_ms'), '.2f')} "
-                f"| {_cell(fb.get('ratio_to_torch'), '.2f')} "
-                f"| {_cell(train.get('median_ms'), '.2f')} "
-                f"| {_cell(train.get('ratio_to_torch'), '.2f')} "
-                f"| {_cell(both.get('gflops'), '.1f')} "
+                f"| {name} "
+                + "".join(
+                    f"| {_cell(mode.get('median_ms'), '.2f')} "
+                    f"| {_cell(mode.get('ratio_to_torch'), '.2f')} "
+                    f"| {_cell(mode.get('ratio_to_best_peer'), '.2f')} "
+                    for mode in (f, fb, train)
+                )
+                + f"| {_cell(both.get('gflops'), '.1f')} "
                 f"| {_cell(both.get('fraction_of_matmul'), '.0%')} "
                 f"| {_cell(both.get('step_matmul_gflops'), '.1f')} "
                 f"| {_cell(fb.get('peak_mb'), '.1f')} | {_cell(fb.get('peak_over_cache'), '.2f')} |"

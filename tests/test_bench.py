@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -14,7 +17,7 @@ from xplstm.cli import main
 def test_bench_json_report(capsys):
     code = main(
         ["bench", "--backends", "numpy", "--configs", "2,3,4,5", "--repeats", "1", "--warmup", "0",
-         "--no-reference", "--json"]
+         "--no-reference", "--no-keras", "--json"]
     )  # fmt: skip
     assert code == 0
     report = json.loads(capsys.readouterr().out)
@@ -33,7 +36,8 @@ def test_bench_json_report(capsys):
 def test_bench_reference_row(capsys):
     pytest.importorskip("torch", reason="torch.nn.LSTM is the reference")
     main(["bench", "--backends", "numpy", "--configs", "1,2,3,4", "--repeats", "1", "--warmup",
-          "0", "--modes", "forward", "--paths", "fast", "--no-naive", "--json"])  # fmt: skip
+          "0", "--modes", "forward", "--paths", "fast", "--no-naive", "--no-keras",
+          "--json"])  # fmt: skip
     rows = {r["row"]: r for r in json.loads(capsys.readouterr().out)["results"]}
     assert rows["torch.nn.LSTM"]["ratio_to_torch"] == 1.0
     assert rows["xplstm numpy fast"]["ratio_to_torch"] > 0
@@ -41,7 +45,8 @@ def test_bench_reference_row(capsys):
 
 def test_bench_table(capsys):
     main(["bench", "--backends", "numpy", "--configs", "1,2,3,4", "--repeats", "1",
-          "--modes", "forward", "--paths", "fast", "--no-naive", "--no-reference"])  # fmt: skip
+          "--modes", "forward", "--paths", "fast", "--no-naive", "--no-reference",
+          "--no-keras"])  # fmt: skip
     out = capsys.readouterr().out
     assert "(B,T,I,H) = (1, 2, 3, 4)  forward" in out
     assert "xplstm numpy fast" in out and "written-once" not in out and "naive" not in out
@@ -52,7 +57,7 @@ def test_bench_train_step_and_numpy_loops(capsys):
     xplstm row has one and the naive baseline has none; NumPy's loops run as their own rows."""
     main(["bench", "--backends", "numpy", "--configs", "3,4,2,5", "--repeats", "1", "--warmup",
           "0", "--modes", "train-step", "--paths", "fast,compiled,ufuncs", "--threads", "1",
-          "--clock", "cpu", "--json"])  # fmt: skip
+          "--clock", "cpu", "--no-keras", "--json"])  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     rows = {r["row"]: r for r in report["results"]}
     assert {r["mode"] for r in rows.values()} == {"train-step"}
@@ -72,14 +77,14 @@ def test_bench_train_step_and_numpy_loops(capsys):
         (["--configs", "1,2,3"], "a config is B,T,I,H as four positive ints"),
         (["--modes", "sideways"], "error: --modes takes forward, forward+backward, train-step"),
         (["--threads", "0"], "xplstm bench: error: --threads takes a positive count, got 0"),
-        (["--clock", "cpu"], "xplstm bench: error: --clock cpu reads the calling thread's CPU"),
+        (["--clock", "cpu"], "xplstm bench: error: --clock cpu reads the process's CPU time"),
         (["--paths", "slow"], "xplstm bench: error: --paths takes fast, written-once"),
         (["--backends", "nope"], "xplstm bench: error: unknown backend 'nope'"),
     ],
 )
 def test_bench_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as raised:
-        main(["bench", "--backends", "numpy", *argv])
+        main(["bench", "--backends", "numpy", "--no-keras", *argv])
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -90,7 +95,7 @@ def test_bench_a_bidirectional_stack_with_lengths(capsys):
     pytest.importorskip("torch", reason="torch.nn.LSTM is the reference")
     main(["bench", "--backends", "numpy", "--configs", "2,3,2,4", "--repeats", "1", "--warmup",
           "0", "--modes", "forward+backward", "--paths", "written-once", "--layers", "2",
-          "--bidirectional", "--lengths", "--json"])  # fmt: skip
+          "--bidirectional", "--lengths", "--no-keras", "--json"])  # fmt: skip
     rows = {(r["row"], r["mode"]): r for r in json.loads(capsys.readouterr().out)["results"]}
     label = " [2 layers, bidirectional, lengths]"
     assert rows["torch.nn.LSTM" + label, "forward+backward"]["ratio_to_torch"] == 1.0
@@ -100,3 +105,64 @@ def test_bench_a_bidirectional_stack_with_lengths(capsys):
     # Every recurrence's products: 2 layers, 2 directions, inputs 2 then 2 * 4.
     expected = sum(2.0 * 2 * 3 * (n + 4) * 4 * 4 * 2 for n in (2, 8))
     assert ours["gflops"] == pytest.approx(3 * expected / (ours["median_ms"] * 1e-3) / 1e9, 0.01)
+
+
+def test_bench_keras_peer_and_the_ratio_to_the_best_peer(capsys):
+    """Keras's LSTM on JAX runs as a peer row, with lengths as a mask, and every row
+    reads its ratio to the fastest peer of its mode (that peer reads 1.0)."""
+    from xplstm.bench import keras_peer
+
+    reason = keras_peer.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"Keras 3 on JAX is a peer: {reason}")
+    main(["bench", "--backends", "numpy", "--configs", "3,4,2,5", "--repeats", "1", "--warmup",
+          "0", "--modes", "forward+backward,train-step", "--paths", "fast", "--no-naive",
+          "--layers", "2", "--bidirectional", "--lengths", "--json"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    rows = {(r["row"], r["mode"]): r for r in report["results"]}
+    label = " [2 layers, bidirectional, lengths]"
+    peers = ["keras.layers.LSTM (jax)" + label]
+    if "torch" in backends.available():
+        peers.append("torch.nn.LSTM" + label)
+    for mode in ("forward+backward", "train-step"):
+        medians = {name: rows[name, mode]["median_ms"] for name in peers}
+        for name in [*peers, "xplstm numpy fast" + label]:
+            ratio = rows[name, mode]["median_ms"] / min(medians.values())
+            assert rows[name, mode]["ratio_to_best_peer"] == pytest.approx(ratio, rel=1e-3)
+        assert 1.0 in {rows[name, mode]["ratio_to_best_peer"] for name in peers}
+    assert rows[peers[0], "forward+backward"]["gflops"] > 0
+
+
+def test_bench_no_keras(capsys):
+    main(["bench", "--backends", "numpy", "--configs", "1,2,3,4", "--repeats", "1", "--warmup",
+          "0", "--modes", "forward", "--paths", "fast", "--no-naive", "--no-reference",
+          "--no-keras", "--json"])  # fmt: skip
+    rows = [r["row"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert rows == ["xplstm numpy fast"]
+
+
+_START = """
+import os, jax
+from xplstm import backends
+cpus = os.sched_getaffinity(0)
+print(backends.get("jax").start_with_threads(1))
+print(os.sched_getaffinity(0) == cpus, jax.numpy.ones(2).sum() == 2)
+print(backends.get("jax").start_with_threads(1))
+"""
+
+
+def test_jax_starts_with_the_threads_asked_for():
+    """XLA's flags are set before JAX starts, JAX starts on as many CPUs as threads asked for,
+    the CPUs are given back; once JAX has started it says so instead."""
+    if "jax" not in backends.available():
+        pytest.skip("jax is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-c", _START], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    assert out[0].startswith(f"XLA_FLAGS={flags}")
+    if len(os.sched_getaffinity(0)) > 1:
+        assert out[0].endswith(f"started on 1 of {len(os.sched_getaffinity(0))} CPUs")
+    assert out[1] == "True True"
+    assert out[2].startswith("not set: JAX had started already")

@@ -79,16 +79,35 @@ def threads_limited(count: int | None) -> Iterator[None]:
 
 
 def bench(args: argparse.Namespace) -> int:
-    """Benchmark xplstm against torch.nn.LSTM (see ``xplstm bench --help``)."""
+    """Benchmark xplstm against torch.nn.LSTM and Keras on JAX (see ``xplstm bench --help``)."""
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads takes a positive count, got {args.threads}")
     if args.clock == "cpu" and args.threads != 1:
-        raise ValueError("--clock cpu reads the calling thread's CPU time: it needs --threads 1")
+        raise ValueError("--clock cpu reads the process's CPU time: it needs --threads 1")
+    started = {}
+    if args.threads is not None:
+        names = args.backends or backends.available()
+        if args.keras and "jax" in backends.available():  # Keras's peer runs on JAX
+            names = [*names, "jax"]
+        started = started_with_threads(
+            args.threads, [n for n in backends.available() if n in names]
+        )
     with threads_limited(args.threads):
-        return _bench(args)
+        return _bench(args, started)
 
 
-def _bench(args: argparse.Namespace) -> int:
+def started_with_threads(count: int, names: list[str]) -> dict[str, str]:
+    """The backends ``names`` that must be told their threads before they start (JAX's XLA),
+    started now with ``count``; what each says it did."""
+    said = {}
+    for name in names:
+        note = backends.get(name).start_with_threads(count)
+        if note is not None:
+            said[name] = note
+    return said
+
+
+def _bench(args: argparse.Namespace, started: dict[str, str]) -> int:
     names = args.backends or [n for n in backends.available() if n not in NOT_BY_DEFAULT]
     for name in names:
         backends.get(name)  # a clear error for unknown or missing backends
@@ -105,7 +124,7 @@ def _bench(args: argparse.Namespace) -> int:
     for config in configs:
         rows, skipped = build_rows(
             names, args.paths, args.device, config, args.dtype, args.naive, args.reference,
-            structure,
+            structure, args.keras,
         )  # fmt: skip
         # The ceilings are measured again for every configuration, next to its timings.
         measured: dict[tuple[str, str], Ceilings] = {}
@@ -130,6 +149,7 @@ def _bench(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "threads": args.threads or "library defaults",
+        "started_with_threads": started,
         "clock": args.clock,
         "matmul_gflops": {k: statistics.median(v) for k, v in peaks.items()},
         "skipped": skipped,
@@ -141,7 +161,7 @@ def _bench(args: argparse.Namespace) -> int:
         print()
     else:
         print("\nmatmul GFLOP/s (same run):", report["matmul_gflops"])
-        print("threads:", report["threads"])
+        print("threads:", report["threads"], *(f"; {k}: {v}" for k, v in started.items()))
         if skipped:
             print("skipped:", "; ".join(skipped))
     return 0
@@ -150,7 +170,9 @@ def _bench(args: argparse.Namespace) -> int:
 def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``xplstm bench`` on the CLI's subparsers."""
     parser = subparsers.add_parser(
-        "bench", help=bench.__doc__, description="xplstm against torch.nn.LSTM, side by side."
+        "bench",
+        help=bench.__doc__,
+        description="xplstm against torch.nn.LSTM and Keras on JAX, side by side.",
     )
     parser.add_argument(
         "--backends", type=_names, default=None,
@@ -190,12 +212,17 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
         "--no-reference", dest="reference", action="store_false", help=f"skip {REFERENCE}"
     )
     parser.add_argument(
+        "--no-keras", dest="keras", action="store_false",
+        help="skip Keras's LSTM on JAX (a peer where keras and jax are installed)",
+    )  # fmt: skip
+    parser.add_argument(
         "--threads", type=int, default=None,
-        help="threads for every library's BLAS, OpenMP and torch pools (default: theirs)",
+        help="threads for every library's BLAS, OpenMP and torch pools and for XLA (default: "
+        "theirs)",
     )  # fmt: skip
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="wall",
-        help="wall: elapsed time; cpu: the thread's CPU time, steadier on a busy machine "
+        help="wall: elapsed time; cpu: the process's CPU time, steadier on a busy machine "
         "(needs --threads 1)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON report instead")

@@ -78,6 +78,8 @@ class Row:
     backend: Backend
     device: Any
     build: Callable[[], Runs]
+    #: Whether this row is another library's LSTM: every row's ratio to the best peer is read.
+    peer: bool = False
 
 
 def naive_runs(xp: Any, w: Any, b: Any, x: Any, dy: Any) -> Runs:
@@ -240,6 +242,28 @@ def device_for(backend: Backend, want: str) -> Any | None:
     return gpu if gpu is not None else backend.default_device()
 
 
+def _keras_rows(
+    want: str, config: Config, structure: Structure, host: tuple
+) -> tuple[list[Row], str | None]:
+    """Keras's LSTM on JAX as a peer row, or why it cannot run here."""
+    from xplstm.bench import keras_peer
+
+    reason = keras_peer.unavailable_reason() or backends.unavailable_reason("jax")
+    if reason is not None:
+        return [], f"{keras_peer.KERAS}: {reason}"
+    jax_backend = backends.get("jax")
+    device = device_for(jax_backend, want)
+    if device is None:
+        return [], f"{keras_peer.KERAS}: no {want} device"
+    host_x, host_dy, host_target, host_lengths = host
+
+    def build() -> Runs:
+        x, dy, target = (jax_backend.from_numpy(a, device) for a in (host_x, host_dy, host_target))
+        return keras_peer.keras_runs(config[3], x, dy, target, structure, host_lengths)
+
+    return [Row(keras_peer.KERAS + structure.label(), jax_backend, device, build, True)], None
+
+
 def build_rows(
     names: Sequence[str],
     paths: Sequence[str],
@@ -249,8 +273,10 @@ def build_rows(
     naive: bool,
     reference: bool,
     structure: Structure = PLAIN,
+    keras: bool = False,
 ) -> tuple[list[Row], list[str]]:
-    """The contenders for one configuration, and why any asked for is missing."""
+    """The contenders for one configuration, and why any asked for is missing; ``reference``
+    adds torch.nn.LSTM, ``keras`` Keras's LSTM on JAX (:mod:`.keras_peer`)."""
     batch, seq, inputs, hidden = config
     rng = np.random.default_rng(0)
     host_x = rng.standard_normal((batch, seq, inputs)).astype(dtype)
@@ -292,6 +318,7 @@ def build_rows(
                 return xplstm_runs(layer, x, dy, target, host_lengths)
 
             rows.append(Row(label, backend, device, build))
+    peers = []
     if reference and "torch" in backends.available():
         torch_backend = backends.get("torch")
         device = device_for(torch_backend, want) or torch_backend.default_device()
@@ -305,9 +332,18 @@ def build_rows(
                 lengths = torch_backend.from_numpy(host_lengths, torch_backend.default_device())
             return torch_runs(hidden, x, dy, target, structure, lengths)
 
-        rows.insert(0, Row(REFERENCE + structure.label(), torch_backend, device, build_reference))
+        peers.append(
+            Row(REFERENCE + structure.label(), torch_backend, device, build_reference, True)
+        )
     elif reference:
         skipped.append(f"{REFERENCE}: {backends.unavailable()['torch']}")
+    if keras:
+        found, reason = _keras_rows(
+            want, config, structure, (host_x, host_dy, host_target, host_lengths)
+        )
+        peers += found
+        skipped += [reason] if reason else []
+    rows = peers + rows
     if naive and structure == PLAIN:
 
         def build_naive() -> Runs:

@@ -40,6 +40,7 @@ class Result:
     times_ms: list[float]
     median_ms: float
     ratio_to_torch: float | None
+    ratio_to_best_peer: float | None  # to the fastest other library's LSTM in the same run
     gflops: float
     matmul_gflops: float
     fraction_of_matmul: float
@@ -54,10 +55,11 @@ def significant(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-#: What a timing reads: elapsed time, or the calling thread's CPU time (with one thread per
-#: library all the work runs on the calling thread, and on a shared machine the CPU time does
-#: not count the time the thread waited for a core).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+#: What a timing reads: elapsed time, or the process's CPU time (with one thread per library
+#: the work runs on one thread at a time, and on a shared machine the CPU time does not count
+#: the time it waited for a core). The process's, not the calling thread's: JAX runs compiled
+#: code on threads of its own.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def _timed(backend: Backend, run: Callable[[], Any], clock: str = "wall") -> float:
@@ -201,6 +203,7 @@ def run_config(
             (m for r, m in zip(mode_rows, medians, strict=True) if r.name.startswith(REFERENCE)),
             None,
         )
+        best_peer = min((m for r, m in zip(mode_rows, medians, strict=True) if r.peer), default=0)
         flops = flops_forward * (1 if mode == "forward" else 3)  # the LSTM's products only
         for row, row_times, median in zip(mode_rows, times[mode], medians, strict=True):
             gflops = flops / (median * 1e-3) / 1e9
@@ -215,6 +218,7 @@ def run_config(
                     times_ms=[significant(t) for t in row_times],
                     median_ms=significant(median),
                     ratio_to_torch=significant(median / reference) if reference else None,
+                    ratio_to_best_peer=significant(median / best_peer) if best_peer else None,
                     gflops=significant(gflops),
                     matmul_gflops=limits[row].matmul,
                     fraction_of_matmul=significant(gflops / limits[row].matmul),
