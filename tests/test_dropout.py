@@ -98,7 +98,8 @@ def test_masks_are_drawn_as_documented():
         assert abs((mask == 0).mean() - 0.25) < 0.01
     for mask in masks.recurrent:
         assert mask.shape == (200, 5) and abs((mask == 0).mean() - 0.5) < 0.05
-    assert layer.eval()._draw_dropout(2, 3) is None
+    none = layer.eval()._draw_dropout(2, 3)
+    assert all(mask is None for mask in (*none.recurrent, *none.between))
 
 
 def test_sequential_switches_its_layers():

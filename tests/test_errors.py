@@ -203,7 +203,7 @@ def test_bad_lengths(target):
         ([2, 0, 5], r"lengths must be in 1..seq = 1..5; row 1 has length 0 \(drop empty rows"),
         ([2, 6, 5], r"row 1 has length 6"),
         ([2, 3], r"lengths must have one length per row: 3, got 2"),
-        ([2.0, 3.0, 1.0], r"lengths must be a 1-D sequence of ints .* got float64"),
+        ([2.0, 3.0, 1.0], r"lengths must be a 1-D sequence of ints .* got 2.0 in row 0"),
         (target.asarray(np.ones((3, 1), "int32")), r"of shape \(3, 1\)"),
     ]:
         with pytest.raises(ValueError, match=message):

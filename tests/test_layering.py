@@ -14,7 +14,10 @@ CORE = ROOT / "src" / "xplstm"
 BACKENDS = ROOT / "backends"
 
 #: The modules that hold the math, written once against ``xp``.
-CORE_MATH = ("cell", "sequence", "layer", "lstm", "sequential", "linear", "losses", "optim")
+CORE_MATH = (
+    "cell", "sequence", "stack", "steps", "layer", "lstm", "sequential", "linear", "losses",
+    "optim",
+)  # fmt: skip
 ARRAY_LIBRARIES = ("numpy", "cupy", "torch", "jax", "jaxlib", "dask", "array_api_strict")
 #: Host-side NumPy for seeded initialisation, dropout masks and lengths: the one exception the
 #: architecture allows.
@@ -55,6 +58,21 @@ def test_core_math_names_no_array_library_and_no_backend_module(module):
     assert not libraries, f"xplstm/{module}.py imports {sorted(libraries)}"
     backend_modules = {name for name in found if _is_backend_module(name)}
     assert not backend_modules, f"xplstm/{module}.py imports {sorted(backend_modules)}"
+
+
+#: What of xplstm each of the stack's own modules may import: its floor. The stack is built
+#: on the steps and on nothing of the layer, so a backend can run it whole (see backends/).
+FLOORS = {
+    "stack": {"xplstm", "xplstm.steps", "xplstm.steps.Steps", "xplstm.types", "xplstm.types.Array"},
+    "steps": {"xplstm.resolver", "xplstm.resolver.to_numpy", "xplstm.types", "xplstm.types.Array"},
+}
+
+
+@pytest.mark.parametrize("module", FLOORS)
+def test_the_stack_stands_on_its_floor(module):
+    found = {name for name in imports(CORE / f"{module}.py") if name.split(".")[0] == "xplstm"}
+    above = found - FLOORS[module]
+    assert not above, f"xplstm/{module}.py imports {sorted(above)}, above its floor"
 
 
 @pytest.mark.parametrize("path", sorted(BACKENDS.glob("*.py")), ids=lambda p: p.name)

@@ -74,7 +74,7 @@ def test_last_step_keeps_each_rows_last_valid_step(target) -> None:
     expected = np.zeros((3, 4, 2))
     expected[[0, 1, 2], [1, 3, 0]] = 1.0
     np.testing.assert_array_equal(d, expected)
-    with pytest.raises(ValueError, match=r"lengths must be in 1..4, got \[2, 5, 1\]"):
+    with pytest.raises(ValueError, match=r"lengths must be in 1..seq = 1..4; row 1 has length 5"):
         last(target.asarray(y), lengths=[2, 5, 1])
 
 

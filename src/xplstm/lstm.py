@@ -1,7 +1,9 @@
-"""The LSTM layer: forward and backward over whole sequences, on any array-API backend.
+"""The LSTM layer: its parameters, configuration, modes and dropout generator.
 
-Stacked layers, reverse directions, variable lengths, masks and dropout are compositions here
-around the one recurrence of :mod:`xplstm.sequence` (one layer, one direction).
+The computation is elsewhere, written once: the stack (layers x directions, dropout between
+layers) in :mod:`xplstm.stack`, which steps count in :mod:`xplstm.steps`, and the one
+recurrence (one layer, one direction) in :mod:`xplstm.sequence`. This layer chooses, per
+recurrence, the backend's fast path or the written-once one, and keeps what backward needs.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ import math
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat
 import numpy as np
 
-from xplstm import backends, cell, interop, sequence
+from xplstm import backends, cell, interop, sequence, stack
 from xplstm.backends import Backend, FastPath
 from xplstm.checks import positive_int
 from xplstm.layer import Layer, Weights, dtype_name, host_parameter, last_forward
 from xplstm.resolver import to_numpy
+from xplstm.steps import Steps, all_steps, check_lengths, from_lengths, from_mask
 from xplstm.types import Array
 
 __all__ = ["LSTM", "Recurrence", "Weights"]
@@ -44,33 +47,21 @@ class Recurrence:
     projection: Weights | None
 
 
-@dataclass
-class _Steps:
-    """Which steps count, per direction, from ``lengths`` or ``mask`` (host-derived)."""
+class _Dropout(NamedTuple):
+    """Dropout masks of one forward (already scaled by 1 / (1 - p)), ``None`` where none acts."""
 
-    keep: tuple[Array | None, Array | None]  # (seq, batch, 1) booleans for the recurrence
-    out: tuple[Array | None, Array | None]  # (batch, seq, 1) factors zeroing y where no step
-    index: Array | None  # (batch*seq,) gather that reverses each row within its length
-
-
-_ALL_STEPS = _Steps((None, None), (None, None), None)
-
-
-@dataclass
-class _Dropout:
-    """Dropout masks of one training forward (already scaled by 1 / (1 - p))."""
-
-    recurrent: list[Array | None]  # per recurrence, (batch, out)
-    between: list[Array | None]  # per layer but the last, (batch, seq, D * out)
+    recurrent: tuple[Array | None, ...]  # per recurrence, (batch, out)
+    between: tuple[Array | None, ...]  # per layer but the last, (batch, seq, D * out)
 
 
 @dataclass
 class _Cache:
-    """What backward needs from forward: per recurrence who ran it and its saved state."""
+    """What backward needs from forward: per recurrence who ran it (None: the written-once
+    path) and its saved state, and the parameters and plan of the stack."""
 
-    runs: list[tuple[FastPath | None, Any]]  # FastPath None: xplstm.sequence
-    steps: _Steps
-    dropout: _Dropout | None
+    runs: list[tuple[FastPath | None, Any]]
+    params: list[stack.Params]
+    plan: stack.Plan
     batch: int
     seq: int
 
@@ -308,19 +299,21 @@ class LSTM(Layer):
         starts where ``dropout_seed(s)`` does."""
         self._dropout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
 
-    def _draw_dropout(self, batch: int, seq: int) -> _Dropout | None:
-        """This forward's masks, in the order: per layer, each direction's recurrent mask,
-        then the mask between it and the next layer."""
-        if not self.training or not (self.dropout or self.recurrent_dropout):
-            return None
+    def _draw_dropout(self, batch: int, seq: int) -> _Dropout:
+        """This forward's masks, drawn in the order: per layer, each
+        direction's recurrent mask, then the mask between it and the next layer (``None``
+        where no dropout acts)."""
         out, directions = self.output_size, self.directions
-        masks = _Dropout([], [])
+        recurrent: list[Array | None] = []
+        between: list[Array | None] = []
+        acts = self.training and (self.dropout or self.recurrent_dropout)
         for layer in range(self.num_layers):
             for _ in range(directions):
-                masks.recurrent.append(self._mask(self.recurrent_dropout, (batch, out)))
+                recurrent.append(self._mask(self.recurrent_dropout, (batch, out)) if acts else None)
             if layer < self.num_layers - 1:
-                masks.between.append(self._mask(self.dropout, (batch, seq, directions * out)))
-        return masks
+                shape = (batch, seq, directions * out)
+                between.append(self._mask(self.dropout, shape) if acts else None)
+        return _Dropout(tuple(recurrent), tuple(between))
 
     def _mask(self, p: float, shape: tuple[int, ...]) -> Array | None:
         if not p:
@@ -444,36 +437,27 @@ class LSTM(Layer):
         works as Keras's: a masked step keeps h and c and outputs the carried h (so zeros
         before the first unmasked step from a zero initial state, h0 from a given one), or
         zeros when bidirectional, as ``keras.layers.Bidirectional`` does; a reverse direction
-        reads the whole row backwards.
+        reads the whole row backwards. Values of ``x`` past each length or at masked steps
+        are never read: NaN there changes no output and no gradient.
         """
         self._check("x", x, (None, None, self.input_size), "(batch, seq, input_size)")
         batch, seq, _ = x.shape
         h0s = self._states("h0", h0, batch, self.output_size)
         c0s = self._states("c0", c0, batch, self.hidden_size)
-        steps = self._steps(lengths, mask, batch, seq)
-        dropout = self._draw_dropout(batch, seq)
-        runs, h_n, c_n = [], [], []
-        inputs = x
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(self.directions):
-                index = layer * self.directions + direction
-                given = inputs if direction == 0 else self._reverse(inputs, steps)
-                h_drop = dropout.recurrent[index] if dropout else None
-                y, h, c, run = self._run_forward(
-                    index, given, h0s[index], c0s[index], steps.keep[direction], h_drop
-                )
-                if steps.out[direction] is not None:
-                    y = y * steps.out[direction]
-                outputs.append(y if direction == 0 else self._reverse(y, steps))
-                runs.append(run)
-                h_n.append(h)
-                c_n.append(c)
-            inputs = outputs[0] if len(outputs) == 1 else self.xp.concat(outputs, axis=-1)
-            if dropout and layer < self.num_layers - 1 and dropout.between[layer] is not None:
-                inputs = inputs * dropout.between[layer]
-        self._cache = _Cache(runs, steps, dropout, batch, seq)
-        return inputs, self._stacked(h_n), self._stacked(c_n)
+        plan = stack.Plan(self._steps(lengths, mask, batch, seq), *self._draw_dropout(batch, seq))
+        params = [
+            stack.Params(r.weights.values, self._bias(k), _values(r.projection))
+            for k, r in enumerate(self.recurrences)
+        ]
+        taken: list[FastPath | None] = [None] * len(params)
+
+        def path(index: int, names: frozenset[str]) -> stack.Path:
+            taken[index] = self._fast_path(index, names)
+            return self._route(taken[index])
+
+        y, h_n, c_n, saved = stack.forward(self.xp, params, plan, x, h0s, c0s, path)
+        self._cache = _Cache(list(zip(taken, saved, strict=True)), params, plan, batch, seq)
+        return y, self._stacked(h_n), self._stacked(c_n)
 
     def backward(
         self, dy: Array | None, dh_n: Array | None = None, dc_n: Array | None = None
@@ -483,7 +467,8 @@ class LSTM(Layer):
         ``dy`` (batch, seq, D * out) is the gradient of the loss with respect to ``y``;
         ``dh_n`` and ``dc_n`` (shaped like ``h_n`` and ``c_n``) those with respect to the final
         state (zeros when omitted, and ``dy`` may be omitted too). Stores the parameter
-        gradients in every parameter's ``deltas`` and returns ``(dx, dh0, dc0)``.
+        gradients in every parameter's ``deltas`` and returns ``(dx, dh0, dc0)``. Values of
+        ``dy`` where ``y`` is zero by construction (past each length) are never read.
         """
         cache = last_forward(self._cache)
         batch, out, directions = cache.batch, self.output_size, self.directions
@@ -494,63 +479,34 @@ class LSTM(Layer):
             self._check("dy", dy, (batch, cache.seq, directions * out), meaning)
         dh_ns = self._states("dh_n", dh_n, batch, out)
         dc_ns = self._states("dc_n", dc_n, batch, self.hidden_size)
-        steps, grad = cache.steps, dy
-        dh0s, dc0s = [None] * len(dh_ns), [None] * len(dc_ns)
-        for layer in range(self.num_layers - 1, -1, -1):
-            if layer < self.num_layers - 1 and cache.dropout:  # grad: d(input of layer + 1)
-                between = cache.dropout.between[layer]
-                grad = grad if between is None else grad * between
-            d_inputs = None
-            for direction in range(self.directions):
-                index = layer * directions + direction
-                part = grad
-                if grad is not None and directions > 1:
-                    part = grad[:, :, direction * out : (direction + 1) * out]
-                if part is not None and direction == 1:
-                    part = self._reverse(part, steps)
-                if part is not None and steps.out[direction] is not None:
-                    part = part * steps.out[direction]
-                dx, dh0s[index], dc0s[index] = self._run_backward(
-                    index, cache.runs[index], part, dh_ns[index], dc_ns[index]
-                )
-                if direction == 1:
-                    dx = self._reverse(dx, steps)
-                d_inputs = dx if d_inputs is None else d_inputs + dx
-            grad = d_inputs
-        return grad, self._stacked(dh0s), self._stacked(dc0s)
-
-    def _run_forward(
-        self, index: int, x: Array, h0: Array, c0: Array, keep: Array | None, h_drop: Array | None
-    ) -> tuple[Array, Array, Array, tuple[FastPath | None, Any]]:
-        """One recurrence forward, on the fast path when it covers what this call needs."""
-        recurrence = self.recurrences[index]
-        optional = {"keep": keep, "w_proj": _values(recurrence.projection), "h_drop": h_drop}
-        optional = {name: value for name, value in optional.items() if value is not None}
-        path = self._fast_path(index, optional)
-        run = path.forward if path else partial(sequence.forward, self.xp)
-        y, h, c, saved = run(recurrence.weights.values, self._bias(index), x, h0, c0, **optional)
-        if path is None:  # a lazy library (Dask) computes now: graphs stay one recurrence deep
-            y, h, c, *fields = self._backend.persist([y, h, c, *saved])
-            saved = sequence.Cache(*fields)
-        return y, h, c, (path, saved)
-
-    def _run_backward(
-        self, index: int, run: tuple[FastPath | None, Any], dy: Array | None, dh: Array, dc: Array
-    ) -> tuple[Array, Array, Array]:
-        """One recurrence backward; stores its parameter gradients."""
-        recurrence = self.recurrences[index]
-        path, saved = run
-        optional = {"w_proj": recurrence.projection.values} if recurrence.projection else {}
-        back = path.backward if path else partial(sequence.backward, self.xp)
-        dx, dh0, dc0, d_w, d_b, d_proj = self._backend.persist(
-            list(back(recurrence.weights.values, saved, dy, dh, dc, **optional))
+        runs = cache.runs
+        dx, dh0s, dc0s, grads = stack.backward(
+            self.xp,
+            cache.params,
+            cache.plan,
+            [saved for _, saved in runs],
+            dy,
+            dh_ns,
+            dc_ns,
+            lambda index, _: self._route(runs[index][0]),
         )
-        recurrence.weights.deltas = d_w
-        if recurrence.bias is not None:
-            recurrence.bias.deltas = d_b
-        if recurrence.projection is not None:
-            recurrence.projection.deltas = d_proj
-        return dx, dh0, dc0
+        for recurrence, (d_w, d_b, d_proj) in zip(self.recurrences, grads, strict=True):
+            recurrence.weights.deltas = d_w
+            if recurrence.bias is not None:
+                recurrence.bias.deltas = d_b
+            if recurrence.projection is not None:
+                recurrence.projection.deltas = d_proj
+        return dx, self._stacked(dh0s), self._stacked(dc0s)
+
+    def _route(self, path: FastPath | None) -> stack.Path:
+        """A recurrence's forward and backward: the fast path's, or the written-once ones,
+        whose results a lazy library (Dask) computes at once, so graphs stay one recurrence
+        deep."""
+        if path is not None:
+            return path.forward, path.backward
+        return partial(_written_once, self._backend, self.xp), partial(
+            _written_once_backward, self._backend, self.xp
+        )
 
     def _bias(self, index: int) -> Array:
         """The recurrence's bias, or zeros without biases (whose gradient is dropped)."""
@@ -559,7 +515,7 @@ class LSTM(Layer):
             return bias.values
         return self.xp.zeros((4 * self.hidden_size,), dtype=self.dtype, device=self.device)
 
-    def _fast_path(self, index: int, optional: dict[str, Any]) -> FastPath | None:
+    def _fast_path(self, index: int, optional: frozenset[str]) -> FastPath | None:
         """The fast path of recurrence ``index`` on this backend (made once per backend),
         unless switched off or it does not cover the ``optional`` inputs of this call."""
         if not self.fast_path or os.environ.get(FAST_PATH_ENV, "1").strip().lower() in _OFF:
@@ -568,11 +524,11 @@ class LSTM(Layer):
             paths = [fast_path_of(self._backend) for _ in self.recurrences]
             self._fast = (self._backend, paths)
         path = self._fast[1][index]
-        return path if path is not None and set(optional) <= path.features else None
+        return path if path is not None and optional <= path.features else None
 
-    # -- lengths, masks and reversal ----------------------------------------------------
-    def _steps(self, lengths: Any, mask: Array | None, batch: int, seq: int) -> _Steps:
-        """Which steps count, from ``lengths`` or ``mask`` (read on the host)."""
+    # -- lengths and masks --------------------------------------------------------------
+    def _steps(self, lengths: Any, mask: Array | None, batch: int, seq: int) -> Steps:
+        """Which steps count, from ``lengths`` or ``mask`` (see :mod:`xplstm.steps`)."""
         if lengths is not None and mask is not None:
             raise ValueError(
                 "pass lengths (right padding, torch's semantics) or mask (any pattern, Keras's "
@@ -580,42 +536,11 @@ class LSTM(Layer):
             )
         if mask is not None:
             self._check("mask", mask, (batch, seq), "(batch, seq)", boolean=True)
-            kept = np.asarray(to_numpy(mask), dtype=bool)
-            if not self.bidirectional:
-                return _Steps((self._time_major(kept), None), (None, None), None)
-            # keras.layers.Bidirectional forces zero_output_for_mask on both its layers.
-            reverse = kept[:, ::-1]
-            keep = (self._time_major(kept), self._time_major(reverse))
-            return _Steps(keep, (self._factor(kept), self._factor(reverse)), None)
+            return from_mask(self.xp, mask, self.directions)
         if lengths is None:
-            return _ALL_STEPS
-        host = _host_lengths(lengths, batch, seq)
-        if (host == seq).all():
-            return _ALL_STEPS
-        t = np.arange(seq)
-        valid = t < host[:, None]
-        keep, out = self._time_major(valid), self._factor(valid)
-        within = np.where(valid, host[:, None] - 1 - t, t) + seq * np.arange(batch)[:, None]
-        # int32 where it suffices: JAX without 64-bit mode has no int64.
-        small = batch * seq < 2**31
-        flat = within.reshape(-1).astype(np.int32 if small else np.int64)
-        index = self._backend.from_numpy(flat, self.device)
-        return _Steps((keep, keep), (out, out), index)
-
-    def _time_major(self, kept: np.ndarray) -> Array:
-        return self._backend.from_numpy(np.ascontiguousarray(kept.T[:, :, None]), self.device)
-
-    def _factor(self, kept: np.ndarray) -> Array:
-        host = kept[:, :, None].astype(dtype_name(self.dtype))
-        return self._backend.from_numpy(host, self.device)
-
-    def _reverse(self, a: Array, steps: _Steps) -> Array:
-        """``a`` (batch, seq, features) with each row reversed in time (within its length)."""
-        if steps.index is None:
-            return self.xp.flip(a, axis=1)
-        batch, seq, features = a.shape
-        flat = self.xp.reshape(a, (batch * seq, features))
-        return self.xp.reshape(self.xp.take(flat, steps.index, axis=0), (batch, seq, features))
+            return all_steps(self.directions)
+        valid = check_lengths(lengths, batch, seq)
+        return from_lengths(self.xp, valid, seq, self.directions, self.device)
 
     # -- input state --------------------------------------------------------------------
     def _states(self, name: str, state: Array | None, batch: int, size: int) -> list[Array]:
@@ -684,23 +609,18 @@ def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
     return [values]
 
 
-def _host_lengths(lengths: Any, batch: int, seq: int) -> np.ndarray:
-    """``lengths`` as host int64, checked: ``batch`` of them, each in 1..seq."""
-    host = np.asarray(to_numpy(lengths) if not isinstance(lengths, (list, tuple)) else lengths)
-    if host.dtype.kind not in "iu" or host.ndim != 1:
-        raise ValueError(
-            f"lengths must be a 1-D sequence of ints (one per row), got {host.dtype} of shape "
-            f"{host.shape}"
-        )
-    if host.shape[0] != batch:
-        raise ValueError(f"lengths must have one length per row: {batch}, got {host.shape[0]}")
-    bad = np.flatnonzero((host < 1) | (host > seq))
-    if bad.size:
-        raise ValueError(
-            f"lengths must be in 1..seq = 1..{seq}; row {int(bad[0])} has length "
-            f"{int(host[bad[0]])} (drop empty rows, or pad x to the longest length)"
-        )
-    return host.astype(np.int64)
+def _written_once(
+    backend: Backend, xp: Any, *args: Any, **optional: Any
+) -> tuple[Array, Array, Array, sequence.Cache]:
+    """:func:`xplstm.sequence.forward`, computed at once by a lazy library."""
+    y, h, c, saved = sequence.forward(xp, *args, **optional)
+    y, h, c, *fields = backend.persist([y, h, c, *saved])
+    return y, h, c, sequence.Cache(*fields)
+
+
+def _written_once_backward(backend: Backend, xp: Any, *args: Any, **optional: Any) -> tuple:
+    """:func:`xplstm.sequence.backward`, computed at once by a lazy library."""
+    return tuple(backend.persist(list(sequence.backward(xp, *args, **optional))))
 
 
 def _torch_draw(

@@ -64,6 +64,7 @@ from xplstm.linear import Linear
 from xplstm.lstm import LSTM
 from xplstm.resolver import to_numpy
 from xplstm.sequential import LastStep, Sequential
+from xplstm.steps import reads_steps
 
 #: The opset written by default, and the lowest one this exporter writes: from opset 18 on,
 #: ``OptionalHasElement`` accepts an optional input that was not fed.
@@ -124,7 +125,7 @@ def to_onnx(
     graph = _Graph(dtype)
     lstm_count = sum(isinstance(layer, LSTM) for layer in layers)
     x, shape = _model_input(graph, layers)
-    lengths = _lengths_input(graph, x) if any(_reads_steps(layer) for layer in layers) else None
+    lengths = _lengths_input(graph, x) if any(reads_steps(layer) for layer in layers) else None
     for index, layer in enumerate(layers):
         _check_input(index, layer, shape)
         if isinstance(layer, LSTM):
@@ -209,11 +210,6 @@ def _check_input(index: int, layer: Any, shape: tuple[Any, ...]) -> None:
     else:
         expected = (*[None] * (len(shape) - 1), layer.in_features)
         checks.shape(name, shape, expected, "(..., in_features)")
-
-
-def _reads_steps(layer: Any) -> bool:
-    """Whether ``layer`` reads ``lengths`` in a ``Sequential`` (an LSTM or a LastStep)."""
-    return isinstance(layer, LSTM | LastStep)
 
 
 def _check_exportable(layer: LSTM) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
-import numpy as np
 
-from xplstm import backends, checks
+from xplstm import checks
 from xplstm.backends import Backend
-from xplstm.layer import Layer, Weights, dtype_name, last_forward
-from xplstm.resolver import to_numpy
+from xplstm.layer import Layer, Weights, last_forward
+from xplstm.steps import check_lengths, last_index, reads_steps
 from xplstm.types import Array
 
 
@@ -35,26 +34,17 @@ class LastStep:
         return self.forward(y, lengths=lengths, mask=mask)
 
     def forward(self, y: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
-        """``y[:, -1, :]`` for ``y`` (batch, seq, features), or ``y[b, lengths[b] - 1, :]``."""
+        """``y[:, -1, :]`` for ``y`` (batch, seq, features), or ``y[b, lengths[b] - 1, :]``
+        (only those steps are read)."""
         checks.sequences("LastStep's input y", tuple(getattr(y, "shape", ())))
-        self._shape = tuple(y.shape)
-        self._pick = None
+        batch, seq, features = self._shape = tuple(y.shape)
+        self._index = None
         if lengths is None:
             return y[:, -1, :]
-        batch, seq, _ = y.shape
-        host = np.asarray(lengths if isinstance(lengths, (list, tuple)) else to_numpy(lengths))
-        if host.shape != (batch,) or host.dtype.kind not in "iu" or not np.all(host >= 1):
-            raise ValueError(
-                f"lengths must be {batch} ints in 1..{seq}, one per row, got {host.tolist()}"
-            )
-        if np.any(host > seq):
-            raise ValueError(f"lengths must be in 1..{seq}, got {host.tolist()}")
-        pick = np.zeros((batch, seq, 1), dtype=dtype_name(y.dtype))
-        pick[np.arange(batch), host - 1] = 1.0
-        owner = backends.backend_of(y)
-        self._pick = owner.from_numpy(pick, array_api_compat.device(y))
         xp = array_api_compat.array_namespace(y)
-        return xp.sum(y * self._pick, axis=1)
+        valid = check_lengths(lengths, batch, seq)
+        self._index = last_index(xp, valid, seq, array_api_compat.device(y))
+        return xp.take(xp.reshape(y, (batch * seq, features)), self._index, axis=0)
 
     def backward(self, d_last: Array) -> Array:
         """The gradient with respect to the whole sequence: ``d_last`` at the step kept, zeros
@@ -66,16 +56,15 @@ class LastStep:
                 f"got {tuple(d_last.shape)}"
             )
         xp = array_api_compat.array_namespace(d_last)
+        where = array_api_compat.device(d_last)
         last = xp.expand_dims(d_last, axis=1)
-        if self._pick is not None:
-            return self._pick * last
+        if self._index is not None:
+            kept = xp.arange(batch * seq, dtype=self._index.dtype, device=where)
+            kept = xp.reshape(kept, (batch, seq, 1)) == xp.reshape(self._index, (batch, 1, 1))
+            return xp.where(kept, last, xp.zeros((), dtype=d_last.dtype, device=where))
         if seq == 1:
             return last
-        before = xp.zeros(
-            (batch, seq - 1, features),
-            dtype=d_last.dtype,
-            device=array_api_compat.device(d_last),
-        )
+        before = xp.zeros((batch, seq - 1, features), dtype=d_last.dtype, device=where)
         return xp.concat([before, last], axis=1)
 
     def parameters(self) -> list[Weights]:
@@ -126,7 +115,7 @@ class Sequential:
         read them (``LSTM``, ``LastStep``)."""
         steps = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
         for layer in self.layers:
-            reads = steps and getattr(layer, "reads_steps", False)
+            reads = steps and reads_steps(layer)
             x = output(layer.forward(x, **steps) if reads else layer.forward(x))
         return x
 
