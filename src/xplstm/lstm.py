@@ -17,9 +17,8 @@ from typing import Any, NamedTuple
 import array_api_compat
 import numpy as np
 
-from xplstm import backends, cell, interop, sequence, stack
+from xplstm import backends, cell, checks, interop, sequence, stack
 from xplstm.backends import Backend, FastPath
-from xplstm.checks import positive_int
 from xplstm.layer import Layer, Weights, dtype_name, host_parameter, last_forward
 from xplstm.resolver import to_numpy
 from xplstm.steps import Steps, all_steps, check_lengths, from_lengths, from_mask
@@ -155,11 +154,11 @@ class LSTM(Layer):
         seed: int | None = None,
         fast_path: bool = True,
     ) -> None:
-        self.input_size = positive_int("input_size", input_size)
-        self.hidden_size = positive_int("hidden_size", hidden_size)
-        self.num_layers = positive_int("num_layers", num_layers)
-        self.bidirectional = _flag("bidirectional", bidirectional)
-        self.use_bias = _flag("use_bias", use_bias)
+        self.input_size = checks.positive_int("input_size", input_size)
+        self.hidden_size = checks.positive_int("hidden_size", hidden_size)
+        self.num_layers = checks.positive_int("num_layers", num_layers)
+        self.bidirectional = checks.flag("bidirectional", bidirectional)
+        self.use_bias = checks.flag("use_bias", use_bias)
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
             raise ValueError(f"proj_size must be an int >= 0 (0: no projection), got {proj_size!r}")
         if proj_size >= hidden_size:
@@ -168,8 +167,8 @@ class LSTM(Layer):
                 "use proj_size=0 for no projection"
             )
         self.proj_size = proj_size
-        self.dropout = _probability("dropout", dropout)
-        self.recurrent_dropout = _probability("recurrent_dropout", recurrent_dropout)
+        self.dropout = checks.probability("dropout", dropout)
+        self.recurrent_dropout = checks.probability("recurrent_dropout", recurrent_dropout)
         if self.dropout and num_layers == 1:
             raise ValueError(
                 "dropout acts between stacked layers (on the outputs of all but the last), so "
@@ -286,7 +285,7 @@ class LSTM(Layer):
     # -- training mode and dropout ------------------------------------------------------
     def train(self, mode: bool = True) -> LSTM:
         """Training mode (the default): dropout acts. Returns self."""
-        self.training = _flag("mode", mode)
+        self.training = checks.flag("mode", mode)
         return self
 
     def eval(self) -> LSTM:
@@ -576,18 +575,6 @@ _OPTIONS = {
 
 def _values(weights: Weights | None) -> Array | None:
     return None if weights is None else weights.values
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _probability(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
-    return float(value)
 
 
 def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
