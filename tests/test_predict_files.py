@@ -115,7 +115,7 @@ def bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--input", str(tmp_path / "fake.npy")], "fake.npy is not an .npy file (it starts with"),
         (["--input", str(tmp_path / "no_x.npz")], "no_x.npz holds arrays ['inputs']; " + accepted),
         (["--input", str(tmp_path / "both.npz")], "give lengths (right padding"),
-        (["--input", str(tmp_path / "short.npz")], "lengths must be 7 ints (one per row of"),
+        (["--input", str(tmp_path / "short.npz")], "lengths must have one length per row: 7, got"),
         (["--input", str(tmp_path / "long.npz")], "lengths must be in 1..seq = 1..6; row 0 has"),
         (["--input", str(tmp_path / "int_mask.npz")], "mask must be booleans of shape (rows, seq)"),
         (["--input", str(tmp_path / "objects.npy")], "objects.npy holds Python objects"),

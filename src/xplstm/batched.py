@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xplstm import backends, checks
+from xplstm import backends, checks, steps
 from xplstm.layer import dtype_name
 from xplstm.resolver import to_numpy
 from xplstm.sequential import Sequential, output
@@ -39,28 +39,13 @@ def check_inputs(model: Any, x: Any, name: str, lengths: Any = None, mask: Any =
         )
     if lengths is None and mask is None:
         return
-    if lengths is not None and mask is not None:
-        raise ValueError(
-            "give lengths (right padding, torch's semantics) or mask (any pattern, Keras's "
-            "semantics), not both"
-        )
+    steps.one_of(lengths, mask)
     layers = model.layers if isinstance(model, Sequential) else [model]
-    if not any(getattr(layer, "reads_steps", False) for layer in layers):
+    if not any(steps.reads_steps(layer) for layer in layers):
         raise ValueError("the model has no LSTM or LastStep layer to read lengths or a mask")
     rows, seq = x.shape[0], x.shape[1]
     if lengths is not None:
-        kind, shape = np.dtype(lengths.dtype).kind, tuple(lengths.shape)
-        if kind not in "iu" or shape != (rows,):
-            raise ValueError(
-                f"lengths must be {rows} ints (one per row of {name}), got {lengths.dtype} of "
-                f"shape {shape}"
-            )
-        bad = np.flatnonzero((np.asarray(lengths) < 1) | (np.asarray(lengths) > seq))
-        if bad.size:
-            raise ValueError(
-                f"lengths must be in 1..seq = 1..{seq}; row {int(bad[0])} has length "
-                f"{int(lengths[bad[0]])}"
-            )
+        steps.check_lengths(lengths, rows, seq)
     if mask is not None and (np.dtype(mask.dtype).kind != "b" or tuple(mask.shape) != (rows, seq)):
         raise ValueError(
             f"mask must be booleans of shape (rows, seq) = {(rows, seq)} like {name}'s first two "

@@ -21,7 +21,7 @@ from xplstm import backends, cell, checks, interop, sequence, stack
 from xplstm.backends import Backend, FastPath
 from xplstm.layer import Layer, Weights, dtype_name, host_parameter, last_forward
 from xplstm.resolver import to_numpy
-from xplstm.steps import Steps, all_steps, check_lengths, from_lengths, from_mask
+from xplstm.steps import Steps, all_steps, check_lengths, from_lengths, from_mask, one_of
 from xplstm.types import Array
 
 __all__ = ["LSTM", "Recurrence", "Weights"]
@@ -528,11 +528,7 @@ class LSTM(Layer):
     # -- lengths and masks --------------------------------------------------------------
     def _steps(self, lengths: Any, mask: Array | None, batch: int, seq: int) -> Steps:
         """Which steps count, from ``lengths`` or ``mask`` (see :mod:`xplstm.steps`)."""
-        if lengths is not None and mask is not None:
-            raise ValueError(
-                "pass lengths (right padding, torch's semantics) or mask (any pattern, Keras's "
-                "semantics), not both"
-            )
+        one_of(lengths, mask)
         if mask is not None:
             self._check("mask", mask, (batch, seq), "(batch, seq)", boolean=True)
             return from_mask(self.xp, mask, self.directions)

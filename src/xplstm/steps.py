@@ -30,6 +30,15 @@ class Steps(NamedTuple):
     index: Array | None  # (batch * seq,): reverses each row within its length; None: flip
 
 
+def one_of(lengths: Any, mask: Any) -> None:
+    """A ValueError when both ``lengths`` and ``mask`` are given."""
+    if lengths is not None and mask is not None:
+        raise ValueError(
+            "pass lengths (right padding, torch's semantics) or mask (any pattern, Keras's "
+            "semantics), not both"
+        )
+
+
 def check_lengths(lengths: Any, batch: int, seq: int) -> list[int]:
     """``lengths`` (a sequence or 1-D integer array, one per row) as ints, each in 1..seq;
     the one check of ``lengths`` everywhere (layer, ``LastStep``), with one message."""
