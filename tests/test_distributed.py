@@ -402,8 +402,11 @@ def test_a_model_on_dask_is_refused(client):
 
 
 # -- the command line -----------------------------------------------------------------------
-def test_train_on_a_scheduler_equals_the_local_run(client, tmp_path, capsys):
-    argv = ["train", "--seq-len", "10", "--hidden", "8", "--batch", "8", "--steps", "4"]
+@pytest.mark.parametrize("task", ["adding", "adding-lengths"])
+def test_train_on_a_scheduler_equals_the_local_run(client, tmp_path, capsys, task):
+    """The variable-length task too: each row's lengths go to the workers with its row."""
+    argv = ["train", "--task", task, "--seq-len", "10", "--hidden", "8", "--batch", "8"]
+    argv += ["--steps", "4"]
     assert cli.main([*argv, "--out", str(tmp_path / "here"), "--quiet"]) == 0
     on_cluster = ["--scheduler", client.scheduler.address]
     assert cli.main([*argv, "--out", str(tmp_path / "there"), "--quiet", *on_cluster]) == 0
@@ -480,6 +483,17 @@ def test_a_file_named_distributed_py_that_hides_dask_is_named(tmp_path):
     )
     assert run.returncode == 1
     assert f"{tmp_path / 'distributed.py'} hides Dask's distributed package" in run.stderr
+
+
+def test_fit_with_lengths_or_a_mask_equals_a_plain_loop(client):
+    """Each row's lengths or mask travel with the row to its shard: two workers end where one
+    shard (a single-process loop over the same batches) ends."""
+    lengths = np.random.default_rng(2).integers(1, SEQ + 1, size=ROWS)
+    mask = np.random.default_rng(3).random((ROWS, SEQ)) < 0.7
+    for steps in ({"lengths": lengths}, {"mask": mask}, {"lengths": da.from_array(lengths)}):
+        runs = [run_fit(client, shards=shards, **steps) for shards in (1, 2)]
+        assert_same(runs[1], runs[0], atol=1e-12)
+        assert not np.allclose(runs[0][1][0], run_fit(client, shards=1)[1][0])
 
 
 def test_predict_passes_each_rows_lengths_or_mask_with_its_block(client, tmp_path):

@@ -235,20 +235,28 @@ def _predict_block(
 
 
 def _shard_gradients(
-    replica: Replica, loss: Loss, x: Any, y: Any, dropout_seed: int
+    replica: Replica, loss: Loss, x: Any, y: Any, dropout_seed: int, per_row: dict[str, Any]
 ) -> tuple[float, list[np.ndarray]]:
-    """On a worker: the loss of one shard and its parameter gradients, on the host. Dropout
-    masks (in training mode) are drawn from ``dropout_seed``, so a recomputed shard draws the
-    same ones."""
+    """On a worker: the loss of one shard (with its rows' ``lengths`` or ``mask`` in
+    ``per_row``) and its parameter gradients, on the host. Dropout masks (in training mode) are
+    drawn from ``dropout_seed``, so a recomputed shard draws the same ones."""
     model = replica.build()
     for layer in model.layers if isinstance(model, Sequential) else [model]:
         if hasattr(layer, "dropout_seed"):
             layer.train(replica.training)
             layer.dropout_seed(dropout_seed)
-    prediction = batched.output(model(batched.on_model(model, x)))
+    prediction = batched.output(model(batched.on_model(model, x), **_on_model(model, per_row)))
     value, d_prediction = loss(prediction, batched.on_model(model, y))
     model.backward(d_prediction)
     return float(value), [to_numpy(param.deltas) for param in model.parameters()]
+
+
+def _on_model(model: Model, per_row: dict[str, Any]) -> dict[str, Any]:
+    """``lengths`` as host NumPy (read on the host anyway), ``mask`` on the model's device."""
+    return {
+        name: np.asarray(values) if name == "lengths" else batched.on_model(model, values)
+        for name, values in per_row.items()
+    }
 
 
 # -- predict --------------------------------------------------------------------------------
@@ -359,9 +367,10 @@ class DataParallel:
         #: Shards per global batch: by default one per worker at the start.
         self.shards = len(self.workers) if shards is None else positive_int("shards", shards)
 
-    def gradients(self, x: Any, y: Any) -> float:
+    def gradients(self, x: Any, y: Any, *, lengths: Any = None, mask: Any = None) -> float:
         """Set every parameter's ``deltas`` to the gradient of the mean loss over the global
-        batch ``x``, ``y`` (host NumPy arrays, or Dask arrays); return that loss."""
+        batch ``x``, ``y`` (host NumPy arrays, or Dask arrays), with each row's ``lengths``
+        or ``mask`` when given; return that loss."""
         batch = x.shape[0]
         if self.shards > batch:
             raise ValueError(
@@ -371,10 +380,16 @@ class DataParallel:
         bounds = shard_bounds(batch, self.shards)
         replica = dask.delayed(Replica.of(self.model), pure=False, traverse=False)
         workers = self._workers()
+        per_row = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
         futures = [
             self.client.compute(
                 dask.delayed(_shard_gradients, pure=False)(
-                    replica, self.loss, x[start:stop], y[start:stop], self._dropout_seed(shard)
+                    replica,
+                    self.loss,
+                    x[start:stop],
+                    y[start:stop],
+                    self._dropout_seed(shard),
+                    {name: values[start:stop] for name, values in per_row.items()},
                 ),
                 workers=[workers[shard % len(workers)]],
                 allow_other_workers=True,
@@ -426,6 +441,8 @@ def fit(
     checkpoint: str | os.PathLike[str] | None = None,
     every: int = 100,
     progress: bool = False,
+    lengths: Any = None,
+    mask: Any = None,
 ) -> list[float]:
     """Train ``model`` with ``optimizer`` for ``steps`` synchronous data-parallel steps on a
     Dask cluster; return the loss of every step.
@@ -443,6 +460,9 @@ def fit(
     the end the parameters, optimizer state, step and losses are saved there (an xplstm
     checkpoint, loadable with :func:`xplstm.checkpoint.load`), and a call that finds the file
     resumes from it, ending where an uninterrupted run ends.
+
+    ``lengths`` (rows,) ints or ``mask`` (rows, seq) booleans, host or Dask arrays, give each
+    row's steps (see :meth:`xplstm.LSTM.forward`); they travel with their rows.
     """
     batch_size = positive_int("batch_size", batch_size)
     steps = positive_int("steps", steps)
@@ -454,7 +474,8 @@ def fit(
         raise ValueError(
             "the optimizer must be built on this model: optim.Adam(model.parameters())"
         )
-    _check_inputs(model, x, "x")
+    per_row = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
+    _check_inputs(model, x, "x", **{k: np.asarray(v) for k, v in per_row.items()})
     rows = x.shape[0]
     if y.shape[0] != rows:
         raise ValueError(
@@ -463,7 +484,7 @@ def fit(
         )
     if batch_size > rows:
         raise ValueError(f"batch_size {batch_size} is larger than the {rows} rows of x")
-    _check_targets(model, loss, x, y)
+    _check_targets(model, loss, x, y, per_row)
     position = {"seed": seed, "batch_size": batch_size, "rows": rows}
     history: list[float] = []
     if checkpoint is not None and os.path.exists(checkpoint):
@@ -471,11 +492,14 @@ def fit(
     with _using(client) as active:
         engine = DataParallel(model, loss, active, shards, seed=seed)
         engine.step = len(history)
-        data_x, data_y = active.persist([_rows_chunked(x), _rows_chunked(y)])
+        data_x, data_y, *data_steps = active.persist(
+            [_rows_chunked(a) for a in (x, y, *per_row.values())]
+        )
         with tqdm(total=steps, initial=len(history), unit="step", disable=not progress) as bar:
             for step in range(len(history), steps):
                 chosen = batch_rows(rows, batch_size, seed, step)
-                history.append(engine.gradients(data_x[chosen], data_y[chosen]))
+                given = {k: v[chosen] for k, v in zip(per_row, data_steps, strict=True)}
+                history.append(engine.gradients(data_x[chosen], data_y[chosen], **given))
                 if clip is not None:
                     optim.clip_grad_norm(model.parameters(), clip)
                 optimizer.step()
@@ -535,12 +559,13 @@ def _resume(
 
 
 # -- input checks ---------------------------------------------------------------------------
-def _check_targets(model: Model, loss: Loss, x: Any, y: Any) -> None:
+def _check_targets(model: Model, loss: Loss, x: Any, y: Any, per_row: dict[str, Any]) -> None:
     """The loss of the model's prediction for the first row, here: targets the loss refuses
     (another shape, dtype) raise its own clear error before any work is sent, not once per
     shard from the workers. Evaluation mode (see :func:`xplstm.batched.predict`), so no
     dropout mask is drawn."""
-    prediction = batched.on_model(model, batched.predict(model, x[:1], 1))
+    first = {name: np.asarray(values[:1]) for name, values in per_row.items()}
+    prediction = batched.on_model(model, batched.predict(model, x[:1], 1, **first))
     try:
         loss(prediction, batched.on_model(model, y[:1]))
     except (ValueError, TypeError) as error:

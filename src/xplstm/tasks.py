@@ -66,8 +66,6 @@ class Task:
     test_size: ClassVar[int] = 1000
     #: True when :meth:`plot` draws the predictions against the truth.
     has_plot: ClassVar[bool] = False
-    #: True when the rows have their own lengths (``Data.lengths``, passed as ``lengths=``).
-    has_lengths: ClassVar[bool] = False
 
     def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:
         seq_len = self.defaults["seq_len"] if seq_len is None else seq_len
@@ -179,7 +177,6 @@ class AddingLengths(Adding):
     """
 
     name = "adding-lengths"
-    has_lengths = True
     defaults: ClassVar[dict[str, Any]] = Adding.defaults | {"seq_len": 50}
 
     def __init__(self, seq_len: int | None = None, seed: int = 0) -> None:

@@ -192,17 +192,15 @@ def _gradients(
     if settings.workers is None and settings.scheduler is None:
         yield _local_gradients(model, task, backend), None
         return
-    if task.has_lengths:
-        raise ValueError(
-            f"--workers and --scheduler do not pass row lengths to the workers yet: train "
-            f"{task.name} without them"
-        )
     from xplstm import distributed  # only here: Dask is an optional dependency
 
     where = {"workers": settings.workers, "scheduler": settings.scheduler}
     with distributed.client_for(**where, timeout=settings.connect_timeout) as active:
         engine = distributed.DataParallel(model, task.loss, active, seed=settings.seed)
-        yield (lambda data: engine.gradients(data.inputs, data.targets)), len(engine.workers)
+        yield (
+            (lambda data: engine.gradients(data.inputs, data.targets, lengths=data.lengths)),
+            len(engine.workers),
+        )
 
 
 def _fit(
