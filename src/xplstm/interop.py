@@ -27,8 +27,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import array_api_compat
 import numpy as np
 
+from xplstm import backends
+from xplstm.layer import dtype_name
 from xplstm.resolver import to_numpy
 from xplstm.types import Array
 
@@ -284,3 +287,92 @@ def to_onnx(
         np.ascontiguousarray(weights[input_size:, gates].T),
         np.concatenate([bias[gates], np.zeros_like(bias)]),
     )
+
+
+class Interop:
+    """The conversions as methods of :class:`~xplstm.LSTM` (which supplies ``recurrences``,
+    ``directions``, ``num_layers``, ``backend``, ``device`` and ``train``)."""
+
+    recurrences: list[Any]
+    directions: int
+    num_layers: int
+    backend: str
+    device: Any
+
+    @classmethod
+    def from_torch(cls, source: Any, **layer_kwargs: Any) -> Any:
+        """A layer with the parameters of a ``torch.nn.LSTM`` (any ``num_layers``,
+        ``bidirectional``, ``proj_size``, ``bias``), an ``nn.LSTMCell``, or a ``state_dict()``.
+
+        torch's two biases are summed. ``layer_kwargs`` go to :class:`~xplstm.LSTM` (``backend``,
+        ``device``, ``dtype``, ``dropout``, ...); by default the layer lands where the tensors
+        are, in their dtype. Feed it batch-first inputs whatever the module's ``batch_first``.
+        A layer made from a module takes its mode (``module.training``: ``eval()`` or
+        ``train()``) and its ``dropout``; one made from a state dict is in training mode.
+        """
+        imported = from_torch(source)
+        if "dropout" not in layer_kwargs and getattr(source, "dropout", 0.0):
+            layer_kwargs["dropout"] = float(source.dropout)
+        layer = cls._imported(imported, layer_kwargs)
+        return layer.train(bool(getattr(source, "training", True)))
+
+    @classmethod
+    def from_keras(cls, weights: Any, **layer_kwargs: Any) -> Any:
+        """A layer from Keras weights as ``get_weights()`` returns them: an ``LSTM``'s
+        ``[kernel, recurrent_kernel, bias]``, a ``Bidirectional(LSTM)``'s six arrays, or a list
+        of those for a stack (gate order i, f, c, o; Keras's default tanh and sigmoid
+        activations). ``layer_kwargs`` as for :meth:`from_torch`."""
+        return cls._imported(from_keras(weights), layer_kwargs)
+
+    @classmethod
+    def _imported(cls, imported: Imported, kwargs: dict[str, Any]) -> Any:
+        """The layer from host parameters placed like ``imported.source`` (a foreign array)
+        unless ``kwargs`` say otherwise, in its dtype unless ``kwargs`` name one."""
+        first = imported.recurrences[0].weights
+        dtype = dtype_name(kwargs.pop("dtype", first.dtype))
+        owner = backends.backend_of(imported.source)
+        where = array_api_compat.device(imported.source)
+        values: dict[str, list[Any]] = {"weights": [], "bias": [], "projection": []}
+        for recurrence in imported.recurrences:
+            for name, host in zip(values, recurrence, strict=True):
+                if host is not None:
+                    values[name].append(owner.from_numpy(host.astype(dtype), where))
+        arguments = {k: v if len(v) > 1 else v[0] for k, v in values.items() if v}
+        config = dict(imported.config)
+        return cls(
+            config.pop("input_size"),
+            config.pop("hidden_size"),
+            **config,
+            **arguments,
+            backend=kwargs.pop("backend", owner),  # where the tensors are, not $XPLSTM_BACKEND
+            dtype=dtype,
+            **kwargs,
+        )
+
+    def to_torch_state_dict(self, device: Any = None) -> dict[str, Any]:
+        """The parameters as the state dict of ``torch.nn.LSTM(input_size, hidden_size,
+        num_layers=..., bidirectional=..., proj_size=..., bias=use_bias)`` (torch tensors on
+        ``device``, default the layer's own when it is on torch, else the CPU), for
+        ``module.load_state_dict``; each bias goes in ``bias_ih_l{k}``, zeros in
+        ``bias_hh_l{k}``."""
+        torch_backend = backends.get("torch")
+        if device is None and self.backend == "torch":
+            device = self.device
+        where = torch_backend.parse_device(device)
+        arrays = to_torch(self._host_recurrences(), self.bidirectional)
+        return {name: torch_backend.from_numpy(a, where) for name, a in arrays.items()}
+
+    def to_keras_weights(self) -> list[Any]:
+        """The parameters as Keras weights (NumPy arrays) for ``set_weights``: an ``LSTM``'s
+        ``[kernel, recurrent_kernel, bias]``, a ``Bidirectional(LSTM)``'s forward then backward
+        arrays, and for a stack a list with one such list per layer."""
+        hosts = self._host_recurrences()
+        step = self.directions
+        layers = [to_keras(hosts[k : k + step]) for k in range(0, len(hosts), step)]
+        return layers[0] if self.num_layers == 1 else layers
+
+    def _host_recurrences(self) -> list[Host]:
+        return [
+            Host(*(None if p is None else to_numpy(p.values) for p in vars(r).values()))
+            for r in self.recurrences
+        ]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import array_api_compat
 import numpy as np
@@ -15,6 +16,9 @@ from xplstm import backends, checks
 from xplstm.backends import Backend
 from xplstm.resolver import resolve, to_numpy
 from xplstm.types import Array
+
+if TYPE_CHECKING:
+    from xplstm.init import Draw
 
 _DTYPES = ("float32", "float64")
 
@@ -71,49 +75,57 @@ def host_parameter(
     return host
 
 
-class Layer:
-    """Base of layers whose parameters (``weights`` and ``bias``) live on one backend and device.
+class Module:
+    """What every layer and model shares: calling it runs its ``forward``."""
 
-    A subclass calls :meth:`_init_parameters` from ``__init__``, checks its inputs with
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``self.forward(*args, **kwargs)``, as torch modules are called."""
+        return self.forward(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+class Layer(Module):
+    """Base of layers whose parameters live on one backend and device.
+
+    A subclass creates its parameters with :meth:`_init_parameters` from ``__init__`` (the one
+    registry: ``named_parameters()`` lists what it made, in order), checks its inputs with
     :meth:`_check` and keeps what backward needs in ``self._cache``.
     """
 
     _backend: Backend
     device: Any
-    weights: Weights
-    bias: Weights
+    _parameters: dict[str, Weights]
 
     def _init_parameters(
         self,
         given: dict[str, tuple[Array | None, tuple[int, ...], str]],
         *,
-        bound: float,
+        draw: Draw,
         backend: str | Backend | None,
         device: Any,
         dtype: Any,
         seed: int | None,
-    ) -> None:
-        """Create ``self.<name>`` for each ``name: (given values or None, shape, meaning)``.
+    ) -> dict[str, Weights]:
+        """Create and register the parameters ``name: (given values or None, shape, meaning)``
+        in that order, and return them by name.
 
-        Missing values are drawn in order from U(-bound, bound) with
-        ``numpy.random.default_rng(seed)`` on the host, so a seed gives the same parameters on
-        every backend. The backend is ``backend``, else the one of the given values (see
-        :func:`xplstm.resolve`); the device is ``device``, else that of the given values.
+        Missing values are drawn in order with ``draw(rng, last part of name, shape)`` (see
+        :mod:`xplstm.init`), ``rng = numpy.random.default_rng(seed)`` on the host, so a seed
+        gives the same parameters on every backend. The backend is ``backend``, else the one of
+        the given values (see :func:`xplstm.resolve`); the device is ``device``, else that of
+        the given values.
         """
         name_of_dtype = dtype_name(dtype)
         chosen, device = self._where(backend, device, [v for v, _, _ in given.values()])
         rng = np.random.default_rng(checks.seed(seed))
+        self._parameters = {}
         for name, (values, shape, meaning) in given.items():
-            host = host_parameter(
-                name,
-                values,
-                shape,
-                meaning,
-                name_of_dtype,
-                lambda shape=shape: rng.uniform(-bound, bound, size=shape),
-            )
-            setattr(self, name, Weights(host, np.zeros_like(host)))
+            *owner, last = name.split(".")
+            label = last + (f" of {owner[0].rstrip('s')} {owner[1]}" if owner else "")
+            make = partial(draw, rng, last, shape)
+            host = host_parameter(label, values, shape, meaning, name_of_dtype, make)
+            self._parameters[name] = Weights(host, np.zeros_like(host))
         self._place(chosen, device)
+        return dict(self._parameters)
 
     @staticmethod
     def _where(
@@ -163,12 +175,13 @@ class Layer:
         return self.parameters()[0].values.dtype
 
     def parameters(self) -> list[Weights]:
-        """The trainable parameters, for optimizers: ``[weights, bias]``."""
+        """The trainable parameters, for optimizers, in ``named_parameters()`` order."""
         return list(self.named_parameters().values())
 
     def named_parameters(self) -> dict[str, Weights]:
-        """The parameters by name (the names checkpoints store them under)."""
-        return {"weights": self.weights, "bias": self.bias}
+        """The parameters by name, in the order they were created (the names checkpoints
+        store them under)."""
+        return dict(self._parameters)
 
     def to(self: LayerT, backend: str | Backend, device: Any = None) -> LayerT:
         """Move the parameters to another backend and device (through the host); returns self."""

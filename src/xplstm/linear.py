@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from xplstm import init
 from xplstm.backends import Backend
 from xplstm.checks import positive_int
 from xplstm.layer import Layer, last_forward
@@ -44,23 +45,21 @@ class Linear(Layer):
     ) -> None:
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
-        self._init_parameters(
+        made = self._init_parameters(
             {
                 "weights": (weights, (in_features, out_features), "(in_features, out_features)"),
                 "bias": (bias, (out_features,), "(out_features,)"),
             },
-            bound=1.0 / math.sqrt(in_features),
+            draw=init.uniform(1.0 / math.sqrt(in_features)),
             backend=backend,
             device=device,
             dtype=dtype,
             seed=seed,
         )
+        self.weights, self.bias = made["weights"], made["bias"]
 
     def _sizes(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
-
-    def __call__(self, x: Array) -> Array:
-        return self.forward(x)
 
     def forward(self, x: Array) -> Array:
         """``x @ W + b`` for ``x`` (batch, seq, in_features) or (batch, in_features)."""

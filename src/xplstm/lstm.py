@@ -8,19 +8,17 @@ recurrence, the backend's fast path or the written-once one, and keeps what back
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-import array_api_compat
 import numpy as np
 
-from xplstm import backends, cell, checks, interop, sequence, stack
+from xplstm import cell, checks, interop, sequence, stack
+from xplstm import init as _init
 from xplstm.backends import Backend, FastPath
-from xplstm.layer import Layer, Weights, dtype_name, host_parameter, last_forward
-from xplstm.resolver import to_numpy
+from xplstm.layer import Layer, Weights, dtype_name, last_forward
 from xplstm.steps import Steps, all_steps, check_lengths, from_lengths, from_mask, one_of
 from xplstm.types import Array
 
@@ -70,7 +68,7 @@ def fast_path_of(backend: Backend) -> FastPath | None:
     return backend.fast_path(sequence.forward, sequence.backward, cell.KERNELS)
 
 
-class LSTM(Layer):
+class LSTM(Layer, interop.Interop):
     """An LSTM over batch-first sequences, written once against the array API: stacked,
     bidirectional, projected, with variable lengths, masks and dropout, as ``torch.nn.LSTM``.
 
@@ -175,8 +173,9 @@ class LSTM(Layer):
                 "it needs num_layers > 1; for dropout on the outputs of a single layer add it "
                 "after the layer, or use recurrent_dropout"
             )
-        if init not in _INITS:
-            raise ValueError(f"init must be one of {sorted(_INITS)}, got {init!r}")
+        if init not in _init.LSTM_SCHEMES:
+            schemes = sorted(_init.LSTM_SCHEMES)
+            raise ValueError(f"init must be one of {schemes}, got {init!r}")
         if not use_bias and bias is not None:
             raise ValueError("bias values were given but use_bias=False: drop one of the two")
         if not proj_size and projection is not None:
@@ -187,39 +186,19 @@ class LSTM(Layer):
             name: _per_recurrence(name, values, count)
             for name, values in (("weights", weights), ("bias", bias), ("projection", projection))
         }
-        chosen, where = self._where(backend, device, [a for v in given.values() for a in v])
-        name_of_dtype = dtype_name(dtype)
-        rng = np.random.default_rng(seed)
-        out = self.output_size
-        kept = "proj_size" if proj_size else "hidden_size"
-        draw = partial(_INITS[init], rng, hidden_size, out)
-        self.recurrences = []
-        for index in range(count):
-            rows = (input_size if index < self.directions else self.directions * out) + out
-            which = f" of recurrence {index}" if count > 1 else ""
-            reads = "input_size" if index < self.directions else f"{self.directions} * {kept}"
-            reads = reads.replace("1 * ", "")
-            specs = {
-                "weights": ((rows, 4 * hidden_size), f"({reads} + {kept}, 4 * hidden_size)", True),
-                "bias": ((4 * hidden_size,), "(4 * hidden_size,)", use_bias),
-                "projection": ((hidden_size, out), "(hidden_size, proj_size)", bool(proj_size)),
-            }
-            made = {}
-            for name, (shape, meaning, wanted) in specs.items():
-                if wanted:
-                    host = host_parameter(
-                        name + which,
-                        given[name][index],
-                        shape,
-                        meaning,
-                        name_of_dtype,
-                        partial(draw, name, shape),
-                    )
-                    made[name] = Weights(host, np.zeros_like(host))
-            self.recurrences.append(
-                Recurrence(made["weights"], made.get("bias"), made.get("projection"))
-            )
-        self._place(chosen, where)
+        made = self._init_parameters(
+            _parameter_specs(self, given),
+            draw=_init.LSTM_SCHEMES[init](hidden_size, self.output_size),
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+        )
+        prefixes = [f"recurrences.{k}." for k in range(count)] if count > 1 else [""]
+        self.recurrences = [
+            Recurrence(*(made.get(prefix + name) for name in ("weights", "bias", "projection")))
+            for prefix in prefixes
+        ]
         self.fast_path = fast_path
         self._fast: tuple[Backend, list[FastPath | None]] | None = None
         self.training = True
@@ -255,21 +234,6 @@ class LSTM(Layer):
             )
         return self.recurrences[0]
 
-    def parameters(self) -> list[Weights]:
-        """Every parameter: per layer, forward direction first, each recurrence's ``weights``,
-        ``bias`` (if any) and ``projection`` (if any)."""
-        return list(self.named_parameters().values())
-
-    def named_parameters(self) -> dict[str, Weights]:
-        """The parameters by name, in ``parameters()`` order: ``weights``, ``bias``,
-        ``projection`` for one recurrence, else ``recurrences.<k>.weights`` and so on."""
-        named = [
-            (f"recurrences.{k}." if len(self.recurrences) > 1 else "", name, param)
-            for k, recurrence in enumerate(self.recurrences)
-            for name, param in vars(recurrence).items()
-        ]
-        return {prefix + name: param for prefix, name, param in named if param is not None}
-
     def _sizes(self) -> str:
         sizes = f"input_size={self.input_size}, hidden_size={self.hidden_size}"
         for name, default in _OPTIONS.items():
@@ -296,7 +260,8 @@ class LSTM(Layer):
         """Restart the dropout masks' generator from ``seed``: the same seed draws the same
         masks, on every backend and device (they are drawn on the host). ``LSTM(seed=s)``
         starts where ``dropout_seed(s)`` does."""
-        self._dropout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+        sequence_of_seeds = np.random.SeedSequence(checks.seed(seed), spawn_key=(1,))
+        self._dropout_rng = np.random.default_rng(sequence_of_seeds)
 
     def _draw_dropout(self, batch: int, seq: int) -> _Dropout:
         """This forward's masks, drawn in the order: per layer, each
@@ -321,97 +286,7 @@ class LSTM(Layer):
         host = (kept * (1.0 / (1.0 - p))).astype(dtype_name(self.dtype))
         return self._backend.from_numpy(host, self.device)
 
-    # -- weights from and to PyTorch and Keras (exact; see xplstm.interop) --------------
-    @classmethod
-    def from_torch(cls, source: Any, **layer_kwargs: Any) -> LSTM:
-        """A layer with the parameters of a ``torch.nn.LSTM`` (any ``num_layers``,
-        ``bidirectional``, ``proj_size``, ``bias``), an ``nn.LSTMCell``, or a ``state_dict()``.
-
-        torch's two biases are summed. ``layer_kwargs`` go to :class:`LSTM` (``backend``,
-        ``device``, ``dtype``, ``dropout``, ...); by default the layer lands where the tensors
-        are, in their dtype. Feed it batch-first inputs whatever the module's ``batch_first``.
-        A layer made from a module takes its mode (``module.training``: ``eval()`` or
-        ``train()``) and its ``dropout``; one made from a state dict is in training mode.
-        """
-        imported = interop.from_torch(source)
-        if "dropout" not in layer_kwargs and getattr(source, "dropout", 0.0):
-            layer_kwargs["dropout"] = float(source.dropout)
-        layer = cls._imported(imported, layer_kwargs)
-        return layer.train(bool(getattr(source, "training", True)))
-
-    @classmethod
-    def from_keras(cls, weights: Any, **layer_kwargs: Any) -> LSTM:
-        """A layer from Keras weights as ``get_weights()`` returns them: an ``LSTM``'s
-        ``[kernel, recurrent_kernel, bias]``, a ``Bidirectional(LSTM)``'s six arrays, or a list
-        of those for a stack (gate order i, f, c, o; Keras's default tanh and sigmoid
-        activations). ``layer_kwargs`` as for :meth:`from_torch`."""
-        return cls._imported(interop.from_keras(weights), layer_kwargs)
-
-    @classmethod
-    def _imported(cls, imported: interop.Imported, kwargs: dict[str, Any]) -> LSTM:
-        """The layer from host parameters placed like ``imported.source`` (a foreign array)
-        unless ``kwargs`` say otherwise, in its dtype unless ``kwargs`` name one."""
-        first = imported.recurrences[0].weights
-        dtype = dtype_name(kwargs.pop("dtype", first.dtype))
-        owner = backends.backend_of(imported.source)
-        where = array_api_compat.device(imported.source)
-        values: dict[str, list[Any]] = {"weights": [], "bias": [], "projection": []}
-        for recurrence in imported.recurrences:
-            for name, host in zip(values, recurrence, strict=True):
-                if host is not None:
-                    values[name].append(owner.from_numpy(host.astype(dtype), where))
-        arguments = {k: v if len(v) > 1 else v[0] for k, v in values.items() if v}
-        config = dict(imported.config)
-        return cls(
-            config.pop("input_size"),
-            config.pop("hidden_size"),
-            **config,
-            **arguments,
-            backend=kwargs.pop("backend", owner),  # where the tensors are, not $XPLSTM_BACKEND
-            dtype=dtype,
-            **kwargs,
-        )
-
-    def to_torch_state_dict(self, device: Any = None) -> dict[str, Any]:
-        """The parameters as the state dict of ``torch.nn.LSTM(input_size, hidden_size,
-        num_layers=..., bidirectional=..., proj_size=..., bias=use_bias)`` (torch tensors on
-        ``device``, default the layer's own when it is on torch, else the CPU), for
-        ``module.load_state_dict``; each bias goes in ``bias_ih_l{k}``, zeros in
-        ``bias_hh_l{k}``."""
-        torch_backend = backends.get("torch")
-        if device is None and self.backend == "torch":
-            device = self.device
-        where = torch_backend.parse_device(device)
-        arrays = interop.to_torch(self._host_recurrences(), self.bidirectional)
-        return {name: torch_backend.from_numpy(a, where) for name, a in arrays.items()}
-
-    def to_keras_weights(self) -> list[Any]:
-        """The parameters as Keras weights (NumPy arrays) for ``set_weights``: an ``LSTM``'s
-        ``[kernel, recurrent_kernel, bias]``, a ``Bidirectional(LSTM)``'s forward then backward
-        arrays, and for a stack a list with one such list per layer."""
-        hosts = self._host_recurrences()
-        step = self.directions
-        layers = [interop.to_keras(hosts[k : k + step]) for k in range(0, len(hosts), step)]
-        return layers[0] if self.num_layers == 1 else layers
-
-    def _host_recurrences(self) -> list[interop.Host]:
-        return [
-            interop.Host(*(None if p is None else to_numpy(p.values) for p in vars(r).values()))
-            for r in self.recurrences
-        ]
-
     # -- forward and backward -----------------------------------------------------------
-    def __call__(
-        self,
-        x: Array,
-        h0: Array | None = None,
-        c0: Array | None = None,
-        *,
-        lengths: Any = None,
-        mask: Array | None = None,
-    ) -> tuple[Array, Array, Array]:
-        return self.forward(x, h0, c0, lengths=lengths, mask=mask)
-
     def forward(
         self,
         x: Array,
@@ -573,6 +448,31 @@ def _values(weights: Weights | None) -> Array | None:
     return None if weights is None else weights.values
 
 
+def _parameter_specs(
+    layer: LSTM, given: dict[str, list[Any]]
+) -> dict[str, tuple[Any, tuple[int, ...], str]]:
+    """Each parameter's registry name, given values (or None), shape and shape in words, in
+    ``parameters()`` order: per recurrence, weights, bias, projection."""
+    count, directions, out = len(given["weights"]), layer.directions, layer.output_size
+    hidden = layer.hidden_size
+    kept = "proj_size" if layer.proj_size else "hidden_size"
+    specs = {}
+    for index in range(count):
+        prefix = f"recurrences.{index}." if count > 1 else ""
+        rows = (layer.input_size if index < directions else directions * out) + out
+        reads = "input_size" if index < directions else f"{directions} * {kept}"
+        reads = reads.replace("1 * ", "")
+        wanted = {
+            "weights": ((rows, 4 * hidden), f"({reads} + {kept}, 4 * hidden_size)"),
+            "bias": ((4 * hidden,), "(4 * hidden_size,)") if layer.use_bias else None,
+            "projection": ((hidden, out), "(hidden_size, proj_size)") if layer.proj_size else None,
+        }
+        for name, spec in wanted.items():
+            if spec is not None:
+                specs[prefix + name] = (given[name][index], *spec)
+    return specs
+
+
 def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
     """Given values as one entry per recurrence (``None`` where to draw)."""
     if values is None:
@@ -604,44 +504,3 @@ def _written_once(
 def _written_once_backward(backend: Backend, xp: Any, *args: Any, **optional: Any) -> tuple:
     """:func:`xplstm.sequence.backward`, computed at once by a lazy library."""
     return tuple(backend.persist(list(sequence.backward(xp, *args, **optional))))
-
-
-def _torch_draw(
-    rng: np.random.Generator, hidden: int, out: int, name: str, shape: tuple[int, ...]
-) -> np.ndarray:
-    """torch.nn.LSTM's initialisation: U(-1/sqrt(H), 1/sqrt(H)) for every parameter."""
-    bound = 1.0 / math.sqrt(hidden)
-    return rng.uniform(-bound, bound, size=shape)
-
-
-def _keras_draw(
-    rng: np.random.Generator, hidden: int, out: int, name: str, shape: tuple[int, ...]
-) -> np.ndarray:
-    """Keras's LSTM initialisation in xplstm's layout (gate blocks i, f, o, g): glorot-uniform
-    input kernel and projection, orthogonal recurrent kernel (out rows), zero bias with the
-    forget block at 1 (``unit_forget_bias``)."""
-    if name == "bias":
-        bias = np.zeros(shape)
-        bias[hidden : 2 * hidden] = 1.0  # the forget block, the same in both gate orders
-        return bias
-    if name == "projection":
-        return _glorot(rng, shape)
-    kernel = _glorot(rng, (shape[0] - out, shape[1]))
-    recurrent = _orthogonal(rng, (out, shape[1]))
-    return np.concatenate([kernel, recurrent])[:, interop.gate_order(hidden)]
-
-
-def _glorot(rng: np.random.Generator, shape: tuple) -> np.ndarray:
-    limit = math.sqrt(6.0 / (shape[0] + shape[1]))
-    return rng.uniform(-limit, limit, size=shape)
-
-
-def _orthogonal(rng: np.random.Generator, shape: tuple) -> np.ndarray:
-    """Keras's ``Orthogonal`` initializer: Q of a QR of a normal matrix, signs fixed."""
-    rows, cols = shape
-    q, r = np.linalg.qr(rng.standard_normal((max(rows, cols), min(rows, cols))))
-    q = q * np.sign(np.diag(r))
-    return q.T if rows < cols else q
-
-
-_INITS = {"torch": _torch_draw, "keras": _keras_draw}

@@ -8,7 +8,7 @@ import array_api_compat
 
 from xplstm import checks
 from xplstm.backends import Backend
-from xplstm.layer import Layer, Weights, last_forward
+from xplstm.layer import Layer, Module, Weights, last_forward
 from xplstm.steps import check_lengths, last_index, reads_steps
 from xplstm.types import Array
 
@@ -19,7 +19,7 @@ def output(result: Any) -> Any:
     return result[0] if isinstance(result, tuple) else result
 
 
-class LastStep:
+class LastStep(Module):
     """Keep the last time step: (batch, seq, features) -> (batch, features). No parameters.
 
     Put it between an LSTM and a Linear head when one prediction per sequence is wanted. With
@@ -29,9 +29,6 @@ class LastStep:
 
     #: ``Sequential`` passes it ``lengths`` and ``mask``.
     reads_steps = True
-
-    def __call__(self, y: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
-        return self.forward(y, lengths=lengths, mask=mask)
 
     def forward(self, y: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
         """``y[:, -1, :]`` for ``y`` (batch, seq, features), or ``y[b, lengths[b] - 1, :]``
@@ -79,7 +76,7 @@ class LastStep:
         return "LastStep()"
 
 
-class Sequential:
+class Sequential(Module):
     """Layers applied in order; backward goes through them in reverse.
 
     A layer that returns a tuple (``LSTM`` returns ``(y, h_n, c_n)``) passes its first element
@@ -106,9 +103,6 @@ class Sequential:
                     f"{', '.join(missing)}"
                 )
         self.layers = list(layers)
-
-    def __call__(self, x: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
-        return self.forward(x, lengths=lengths, mask=mask)
 
     def forward(self, x: Array, *, lengths: Any = None, mask: Array | None = None) -> Array:
         """Run ``x`` through every layer in order; ``lengths`` or ``mask`` go to the layers that
