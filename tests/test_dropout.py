@@ -10,6 +10,7 @@ import pytest
 import xplstm
 from tests.numerics import directional_derivative
 from tests.support import assert_close
+from xplstm import interop
 
 torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
 
@@ -144,3 +145,66 @@ def test_finite_differences_with_the_masks_fixed(target):
         )
         analytic = np.asarray(analytic)
         assert_close(analytic, np.asarray(numeric), like=analytic, level="finite-difference")
+
+
+def _torch_stack_with_masks(module: torch.nn.LSTM, x: torch.Tensor, masks) -> tuple:
+    """torch's LSTM equations written out, step by step, with each recurrence's recurrent
+    mask on h_{t-1} before the recurrent product (recurrence ``k = layer * 2 + direction``, the
+    order of ``layer.recurrences``) and each between-layer mask on that layer's output."""
+    recurrent = [torch.from_numpy(m) for m in masks.recurrent]
+    between = [torch.from_numpy(m) for m in masks.between]
+    inputs, h_n = x, []
+    for layer in range(module.num_layers):
+        outputs = []
+        for direction, suffix in enumerate(("", "_reverse")):
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            w_ih, w_hh, b_ih, b_hh = (getattr(module, f"{n}_l{layer}{suffix}") for n in names)
+            h = c = torch.zeros(x.shape[0], HIDDEN, dtype=x.dtype)
+            steps = range(x.shape[1]) if direction == 0 else reversed(range(x.shape[1]))
+            ys = {}
+            for t in steps:
+                z = inputs[:, t] @ w_ih.T + b_ih + (h * recurrent[layer * 2 + direction]) @ w_hh.T
+                i, f, g, o = (z + b_hh).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = ys[t] = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(torch.stack([ys[t] for t in range(x.shape[1])], dim=1))
+            h_n.append(h)
+        inputs = torch.cat(outputs, dim=-1)
+        if layer < module.num_layers - 1:
+            inputs = inputs * between[layer]
+    return inputs, torch.stack(h_n)
+
+
+@pytest.mark.reference
+def test_each_recurrence_uses_its_own_recurrent_mask():
+    """Against torch's equations written out with the masks of the documented draw: recurrence
+    ``layer * num_directions + direction`` multiplies its h_{t-1} by recurrent mask number
+    ``layer * num_directions + direction``, and layer ``l``'s output by between-layer mask
+    ``l``; outputs, states and every gradient agree (3 layers, bidirectional)."""
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(INPUTS, HIDDEN, num_layers=3, bidirectional=True, dtype=torch.float64)
+    layer = xplstm.LSTM.from_torch(
+        module, backend="numpy", dropout=0.4, recurrent_dropout=0.3, seed=0
+    )
+    p = host_problem(3)
+    layer.dropout_seed(8)
+    masks = layer._draw_dropout(BATCH, SEQ)
+    assert len({m.tobytes() for m in masks.recurrent}) == 6, "six distinct masks"
+    x = torch.tensor(p["x"], requires_grad=True)
+    y, h_n = _torch_stack_with_masks(module, x, masks)
+    dh_n = np.random.default_rng(4).standard_normal((6, BATCH, HIDDEN))
+    (y * torch.from_numpy(p["dy"])).sum().add((h_n * torch.from_numpy(dh_n)).sum()).backward()
+    layer.dropout_seed(8)
+    ours_y, ours_h_n, _ = layer(p["x"])
+    dx, _, _ = layer.backward(p["dy"], dh_n)
+    assert_close(ours_y, y.detach().numpy(), like=ours_y, name="y")
+    assert_close(ours_h_n, h_n.detach().numpy(), like=ours_h_n, name="h_n")
+    assert_close(dx, x.grad.numpy(), like=dx, name="dx")
+    for k, recurrence in enumerate(layer.recurrences):
+        suffix = f"_l{k // 2}" + ("_reverse" if k % 2 else "")
+        grads = {n: getattr(module, n + suffix).grad for n in ("weight_ih", "weight_hh", "bias_ih")}
+        grads["bias_hh"] = torch.zeros_like(grads["bias_ih"])  # the same gradient, summed once
+        expected = interop.from_torch(grads).recurrences[0]  # into xplstm's layout
+        for name in ("weights", "bias"):
+            ours = getattr(recurrence, name).deltas
+            assert_close(ours, getattr(expected, name), like=ours, name=f"d {name} {k}")
