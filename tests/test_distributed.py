@@ -271,6 +271,42 @@ def test_fit_with_dropout_is_reproducible_and_resumes(client, tmp_path):
     assert not np.allclose(without[1][0], expected[1][0])
 
 
+def sharded_loop_with_dropout(steps: int = 3, seed: int = 5) -> tuple[list[float], list]:
+    """fit's training with dropout in one process, as DataParallel's docstring says: each
+    global batch cut into 2 shards of 4 rows, shard ``s`` of step ``t`` with its masks drawn
+    after ``dropout_seed`` of the first word of ``SeedSequence([seed, t, s])``, the shards'
+    gradients and losses weighted by rows and added in shard order."""
+    model = dropout_model()
+    optimizer = optim.Adam(model.parameters(), lr=0.05)
+    x, y = data()
+    order = np.concatenate([np.random.default_rng([seed, e]).permutation(ROWS) for e in range(3)])
+    history = []
+    for step in range(steps):
+        rows = order[8 * step : 8 * (step + 1)]
+        total_loss, total = 0.0, None
+        for shard, part in enumerate((rows[:4], rows[4:])):
+            state = np.random.SeedSequence([seed, step, shard]).generate_state(2, np.uint64)
+            model.layers[0].dropout_seed(int(state[0]))
+            loss, d_prediction = losses.mse(model(x[part]), y[part])
+            model.backward(d_prediction)
+            deltas = [0.5 * p.deltas for p in model.parameters()]
+            total = deltas if total is None else [a + b for a, b in zip(total, deltas, strict=True)]
+            total_loss += 0.5 * float(loss)
+        for param, delta in zip(model.parameters(), total, strict=True):
+            param.deltas = delta
+        optim.clip_grad_norm(model.parameters(), 0.5)
+        optimizer.step()
+        history.append(total_loss)
+    return history, parameters(model)
+
+
+def test_each_shard_of_each_step_draws_its_own_dropout_masks(client):
+    """The per-shard dropout seeds of data-parallel fit: (seed, step, shard), as documented."""
+    expected = sharded_loop_with_dropout()
+    actual = run_fit(client, steps=3, make=dropout_model, shards=2, seed=5)
+    assert_same(actual, expected, atol=1e-12)
+
+
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
     expected = run_fit(client, steps=5, shards=2)
     path = tmp_path / "run.npz"

@@ -340,8 +340,9 @@ class DataParallel:
     depend on which worker ran what. Clip and step the optimizer then, as in a local loop.
 
     Dropout (a model in training mode) draws each shard's masks from ``seed``, the step
-    (:attr:`step`, counted by :meth:`gradients`; set it when resuming) and the shard's index,
-    on the host: the same run gives the same masks, recomputed shards included. With dropout
+    (:attr:`step`, counted by :meth:`gradients`; set it when resuming) and the shard's index
+    (``dropout_seed`` of the first 64-bit word of ``SeedSequence([seed, step, shard])``), on
+    the host: the same run gives the same masks, recomputed shards included. With dropout
     the result depends on how the batch is sharded, so fix ``shards`` to compare runs.
     """
 
