@@ -291,6 +291,67 @@ def test_restore_says_what_does_not_fit(saved, tmp_path):
         checkpoint.restore(tmp_path / "sgd.npz", model, xplstm.optim.Adam(model.parameters()))
 
 
+def bare_lstm(dtype: str = "float64", **options) -> xplstm.LSTM:
+    return xplstm.LSTM(3, 4, backend="numpy", dtype=dtype, **options)
+
+
+def model_with(lstm: xplstm.LSTM, out_features: int = 2) -> xplstm.Sequential:
+    linear = xplstm.Linear(4, out_features, backend="numpy", dtype="float64")
+    return xplstm.Sequential(lstm, xplstm.LastStep(), linear)
+
+
+#: (the model saved, a model that differs from it in one way, what restore's error says).
+ONE_DIFFERENCE = {
+    "dtype alone": (
+        lambda: bare_lstm(seed=0),
+        lambda: bare_lstm("float32"),
+        r"holds a LSTM .* in float64, but the model is a LSTM .* in float32",
+    ),
+    "kind alone": (
+        lambda: bare_lstm(seed=0),
+        lambda: xplstm.Sequential(bare_lstm()),
+        r"holds a LSTM \[.*\] in float64, but the model is a Sequential \[",
+    ),
+    "one size alone": (
+        lambda: model_with(bare_lstm(seed=0)),
+        lambda: model_with(bare_lstm(), out_features=3),
+        r"holds a Sequential .*'out_features': 2.* but the model is a Sequential "
+        r".*'out_features': 3",
+    ),
+    "one option alone": (
+        lambda: model_with(bare_lstm(seed=0)),
+        lambda: model_with(bare_lstm(use_bias=False)),
+        r"'use_bias': True.* but the model is .*'use_bias': False",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "make_saved, make, message", ONE_DIFFERENCE.values(), ids=ONE_DIFFERENCE.keys()
+)
+def test_each_difference_alone_is_refused_by_restore(tmp_path, make_saved, make, message):
+    """Each reason on its own (the dtype with the layers equal, the kind of model, one size,
+    one option) is refused, and no parameter is written."""
+    checkpoint.save(tmp_path / "saved.npz", make_saved())
+    model = make()
+    before = [xplstm.to_numpy(p.values).copy() for p in model.parameters()]
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.restore(tmp_path / "saved.npz", model)
+    for param, values in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(xplstm.to_numpy(param.values), values)
+
+
+def test_the_training_mode_alone_is_no_reason_to_refuse(saved):
+    """restore leaves the modes as the model has them: an eval-mode model takes the
+    parameters of a checkpoint saved in training mode, and stays in eval mode."""
+    model = host_model().eval()
+    model.layers[0].recurrences[0].weights.values = np.zeros((7, 16))
+    checkpoint.restore(saved, model)
+    assert not model.layers[0].training
+    expected = xplstm.to_numpy(host_model().layers[0].recurrences[0].weights.values)
+    np.testing.assert_array_equal(model.layers[0].recurrences[0].weights.values, expected)
+
+
 LSTM_CONFIGS = {
     "3-layers-bi-proj-dropout": {
         "num_layers": 3,
