@@ -112,6 +112,48 @@ def test_a_layer_from_a_module_mirrors_its_mode():
     assert xplstm.LSTM.from_torch(module.eval().state_dict()).training
 
 
+@pytest.mark.reference
+def test_torch_shaped_states_come_back_as_given(target):
+    """One layer in one direction takes torch's (1, batch, H) states, returns h_n, c_n and
+    dh0, dc0 shaped so, and equals torch with autograd; (batch, H) stays (batch, H)."""
+    module = torch_lstm(3, 4)
+    layer = xplstm.LSTM.from_torch(module, backend=target.backend, device=target.device)
+    p = random_problem(2, 5, 3, 4, seed=3)
+    x, h0, c0 = (torch.tensor(p[k], requires_grad=True) for k in ("x", "h0", "c0"))
+    y, (h_n, c_n) = module(x, (h0[None], c0[None]))
+    dy, dh, dc = (
+        torch.from_numpy(np.random.default_rng(s).standard_normal(t.shape))
+        for s, t in ((1, y), (2, h_n), (3, c_n))
+    )
+    torch.autograd.backward([y, h_n, c_n], [dy, dh, dc])
+    given = [target.asarray(t.detach().numpy()) for t in (x, h0[None], c0[None])]
+    ours = layer(*given)
+    for got, want in zip(ours, (y, h_n, c_n), strict=True):
+        assert_close(got, want.detach(), like=layer)
+    grads = layer.backward(*(target.asarray(t.numpy()) for t in (dy, dh, dc)))
+    for got, want in zip(grads, (x.grad, h0.grad[None], c0.grad[None]), strict=True):
+        assert_close(got, want, like=layer)
+    assert tuple(layer(given[0], given[1][0, ...], given[2][0, ...])[1].shape) == (2, 4)
+
+
+def test_named_parameters_iterate_as_torchs_and_index_as_a_dict():
+    layer = xplstm.LSTM(3, 4, num_layers=2, backend="numpy", seed=0)
+    pairs = list(layer.named_parameters())
+    module = torch.nn.LSTM(3, 4, num_layers=2)
+    assert [(n, type(p)) for n, p in pairs][:3] == [
+        ("recurrences.0.weights", xplstm.Weights),
+        ("recurrences.0.bias", xplstm.Weights),
+        ("recurrences.1.weights", xplstm.Weights),
+    ]
+    assert len(pairs) == len(layer.parameters()) == 4 != len(list(module.named_parameters()))
+    named = layer.named_parameters()
+    assert named["recurrences.1.bias"] is layer.recurrences[1].bias
+    assert dict(named) == dict(pairs) == dict(named.items())
+    assert list(named.keys()) == [n for n, _ in pairs] and "recurrences.0.weights" in named
+    linear = xplstm.Linear(2, 3, seed=0)
+    assert [n for n, _ in linear.named_parameters()] == ["weights", "bias"]
+
+
 def test_from_torch_refuses_what_it_cannot_convert():
     state = torch.nn.LSTM(3, 2, num_layers=2).state_dict()
     del state["weight_hh_l1"]

@@ -109,7 +109,7 @@ def model_arrays(model: Model) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if hasattr(layer, "training"):
             description[-1]["training"] = layer.training
         if layer.parameters():
-            for name, param in layer.named_parameters().items():
+            for name, param in layer.named_parameters():
                 arrays[f"layers.{index}.{name}"] = to_numpy(param.values)
     dtypes = sorted({a.dtype.name for a in arrays.values()})
     if len(dtypes) > 1:
@@ -207,7 +207,7 @@ def model_from_arrays(
         found = _pop_prefixed(arrays, f"layers.{index}.")
         try:
             # The names the parameters must have, from a layer of this shape on the host.
-            names = list(cls(**kwargs, backend="numpy", seed=0).named_parameters())
+            names = list(cls(**kwargs, backend="numpy", seed=0).named_parameters().keys())
             missing = [name for name in names if name not in found]
             if missing:
                 raise CheckpointError(

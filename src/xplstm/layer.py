@@ -4,7 +4,7 @@ a backend and device, moving them, and refusing inputs that do not match them.""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,6 +42,40 @@ class Weights:
 
     values: Array
     deltas: Array
+
+
+class NamedParameters:
+    """A layer's parameters by name: iterating gives ``(name, Weights)`` pairs, in order, as
+    torch's ``named_parameters()`` does (``for name, p in layer.named_parameters()``), and
+    ``["weights"]``, ``keys()``, ``values()``, ``items()``, ``len`` and ``in`` work as on a
+    dict (``dict(layer.named_parameters())`` is one)."""
+
+    def __init__(self, named: dict[str, Weights]) -> None:
+        self._named = dict(named)
+
+    def __iter__(self) -> Iterator[tuple[str, Weights]]:
+        return iter(self._named.items())
+
+    def __getitem__(self, name: str) -> Weights:
+        return self._named[name]
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._named
+
+    def keys(self) -> KeysView[str]:
+        return self._named.keys()
+
+    def values(self) -> ValuesView[Weights]:
+        return self._named.values()
+
+    def items(self) -> ItemsView[str, Weights]:
+        return self._named.items()
+
+    def __repr__(self) -> str:
+        return f"NamedParameters({self._named!r})"
 
 
 def dtype_name(dtype: Any) -> str:
@@ -176,12 +210,12 @@ class Layer(Module):
 
     def parameters(self) -> list[Weights]:
         """The trainable parameters, for optimizers, in ``named_parameters()`` order."""
-        return list(self.named_parameters().values())
+        return [param for _, param in self.named_parameters()]
 
-    def named_parameters(self) -> dict[str, Weights]:
+    def named_parameters(self) -> NamedParameters:
         """The parameters by name, in the order they were created (the names checkpoints
-        store them under)."""
-        return dict(self._parameters)
+        store them under); iterating gives ``(name, Weights)`` pairs, as torch's."""
+        return NamedParameters(self._parameters)
 
     def to(self: LayerT, backend: str | Backend, device: Any = None) -> LayerT:
         """Move the parameters to another backend and device (through the host); returns self."""

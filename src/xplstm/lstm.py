@@ -61,6 +61,7 @@ class _Cache:
     plan: stack.Plan
     batch: int
     seq: int
+    torch_states: bool  # states given as torch's (1, batch, size): given back so
 
 
 def fast_path_of(backend: Backend) -> FastPath | None:
@@ -302,7 +303,9 @@ class LSTM(Layer, interop.Interop):
         every step. For one layer in one direction the states are (batch, out) for h and
         (batch, hidden_size) for c; otherwise (num_layers * D, batch, out) and
         (num_layers * D, batch, hidden_size), layer-major, forward direction first, as torch's.
-        Omitted states are zeros.
+        Omitted states are zeros. One layer in one direction also takes torch's (1, batch, out)
+        and (1, batch, hidden_size), and then returns its states (and backward ``dh0``, ``dc0``)
+        shaped so too.
 
         ``lengths`` (a sequence or 1-D integer array of ``batch`` lengths in 1..seq; right
         padding) works as torch's ``pack_padded_sequence(enforce_sorted=False)``: ``y`` is
@@ -318,6 +321,9 @@ class LSTM(Layer, interop.Interop):
         batch, seq, _ = x.shape
         h0s = self._states("h0", h0, batch, self.output_size)
         c0s = self._states("c0", c0, batch, self.hidden_size)
+        torch_states = len(self.recurrences) == 1 and any(
+            getattr(state, "ndim", 2) == 3 for state in (h0, c0)
+        )
         plan = stack.Plan(self._steps(lengths, mask, batch, seq), *self._draw_dropout(batch, seq))
         params = [
             stack.Params(r.weights.values, self._bias(k), _values(r.projection))
@@ -330,8 +336,9 @@ class LSTM(Layer, interop.Interop):
             return self._route(taken[index])
 
         y, h_n, c_n, saved = stack.forward(self.xp, params, plan, x, h0s, c0s, path)
-        self._cache = _Cache(list(zip(taken, saved, strict=True)), params, plan, batch, seq)
-        return y, self._stacked(h_n), self._stacked(c_n)
+        runs = list(zip(taken, saved, strict=True))
+        self._cache = _Cache(runs, params, plan, batch, seq, torch_states)
+        return y, self._stacked(h_n, torch_states), self._stacked(c_n, torch_states)
 
     def backward(
         self, dy: Array | None, dh_n: Array | None = None, dc_n: Array | None = None
@@ -370,7 +377,8 @@ class LSTM(Layer, interop.Interop):
                 recurrence.bias.deltas = d_b
             if recurrence.projection is not None:
                 recurrence.projection.deltas = d_proj
-        return dx, self._stacked(dh0s), self._stacked(dc0s)
+        given = cache.torch_states
+        return dx, self._stacked(dh0s, given), self._stacked(dc0s, given)
 
     def _route(self, path: FastPath | None) -> stack.Path:
         """A recurrence's forward and backward: the fast path's, or the written-once ones,
@@ -414,23 +422,32 @@ class LSTM(Layer, interop.Interop):
 
     # -- input state --------------------------------------------------------------------
     def _states(self, name: str, state: Array | None, batch: int, size: int) -> list[Array]:
-        """Per recurrence a (batch, size) state or gradient: checked when given, zeros when
-        omitted."""
+        """Per recurrence a (batch, size) state or gradient: checked when given (one recurrence
+        also takes torch's (1, batch, size)), zeros when omitted."""
         count = len(self.recurrences)
         if state is None:
             zeros = self.xp.zeros((batch, size), dtype=self.dtype, device=self.device)
             return [zeros] * count
         what = "proj_size" if size != self.hidden_size else "hidden_size"
+        if count == 1 and getattr(state, "ndim", None) == 3:
+            self._check(name, state, (1, batch, size), f"(1, batch, {what}), torch's")
+            return [state[0, ...]]
         if count == 1:
-            self._check(name, state, (batch, size), f"(batch, {what})")
+            self._check(
+                name, state, (batch, size), f"(batch, {what}) or torch's (1, batch, {what})"
+            )
             return [state]
         self._check(
             name, state, (count, batch, size), f"(num_layers * num_directions, batch, {what})"
         )
         return [state[k, ...] for k in range(count)]
 
-    def _stacked(self, states: list[Array]) -> Array:
-        return states[0] if len(states) == 1 else self.xp.stack(states, axis=0)
+    def _stacked(self, states: list[Array], torch_states: bool = False) -> Array:
+        """Per-recurrence states as one array: (batch, size) for one recurrence (torch's
+        (1, batch, size) when ``torch_states``), else (count, batch, size)."""
+        if len(states) == 1 and not torch_states:
+            return states[0]
+        return self.xp.stack(states, axis=0)
 
 
 #: Constructor options beyond the sizes, with their defaults (for repr and checkpoints).
