@@ -433,9 +433,7 @@ class LSTM(Layer, interop.Interop):
             self._check(name, state, (1, batch, size), f"(1, batch, {what}), torch's")
             return [state[0, ...]]
         if count == 1:
-            self._check(
-                name, state, (batch, size), f"(batch, {what}) or torch's (1, batch, {what})"
-            )
+            self._check(name, state, (batch, size), f"(batch, {what})")
             return [state]
         self._check(
             name, state, (count, batch, size), f"(num_layers * num_directions, batch, {what})"
