@@ -238,45 +238,82 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
     """The two loops, as closures over ``kernels_hash`` so that numba's cache key holds it."""
 
     @_cached_jit
-    def forward_loop(gates, cells, y, h, c, w_h):
+    def forward_loop(gates, cells, y, h, c, w_h, held, has_held, w_proj, has_proj, drop, has_drop):
         """The forward time loop, in place, over time-major arrays. On entry ``gates`` (T,B,4H)
-        holds x_t @ W_x + b and ``h``, ``c`` (B,H) hold h0, c0; on exit ``gates`` holds the
-        activations i, f, o, g, ``cells`` and ``y`` (T,B,H) every c_t and h_t, and ``h``, ``c``
-        hold h_T, c_T."""
+        holds x_t @ W_x + b and ``h`` (B,P), ``c`` (B,H) hold h0, c0; on exit ``gates`` holds
+        the activations i, f, o, g, ``cells`` (T,B,H) and ``y`` (T,B,P) every c_t and h_t, and
+        ``h``, ``c`` hold h_T, c_T. The optional inputs, each used where its flag says:
+        ``held`` (T,B) steps that keep the state (their gates are left unread), ``w_proj``
+        (H,P) the projection h_t = (o_t tanh c_t) @ w_proj, ``drop`` (B,P) the recurrent-dropout
+        mask multiplied into h_{t-1} before its product."""
         xp = _SCALAR_XP
         seq, batch, four_h = gates.shape
-        hidden = four_h // 4
+        hidden, out = four_h // 4, h.shape[1]
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
             return
+        unprojected, dropped = np.empty(hidden, gates.dtype), np.empty(out, gates.dtype)
         for t in range(seq):
             for b in range(batch):
-                z, h_b, c_b, c_out, h_out = gates[t, b], h[b], c[b], cells[t, b], y[t, b]
-                _add_row_product(z, h_b, w_h)  # z += h_{t-1} @ W_h, row b
-                ifo, g = z[: 3 * hidden], z[3 * hidden :]
-                for j in range(3 * hidden):
-                    ifo[j] = _sigmoid(xp, ifo[j])
+                z, h_b, c_b = gates[t, b], h[b], c[b]
+                if not (has_held and held[t, b]):
+                    if has_drop:
+                        drop_b = drop[b]
+                        for j in range(out):
+                            dropped[j] = h_b[j] * drop_b[j]
+                        _add_row_product(z, dropped, w_h)  # z += (h_{t-1} * drop) @ W_h
+                    else:
+                        _add_row_product(z, h_b, w_h)  # z += h_{t-1} @ W_h, row b
+                    ifo, g = z[: 3 * hidden], z[3 * hidden :]
+                    for j in range(3 * hidden):
+                        ifo[j] = _sigmoid(xp, ifo[j])
+                    for j in range(hidden):
+                        g[j] = xp.tanh(g[j])
+                    i, f, o = z[:hidden], z[hidden : 2 * hidden], z[2 * hidden : 3 * hidden]
+                    if has_proj:
+                        for j in range(hidden):
+                            unprojected[j], c_b[j] = _cell_update(
+                                xp, i[j], f[j], o[j], g[j], c_b[j]
+                            )
+                        for j in range(out):
+                            h_b[j] = 0
+                        _add_row_product(h_b, unprojected, w_proj)
+                    else:
+                        for j in range(hidden):
+                            h_b[j], c_b[j] = _cell_update(xp, i[j], f[j], o[j], g[j], c_b[j])
+                c_out, h_out = cells[t, b], y[t, b]
                 for j in range(hidden):
-                    g[j] = xp.tanh(g[j])
-                i, f, o = z[:hidden], z[hidden : 2 * hidden], z[2 * hidden : 3 * hidden]
-                for j in range(hidden):
-                    h_b[j], c_b[j] = _cell_update(xp, i[j], f[j], o[j], g[j], c_b[j])
-                for j in range(hidden):
-                    h_out[j], c_out[j] = h_b[j], c_b[j]
+                    c_out[j] = c_b[j]
+                for j in range(out):
+                    h_out[j] = h_b[j]
 
     @_cached_jit
-    def backward_loop(dz, gates, cells, c0, dy, has_dy, dh, dc, w_h):
+    def backward_loop(
+        dz, gates, cells, c0, dy, has_dy, dh, dc, w_h, dh_out,
+        held, has_held, w_proj, has_proj, drop, has_drop,
+    ):  # fmt: skip
         """The backward time loop, in place, over time-major arrays: fills ``dz`` (T,B,4H) with
-        the gradients of the pre-activations; ``dh``, ``dc`` (B,H) enter as those of h_T, c_T
-        and leave as those of h0, c0. ``dy`` (T,B,H) is added to ``dh`` at each step when
-        ``has_dy``."""
+        the gradients of the pre-activations (0 at held steps); ``dh`` (B,P), ``dc`` (B,H)
+        enter as those of h_T, c_T and leave as those of h0, c0. ``dy`` (T,B,P) is added to
+        ``dh`` at each step when ``has_dy``; with a projection ``dh_out`` (T,B,P) receives the
+        gradient reaching each projected h_t (held steps are left as they are). The optional
+        inputs as in ``forward_loop``."""
         xp = _SCALAR_XP
         seq, batch, four_h = gates.shape
-        hidden = four_h // 4
+        hidden, out = four_h // 4, dh.shape[1]
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
             return
+        projected = np.empty(hidden, gates.dtype)
         for t in range(seq - 1, -1, -1):
             for b in range(batch):
                 a, d, dh_b, dc_b = gates[t, b], dz[t, b], dh[b], dc[b]
+                if has_dy:
+                    dy_b = dy[t, b]
+                    for j in range(out):
+                        dh_b[j] += dy_b[j]
+                if has_held and held[t, b]:  # dh and dc pass on as they are
+                    for j in range(four_h):
+                        d[j] = 0
+                    continue
                 i, f, o, g = (
                     a[:hidden],
                     a[hidden : 2 * hidden],
@@ -290,14 +327,21 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
                     d[3 * hidden :],
                 )
                 c, c_prev = cells[t, b], cells[t - 1, b] if t > 0 else c0[b]
-                if has_dy:
-                    dy_b = dy[t, b]
-                    for j in range(hidden):
-                        dh_b[j] += dy_b[j]
+                dh_cell = dh_b
+                if has_proj:
+                    dh_out_b = dh_out[t, b]
+                    for j in range(out):
+                        dh_out_b[j] = dh_b[j]
+                    _row_product_transposed(projected, dh_b, w_proj)  # dh_t @ w_proj.T
+                    dh_cell = projected
                 for j in range(hidden):
                     di[j], df[j], do[j], dg[j], dc_b[j] = _gates_backward(
-                        xp, dh_b[j], dc_b[j], i[j], f[j], o[j], g[j], c[j], c_prev[j]
+                        xp, dh_cell[j], dc_b[j], i[j], f[j], o[j], g[j], c[j], c_prev[j]
                     )
                 _row_product_transposed(dh_b, d, w_h)  # dh_{t-1} = dz_t @ W_h.T, row b
+                if has_drop:
+                    drop_b = drop[b]
+                    for j in range(out):
+                        dh_b[j] *= drop_b[j]
 
     return forward_loop, backward_loop

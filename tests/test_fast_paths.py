@@ -12,6 +12,7 @@ import subprocess
 import sys
 import types
 from collections import Counter
+from functools import partial
 
 import numpy as np
 import pytest
@@ -23,9 +24,10 @@ from tests.support import (
     assert_close,
     forward_backward,
     layer_for,
+    numpy_loops,
     random_problem,
 )
-from xplstm import backends, cell
+from xplstm import backends, cell, sequence
 from xplstm.backends._numpy_fast import LOOP_ENV, NumPyFastPath, numba_installed
 from xplstm.lstm import FAST_PATH_ENV, fast_path_of
 
@@ -352,3 +354,99 @@ def test_every_feature_equals_the_written_once_path(target, options, inputs, nee
         assert ran_fast(layer) == (fast and needs <= features), "fast path chosen wrongly"
     for k, (a, b) in enumerate(zip(*results, strict=True)):
         assert_close(a, b, like=a, level="ulps", name=f"output {k}")
+
+
+# -- NumPy's loops on every optional input of one recurrence ----------------------------------
+#: The optional inputs of ``xplstm.sequence``, each alone and all together.
+OPTIONS = {
+    "keep": {"keep"},
+    "w_proj": {"w_proj"},
+    "h_drop": {"h_drop"},
+    "all": {"keep", "w_proj", "h_drop"},
+}
+
+
+def recurrence_problem(names: set, dtype: str, seed: int = 0) -> dict:
+    """One recurrence's inputs (batch 4, seq 7, input 3, hidden 5, projected to 2 with
+    ``w_proj``): held steps inside, at the start and at the end of rows, a row held
+    throughout, and a dropout mask with zeros."""
+    rng = np.random.default_rng(seed)
+    batch, seq, inputs, hidden = 4, 7, 3, 5
+    out = 2 if "w_proj" in names else hidden
+    p = {
+        "w": rng.uniform(-0.6, 0.6, (inputs + out, 4 * hidden)),
+        "b": rng.uniform(-0.5, 0.5, 4 * hidden),
+        "x": rng.standard_normal((batch, seq, inputs)),
+        "h0": rng.standard_normal((batch, out)) * 0.5,
+        "c0": rng.standard_normal((batch, hidden)) * 0.5,
+        "dy": rng.standard_normal((batch, seq, out)),
+        "dh_n": rng.standard_normal((batch, out)),
+        "dc_n": rng.standard_normal((batch, hidden)),
+        "w_proj": rng.uniform(-0.6, 0.6, (hidden, out)),
+        "h_drop": (rng.uniform(size=(batch, out)) > 0.3) / 0.7,
+    }
+    p = {k: v.astype(dtype) for k, v in p.items()}
+    held = np.zeros((seq, batch), bool)
+    held[[0, 3, 4], 0] = held[5:, 1] = held[:, 2] = True  # row 3 runs every step
+    p["keep"] = (~held)[:, :, None]
+    return {k: v for k, v in p.items() if k in names or k not in OPTIONS}
+
+
+def run_recurrence(forward, backward, p: dict, dy: bool = True) -> dict:
+    """Forward then backward of one recurrence: every output by name."""
+    optional = {k: p[k] for k in ("keep", "w_proj", "h_drop") if k in p}
+    y, h, c, cache = forward(p["w"], p["b"], p["x"], p["h0"], p["c0"], **optional)
+    grads = backward(
+        p["w"], cache, p["dy"] if dy else None, p["dh_n"], p["dc_n"],
+        **({"w_proj": p["w_proj"]} if "w_proj" in p else {}),
+    )  # fmt: skip
+    names = ("dx", "dh0", "dc0", "d_w", "d_b", "d_proj")
+    found = {"y": y, "h_n": h, "c_n": c, **dict(zip(names, grads, strict=True))}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def numpy_loop_path(loop: str) -> tuple:
+    """NumPy's fast path held to ``loop``: its forward and backward."""
+    path = NumPyFastPath(cell.KERNELS, loop=loop)
+    return path.forward, path.backward
+
+
+def written_once() -> tuple:
+    xp = backends.get("numpy").namespace()
+    return partial(sequence.forward, xp), partial(sequence.backward, xp)
+
+
+@pytest.mark.parametrize("dy", [True, False], ids=["dy", "no-dy"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("names", OPTIONS.values(), ids=OPTIONS.keys())
+@pytest.mark.parametrize("loop", numpy_loops())
+def test_numpy_loops_cover_every_option(loop, names, dtype, dy):
+    """Each of NumPy's loops gives the written-once recurrence's outputs and gradients with a
+    step mask, a projection, recurrent dropout, and all three at once."""
+    assert names <= NumPyFastPath.features
+    p = recurrence_problem(names, dtype)
+    fast = run_recurrence(*numpy_loop_path(loop), p, dy)
+    expected = run_recurrence(*written_once(), p, dy)
+    assert fast.keys() == expected.keys()
+    for name, value in expected.items():
+        assert_close(fast[name], value, like=value, level="ulps", name=name)
+
+
+@pytest.mark.parametrize("loop", numpy_loops())
+def test_numpy_loops_never_read_held_steps(loop):
+    """NaN and inf at held steps (padding) give the results zeros give: a held step is selected
+    away, never multiplied by 0. (The stack keeps padding out of x itself; only the input rows
+    of d_w read x, so they are left out here.)"""
+    p = recurrence_problem(OPTIONS["all"], "float64")
+    held = ~p["keep"][..., 0].T  # (batch, seq)
+    zeros, poisoned = dict(p), dict(p)
+    zeros["x"] = np.where(held[..., None], 0.0, p["x"])
+    poisoned["x"] = np.where(held[..., None], np.nan, p["x"])
+    poisoned["x"][0, 0, 0] = np.inf  # row 0 is held at step 0
+    expected = run_recurrence(*numpy_loop_path(loop), zeros)
+    with np.errstate(invalid="ignore"):  # NaN and inf meet in x's own products
+        found = run_recurrence(*numpy_loop_path(loop), poisoned)
+    inputs = p["x"].shape[-1]
+    expected["d_w"], found["d_w"] = expected["d_w"][inputs:], found["d_w"][inputs:]
+    for name, value in expected.items():
+        assert_close(found[name], value, like=value, level="exact", name=name)
