@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import xplstm
+from tests.support import assert_close
 from xplstm import tasks
 from xplstm.sampling import generate
 
@@ -177,3 +178,36 @@ def test_generate_samples_from_the_vocabulary_and_checks_the_model() -> None:
             generate(model, task, "HAMLET:\n", 5, temperature=temperature)
     with pytest.raises(ValueError, match=r"length must be a positive int, got -3"):
         generate(model, task, "HAMLET:\n", -3)
+
+
+class _Recorder:
+    """A stand-in for ``numpy.random.Generator`` that keeps each distribution it is asked to
+    sample from and always picks class 0."""
+
+    def __init__(self) -> None:
+        self.p: list[np.ndarray] = []
+
+    def choice(self, n: int, p: np.ndarray) -> int:
+        self.p.append(np.asarray(p))
+        return 0
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_generate_samples_from_softmax_of_the_logits_over_the_temperature(temperature) -> None:
+    """Each character is drawn from softmax(logits / temperature) (torch's softmax here), the
+    logits being the model's output after the prime, then after each character drawn."""
+    torch = pytest.importorskip("torch")
+    task = tasks.get("text", seq_len=8)
+    model = xplstm.Sequential(
+        xplstm.LSTM(task.input_size, 8, backend="numpy", dtype="float64", seed=0),
+        xplstm.Linear(8, task.output_size, backend="numpy", dtype="float64", seed=1),
+    )
+    recorder = _Recorder()
+    generate(model, task, "HAMLET:\n", 2, temperature=temperature, rng=recorder)
+    eye = np.eye(task.input_size)
+    for step, text in enumerate(["HAMLET:\n", "HAMLET:\n" + task.vocab[0]]):
+        y, _, _ = model.layers[0](eye[task.encode(text)][None])
+        logits = torch.from_numpy(model.layers[-1](y[:, -1, :])[0])
+        expected = torch.softmax(logits / temperature, dim=0).numpy()
+        assert_close(recorder.p[step], expected, like=expected, name=f"p at step {step}")
