@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import xplstm
-from tests.support import Target
+from tests.support import Target, assert_close
 from xplstm import checkpoint, cli, sampling, tasks
 
 # `xplstm train` needs these; an offline install with --no-deps (the GPU check) may lack them.
@@ -108,6 +108,51 @@ def test_structure_flags_build_that_lstm(tmp_path: Path) -> None:
     task = tasks.get("adding-lengths", 10, seed=0)
     metric, _ = evaluate(model, task, task.test_set(), xplstm.backends.get("numpy"))
     assert metric == pytest.approx(metrics["test_metric"], rel=1e-5)
+
+
+#: A value other than the default for every flag that decides the trained parameters.
+NON_DEFAULT = {
+    "--task": "adding-lengths",
+    "--seq-len": "9",
+    "--hidden": "6",
+    "--layers": "2",
+    "--bidirectional": None,
+    "--proj-size": "3",
+    "--dropout": "0.3",
+    "--batch": "5",
+    "--steps": "4",
+    "--lr": "0.03",
+    "--clip": "0.05",
+    "--seed": "3",
+}
+
+
+def test_every_training_flag_acts_as_documented(tmp_path: Path) -> None:
+    """The model `xplstm train` saves with a non-default value for every flag above equals the
+    documented loop written out with the library (docs/training.md): an LSTM seeded by --seed
+    and its head by --seed + 1, batches of --batch drawn by the task from
+    default_rng([--seed, 0]), Adam at --lr, the gradient clipped to --clip."""
+    argv = [part for flag, value in NON_DEFAULT.items() for part in (flag, value) if part]
+    out = tmp_path / "run"
+    assert cli.main(["train", *argv, "--out", str(out), "--quiet"]) == 0
+    seed, hidden = int(NON_DEFAULT["--seed"]), int(NON_DEFAULT["--hidden"])
+    task = tasks.get("adding-lengths", int(NON_DEFAULT["--seq-len"]), seed)
+    lstm = xplstm.LSTM(task.input_size, hidden, num_layers=2, bidirectional=True, proj_size=3,
+                       dropout=0.3, backend="numpy", seed=seed)  # fmt: skip
+    model = xplstm.Sequential(
+        lstm, xplstm.LastStep(), xplstm.Linear(2 * 3, task.output_size, backend="numpy", seed=4)
+    )
+    optimizer = xplstm.optim.Adam(model.parameters(), lr=0.03)
+    rng = np.random.default_rng([seed, 0])
+    for _ in range(int(NON_DEFAULT["--steps"])):
+        batch = task.sample(rng, int(NON_DEFAULT["--batch"]))
+        _, d_prediction = task.loss(model(batch.inputs, lengths=batch.lengths), batch.targets)
+        model.backward(d_prediction)
+        assert xplstm.optim.clip_grad_norm(model.parameters(), 0.05) > 0.05, "--clip acts"
+        optimizer.step()
+    saved = checkpoint.load(out / "model.npz", backend="numpy")
+    for index, (got, want) in enumerate(zip(saved.parameters(), model.parameters(), strict=True)):
+        assert_close(got.values, want.values, like=want.values, name=f"parameter {index}")
 
 
 def test_stops_early_once_the_target_is_met(
