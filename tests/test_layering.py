@@ -16,12 +16,12 @@ BACKENDS = ROOT / "backends"
 #: The modules that hold the math, written once against ``xp``.
 CORE_MATH = (
     "cell", "sequence", "stack", "steps", "init", "layer", "lstm", "sequential", "linear",
-    "losses", "optim",
+    "embedding", "losses", "optim",
 )  # fmt: skip
 ARRAY_LIBRARIES = ("numpy", "cupy", "torch", "jax", "jaxlib", "dask", "array_api_strict")
-#: Host-side NumPy for seeded initialisation, dropout masks and lengths: the one exception the
-#: architecture allows.
-HOST_NUMPY = ("init", "layer", "lstm")
+#: Host-side NumPy for seeded initialisation, dropout masks, lengths and token ids: the one
+#: exception the architecture allows.
+HOST_NUMPY = ("init", "layer", "lstm", "embedding")
 
 
 def imports(path: Path) -> set[str]:

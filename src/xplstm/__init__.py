@@ -1,6 +1,7 @@
 """xplstm: one LSTM, written once against the Python array API, on NumPy, CuPy and more."""
 
 from xplstm import backends, checkpoint, losses, optim
+from xplstm.embedding import Embedding
 from xplstm.layer import Weights
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LSTM",
+    "Embedding",
     "LastStep",
     "Linear",
     "Sequential",

@@ -39,6 +39,7 @@ import numpy as np
 
 from xplstm import backends
 from xplstm.backends import Backend, BackendError
+from xplstm.embedding import Embedding
 from xplstm.layer import dtype_name
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
@@ -56,6 +57,7 @@ LAYERS: dict[str, tuple[type, tuple[str, ...]]] = {
     "LSTM": (LSTM, ("input_size", "hidden_size")),
     "Linear": (Linear, ("in_features", "out_features")),
     "LastStep": (LastStep, ()),
+    "Embedding": (Embedding, ("num_embeddings", "embedding_dim")),
 }
 #: The prefix of the optimizer's arrays in a training checkpoint.
 _OPTIMIZER = "optimizer."
@@ -69,9 +71,10 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "dropout",
         "recurrent_dropout",
     ),
+    "Embedding": ("padding_idx",),
 }
 
-Model = LSTM | Linear | Sequential
+Model = LSTM | Linear | Embedding | Sequential
 _UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -132,7 +135,7 @@ def save(
     optimizer: Optimizer | None = None,
     training: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``model`` (an LSTM, a Linear, or a Sequential of LSTM, Linear and LastStep) to
+    """Write ``model`` (an LSTM, a Linear, an Embedding, or a Sequential of those and LastStep) to
     ``path`` as one ``.npz``; the file is replaced only once it is complete.
 
     With ``optimizer`` (built on ``model.parameters()``) its state is saved too, and with

@@ -71,7 +71,7 @@ def from_torch(source: Any) -> Imported:
     """The parameters of a ``torch.nn.LSTM`` (any ``num_layers``, ``bidirectional``,
     ``proj_size``, ``bias``), an ``nn.LSTMCell``, or the ``state_dict()`` of either; each
     recurrence's two biases are summed."""
-    state = _torch_state(source)
+    state = torch_state(source, "rnn.LSTM", "rnn.LSTMCell")
     matches = {key: _TORCH_KEY.fullmatch(key) for key in state}
     strange = sorted(key for key, match in matches.items() if match is None)
     if strange or ("weight_ih_l0" not in state and "weight_ih" not in state):
@@ -113,18 +113,20 @@ def from_torch(source: Any) -> Imported:
     return Imported(recurrences, config, state["weight_ih" if cell else "weight_ih_l0"])
 
 
-def _torch_state(source: Any) -> Mapping[str, Any]:
-    """The ``state_dict()`` of ``source``, a TypeError unless it is a torch LSTM or LSTMCell
-    (or already a state dict): a GRU's weights have other shapes and another meaning."""
-    kinds = {f"{c.__module__}.{c.__qualname__}" for c in type(source).__mro__}
-    if kinds & {"torch.nn.modules.rnn.LSTM", "torch.nn.modules.rnn.LSTMCell"}:
+def torch_state(source: Any, *kinds: str) -> Mapping[str, Any]:
+    """The ``state_dict()`` of ``source``, a TypeError unless it is one of the torch modules
+    ``kinds`` (named in ``torch.nn.modules``, e.g. ``"rnn.LSTM"``) or already a state dict:
+    another module's weights have other shapes and another meaning."""
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(source).__mro__}
+    if names & {f"torch.nn.modules.{kind}" for kind in kinds}:
         return source.state_dict()
     if isinstance(source, Mapping):
         return source
-    kind = type(source)
+    wanted = ", ".join(f"torch.nn.{kind.split('.')[-1]}" for kind in kinds)
+    given = type(source)
     raise TypeError(
-        f"from_torch takes a torch.nn.LSTM, an nn.LSTMCell or the state_dict() of one; got a "
-        f"{kind.__module__}.{kind.__qualname__}, which is not a torch.nn.LSTM"
+        f"from_torch takes a {wanted} or the state_dict() of one; got a "
+        f"{given.__module__}.{given.__qualname__}, which is not a {wanted.split(',')[0]}"
     )
 
 
@@ -289,6 +291,73 @@ def to_onnx(
     )
 
 
+def placed_like(source: Array, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A layer's ``backend``, ``device`` and ``dtype`` arguments: ``kwargs``'s where given,
+    else those of ``source`` (a foreign array: the layer lands where the tensors are, not on
+    ``$XPLSTM_BACKEND``); ``kwargs`` keeps the rest."""
+    owner = backends.backend_of(source)
+    where = kwargs.pop("device", None)
+    if "backend" not in kwargs and where is None:
+        where = array_api_compat.device(source)
+    return {
+        "backend": kwargs.pop("backend", owner),
+        "device": where,
+        "dtype": dtype_name(kwargs.pop("dtype", source.dtype)),
+    }
+
+
+def torch_tensors(arrays: dict[str, np.ndarray], layer: Any, device: Any) -> dict[str, Any]:
+    """Host ``arrays`` as torch tensors on ``device``, by default the ``layer``'s own when it
+    is on torch, else the CPU (a state dict for ``module.load_state_dict``)."""
+    torch_backend = backends.get("torch")
+    if device is None and layer.backend == "torch":
+        device = layer.device
+    where = torch_backend.parse_device(device)
+    return {name: torch_backend.from_numpy(a, where) for name, a in arrays.items()}
+
+
+def linear_from_torch(source: Any) -> tuple[np.ndarray, np.ndarray, Array]:
+    """Host ``(weights (in, out), bias (out,))`` of a ``torch.nn.Linear`` or its state dict
+    (zeros for a module without bias), and its weight tensor (to place the layer like it)."""
+    state = torch_state(source, "linear.Linear")
+    if "weight" not in state or set(state) - {"weight", "bias"}:
+        raise ValueError(
+            f"expected torch.nn.Linear weights 'weight' and 'bias', got keys {sorted(state)}"
+        )
+    weight = to_numpy(state["weight"])
+    if weight.ndim != 2:
+        raise ValueError(f"weight must have shape (out_features, in_features), got {weight.shape}")
+    bias = to_numpy(state["bias"]) if "bias" in state else np.zeros(weight.shape[0], weight.dtype)
+    return np.ascontiguousarray(weight.T), bias, state["weight"]
+
+
+def linear_to_torch(weights: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
+    """``torch.nn.Linear`` state arrays (host) from xplstm's ``weights`` (in, out) and bias."""
+    return {"weight": np.ascontiguousarray(weights.T), "bias": bias}
+
+
+def embedding_from_torch(source: Any) -> tuple[np.ndarray, int | None, Array]:
+    """The host table (num_embeddings, embedding_dim) of a ``torch.nn.Embedding`` or its state
+    dict, the module's ``padding_idx``, and the weight tensor; options without a counterpart
+    in xplstm (``max_norm``, ``scale_grad_by_freq``) are refused."""
+    state = torch_state(source, "sparse.Embedding")
+    if set(state) != {"weight"}:
+        raise ValueError(f"expected torch.nn.Embedding's 'weight', got keys {sorted(state)}")
+    for option in ("max_norm", "scale_grad_by_freq"):
+        if getattr(source, option, None):
+            raise ValueError(
+                f"the torch.nn.Embedding has {option}={getattr(source, option)!r}, which "
+                "xplstm.Embedding does not have: build it without"
+            )
+    weight = to_numpy(state["weight"])
+    if weight.ndim != 2:
+        raise ValueError(
+            f"weight must have shape (num_embeddings, embedding_dim), got {weight.shape}"
+        )
+    padding = getattr(source, "padding_idx", None)
+    return weight, None if padding is None else int(padding), state["weight"]
+
+
 class Interop:
     """The conversions as methods of :class:`~xplstm.LSTM` (which supplies ``recurrences``,
     ``directions``, ``num_layers``, ``backend``, ``device`` and ``train``)."""
@@ -328,15 +397,12 @@ class Interop:
     def _imported(cls, imported: Imported, kwargs: dict[str, Any]) -> Any:
         """The layer from host parameters placed like ``imported.source`` (a foreign array)
         unless ``kwargs`` say otherwise, in its dtype unless ``kwargs`` name one."""
-        first = imported.recurrences[0].weights
-        dtype = dtype_name(kwargs.pop("dtype", first.dtype))
-        owner = backends.backend_of(imported.source)
-        where = array_api_compat.device(imported.source)
+        placed = placed_like(imported.source, kwargs)
         values: dict[str, list[Any]] = {"weights": [], "bias": [], "projection": []}
         for recurrence in imported.recurrences:
             for name, host in zip(values, recurrence, strict=True):
                 if host is not None:
-                    values[name].append(owner.from_numpy(host.astype(dtype), where))
+                    values[name].append(host.astype(placed["dtype"]))
         arguments = {k: v if len(v) > 1 else v[0] for k, v in values.items() if v}
         config = dict(imported.config)
         return cls(
@@ -344,8 +410,7 @@ class Interop:
             config.pop("hidden_size"),
             **config,
             **arguments,
-            backend=kwargs.pop("backend", owner),  # where the tensors are, not $XPLSTM_BACKEND
-            dtype=dtype,
+            **placed,
             **kwargs,
         )
 
@@ -355,12 +420,8 @@ class Interop:
         ``device``, default the layer's own when it is on torch, else the CPU), for
         ``module.load_state_dict``; each bias goes in ``bias_ih_l{k}``, zeros in
         ``bias_hh_l{k}``."""
-        torch_backend = backends.get("torch")
-        if device is None and self.backend == "torch":
-            device = self.device
-        where = torch_backend.parse_device(device)
         arrays = to_torch(self._host_recurrences(), self.bidirectional)
-        return {name: torch_backend.from_numpy(a, where) for name, a in arrays.items()}
+        return torch_tensors(arrays, self, device)
 
     def to_keras_weights(self) -> list[Any]:
         """The parameters as Keras weights (NumPy arrays) for ``set_weights``: an ``LSTM``'s

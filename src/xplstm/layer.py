@@ -241,9 +241,10 @@ class Layer(Module):
         shape: tuple[int | None, ...],
         meaning: str,
         boolean: bool = False,
+        integer: bool = False,
     ) -> None:
-        """Refuse arrays of another backend, device or dtype (the layer's, or bool when
-        ``boolean``), or of the wrong shape."""
+        """Refuse arrays of another backend, device or dtype (the layer's, bool when
+        ``boolean``, any integer dtype when ``integer``), or of the wrong shape."""
         owner = backends.backend_of(a)
         move = f"move the layer with layer.to({owner.name!r}) or convert {name} with "
         convert = f"layer.xp.asarray({name}, device=layer.device)"
@@ -264,7 +265,12 @@ class Layer(Module):
                 f"{name} has dtype {a.dtype} but must be boolean (True where a step counts); "
                 f"convert with {name} != 0"
             )
-        if not boolean and a.dtype != self.dtype:
+        if integer and not self.xp.isdtype(a.dtype, "integral"):
+            raise TypeError(
+                f"{name} has dtype {a.dtype} but must hold integer indices; convert with "
+                f"layer.xp.astype({name}, layer.xp.int64)"
+            )
+        if not boolean and not integer and a.dtype != self.dtype:
             fix = f"convert with layer.xp.astype({name}, layer.dtype)"
             if str(a.dtype).endswith(_DTYPES):
                 fix += f" or build the layer with dtype={dtype_name(a.dtype)!r}"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from xplstm import init
+from xplstm import init, interop
 from xplstm.backends import Backend
 from xplstm.checks import positive_int
 from xplstm.layer import Layer, last_forward
+from xplstm.resolver import to_numpy
 from xplstm.types import Array
 
 
@@ -60,6 +61,29 @@ class Linear(Layer):
 
     def _sizes(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+    @classmethod
+    def from_torch(cls, source: Any, **layer_kwargs: Any) -> Linear:
+        """A layer with the parameters of a ``torch.nn.Linear`` or its ``state_dict()``:
+        ``weights`` is torch's ``weight`` transposed; a module without bias gets zeros.
+        ``layer_kwargs`` as for :meth:`xplstm.LSTM.from_torch` (by default the layer lands
+        where the tensors are, in their dtype)."""
+        weights, bias, tensor = interop.linear_from_torch(source)
+        placed = interop.placed_like(tensor, layer_kwargs)
+        return cls(
+            *weights.shape,
+            weights=weights.astype(placed["dtype"]),
+            bias=bias.astype(placed["dtype"]),
+            **placed,
+            **layer_kwargs,
+        )
+
+    def to_torch_state_dict(self, device: Any = None) -> dict[str, Any]:
+        """The parameters as the state dict of ``torch.nn.Linear(in_features, out_features)``
+        (torch tensors on ``device``, by default the layer's own when it is on torch, else the
+        CPU), for ``module.load_state_dict``."""
+        arrays = interop.linear_to_torch(to_numpy(self.weights.values), to_numpy(self.bias.values))
+        return interop.torch_tensors(arrays, self, device)
 
     def forward(self, x: Array) -> Array:
         """``x @ W + b`` for ``x`` (batch, seq, in_features) or (batch, in_features)."""

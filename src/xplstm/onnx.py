@@ -8,6 +8,8 @@ Runtime on servers, in C++, on phones, in the browser):
 - input ``x``: (batch, seq, input_size), batch-first as in xplstm. The graph transposes it to
   the time-major layout around the operators, because ONNX Runtime's CPU kernel refuses
   ``layout=1``; each stacked layer reads the one below's outputs, both directions side by side;
+  with an ``Embedding`` first (a tagger), ``x`` is (batch, seq) int64 token ids, looked up
+  with ``Gather``;
 - optional inputs ``h0`` and ``c0``: the LSTM's initial state, shaped as ``LSTM.forward`` takes
   it: (batch, hidden_size) for one layer in one direction, else
   (num_layers * num_directions, batch, hidden_size), layer-major, forward direction first, as
@@ -59,6 +61,7 @@ except ImportError as error:
 import xplstm
 from xplstm import checks, interop
 from xplstm.checkpoint import Model
+from xplstm.embedding import Embedding
 from xplstm.layer import dtype_name
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
@@ -101,7 +104,7 @@ def to_onnx(
     model: Model, *, opset: int = DEFAULT_OPSET, dtype: str | None = None
 ) -> onnx.ModelProto:
     """The ONNX graph of ``model`` (an LSTM, a Linear, or a Sequential of LSTM, LastStep and
-    Linear), checked by ``onnx.checker`` with shape inference.
+    Linear, after an optional Embedding), checked by ``onnx.checker`` with shape inference.
 
     Args:
         model: the model, on any backend and device (its parameters are copied to the host).
@@ -131,6 +134,9 @@ def to_onnx(
         if isinstance(layer, LSTM):
             x = _lstm(graph, layer, x, lengths, "" if lstm_count == 1 else f"_{index}")
             shape = (*shape[:-1], layer.directions * layer.hidden_size)
+        elif isinstance(layer, Embedding):
+            x = _embedding(graph, layer, x, f"layers.{index}")
+            shape = (*shape, layer.embedding_dim)
         elif isinstance(layer, Linear):
             x = _linear(graph, layer, x, f"layers.{index}")
             shape = (*shape[:-1], layer.out_features)
@@ -172,10 +178,11 @@ def summary(proto: onnx.ModelProto) -> str:
 def _graph_dtype(layers: list[Any], wanted: str | None) -> str:
     """The graph's float type: ``wanted``, else the model's, which must then be float32."""
     for index, layer in enumerate(layers):
-        if not isinstance(layer, LSTM | Linear | LastStep):
+        first_embedding = isinstance(layer, Embedding) and index == 0
+        if not (isinstance(layer, LSTM | Linear | LastStep) or first_embedding):
             raise TypeError(
                 f"layer {index} is a {type(layer).__name__}; xplstm.onnx exports LSTM, LastStep "
-                "and Linear layers, alone or in a Sequential"
+                "and Linear layers, alone or in a Sequential, and an Embedding as its first layer"
             )
     names = {dtype_name(layer.dtype) for layer in layers if layer.parameters()}
     if not names:
@@ -195,8 +202,12 @@ def _graph_dtype(layers: list[Any], wanted: str | None) -> str:
 
 
 def _model_input(graph: _Graph, layers: list[Any]) -> tuple[str, tuple[Any, ...]]:
-    """The graph input ``x`` (batch, seq, features), sized by the first layer with a size."""
+    """The graph input ``x`` (batch, seq, features), sized by the first layer with a size;
+    int64 token ids (batch, seq) before an Embedding."""
     first = next(layer for layer in layers if layer.parameters())
+    if isinstance(first, Embedding):
+        ids = helper.make_tensor_type_proto(onnx.TensorProto.INT64, ["batch", "seq"])
+        return graph.input("x", ids), ("batch", "seq")
     shape = ("batch", "seq", first.input_size if isinstance(first, LSTM) else first.in_features)
     return graph.input("x", graph.tensor_type(shape)), shape
 
@@ -204,7 +215,9 @@ def _model_input(graph: _Graph, layers: list[Any]) -> tuple[str, tuple[Any, ...]
 def _check_input(index: int, layer: Any, shape: tuple[Any, ...]) -> None:
     """A ValueError unless ``layer`` takes inputs of ``shape``."""
     name = f"the input of layer {index} ({type(layer).__name__})"
-    if isinstance(layer, LSTM | LastStep):
+    if isinstance(layer, Embedding):
+        checks.shape(name, shape, (None, None), "(batch, seq) token ids")
+    elif isinstance(layer, LSTM | LastStep):
         size = layer.input_size if isinstance(layer, LSTM) else None
         checks.sequences(name, shape, size)
     else:
@@ -407,6 +420,12 @@ def _last_step(graph: _Graph, y: str, lengths: str) -> str:
     )
     index = graph.op("Unsqueeze", last, graph.constant("axis_1", np.array([1])))
     return graph.op("GatherND", y, index, batch_dims=1)
+
+
+def _embedding(graph: _Graph, layer: Embedding, tokens: str, prefix: str) -> str:
+    """The rows of the table for ``tokens`` (batch, seq): (batch, seq, embedding_dim)."""
+    table = graph.constant(f"{prefix}.weights", to_numpy(layer.weights.values))
+    return graph.op("Gather", table, tokens, axis=0)
 
 
 def _linear(graph: _Graph, layer: Linear, x: str, prefix: str) -> str:
