@@ -179,7 +179,7 @@ MUTATIONS = [
     ),
     _m(OPTIM, "(g / (xp.sqrt(v) + self.eps))", "(g / xp.sqrt(v + self.eps))"),
     _m(OPTIM, "self.steps += 1", "self.steps = 1"),
-    _m(OPTIM, "norm = math.sqrt(float(total))", "norm = float(total)"),
+    _m(OPTIM, "else math.sqrt(float(total))", "else float(total)"),
     _m(OPTIM, "scale = max_norm / (norm + 1e-6)", "scale = max_norm / norm"),
     _m(OPTIM, "return w - self.lr * g, {}", "w -= self.lr * g; return w, {}  # noqa"),
     # -- losses ----------------------------------------------------------------------------

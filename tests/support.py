@@ -293,3 +293,32 @@ def torch_reference(p: dict) -> dict:
         "d_weights": d_weights,
         "d_bias": module.bias_ih_l0.grad.numpy()[from_torch],
     }
+
+
+def state_of(model: Any, optimizer: Any = None) -> dict[str, Any]:
+    """Every parameter's values and the optimizer's step count and buffers, copied to the host:
+    what a refused call must leave as it found (compare with :func:`assert_same_state`)."""
+    state = {"parameters": [np.array(xplstm.to_numpy(p.values)) for p in model.parameters()]}
+    if optimizer is not None:
+        saved = optimizer.state_dict()
+        buffers = [{k: np.array(v) for k, v in b.items()} for b in saved["buffers"]]
+        state["optimizer"] = {"steps": saved["steps"], "buffers": buffers}
+    return state
+
+
+def assert_same_state(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Two :func:`state_of` snapshots are equal bit for bit."""
+    __tracebackhide__ = True
+    pairs = zip(got["parameters"], expected["parameters"], strict=True)
+    for index, (ours, theirs) in enumerate(pairs):
+        np.testing.assert_array_equal(ours, theirs, err_msg=f"parameter {index} changed")
+    assert ("optimizer" in got) == ("optimizer" in expected)
+    if "optimizer" in expected:
+        ours, theirs = got["optimizer"], expected["optimizer"]
+        assert ours["steps"] == theirs["steps"], "the optimizer's step count changed"
+        assert [sorted(b) for b in ours["buffers"]] == [sorted(b) for b in theirs["buffers"]]
+        for index, (mine, other) in enumerate(zip(ours["buffers"], theirs["buffers"], strict=True)):
+            for key in other:
+                np.testing.assert_array_equal(
+                    mine[key], other[key], err_msg=f"buffer {key!r} of parameter {index} changed"
+                )

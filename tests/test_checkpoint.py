@@ -3,14 +3,20 @@ an error that says what is wrong; nothing is ever unpickled."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import pickle
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import xplstm
-from tests.support import assert_close
+from tests.support import assert_close, assert_same_state, state_of
 from xplstm import checkpoint
 from xplstm.checkpoint import CheckpointError
 
@@ -46,6 +52,42 @@ def edit_header(**fields):
         arrays["__xplstm__"] = np.array(json.dumps(header | fields))
 
     return change
+
+
+def drop_from_header(key: str):
+    def change(arrays):
+        header = json.loads(str(arrays["__xplstm__"]))
+        del header[key]
+        arrays["__xplstm__"] = np.array(json.dumps(header))
+
+    return change
+
+
+def edit_layer(index: int = 0, **fields):
+    def change(arrays):
+        header = json.loads(str(arrays["__xplstm__"]))
+        header["layers"][index] |= fields
+        arrays["__xplstm__"] = np.array(json.dumps(header))
+
+    return change
+
+
+def npy_claiming(shape: tuple[int, ...]) -> bytes:
+    """An .npy header claiming ``shape`` of float64, followed by 64 bytes of data."""
+    buffer = io.BytesIO()
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + bytes(64)
+
+
+def replace_member(path, name: str, data: bytes) -> None:
+    """Rewrite the zip archive at ``path`` with member ``name`` holding ``data`` instead."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    members[name] = data
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, content in members.items():
+            archive.writestr(member, content)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -192,6 +234,41 @@ BAD_FILES = {
     "dtype-mismatch": (
         lambda p: rewrite(p, edit_header(dtype="float32")),
         r"layer 0 \(LSTM\): weights have dtype float64 but the layer's dtype is float32",
+    ),
+    "no-dtype": (
+        lambda p: rewrite(p, drop_from_header("dtype")),
+        r"the description is not valid: 'dtype' is missing",
+    ),
+    "dtype-null": (
+        lambda p: rewrite(p, edit_header(dtype=None)),
+        r"the description is not valid: 'dtype' is null, but the layers have parameters",
+    ),
+    "sizes-the-arrays-do-not-back": (
+        lambda p: rewrite(p, edit_layer(hidden_size=2000)),
+        r"layer 0 \(LSTM\): weights must have shape \(2003, 8000\) = \(input_size \+ hidden_size",
+    ),
+    "more-layers-than-arrays": (
+        lambda p: rewrite(p, edit_layer(num_layers=10**4)),
+        r"layer 0 \(LSTM\): num_layers=10000 needs at least 10000 arrays, the file "
+        r"holds 2 for this layer",
+    ),
+    "training-not-an-object": (
+        lambda p: rewrite(p, edit_header(training=[3])),
+        r"the description is not valid: 'training' must be an object, got \[3\]",
+    ),
+    "non-finite-weight": (
+        lambda p: rewrite(p, lambda a: a["layers.2.bias"].__setitem__(1, np.inf)),
+        r"array 'layers\.2\.bias' holds 1 non-finite values \(NaN or inf\); the model would "
+        r"compute NaN, so it is not loaded",
+    ),
+    "array-header-claims-more-than-it-holds": (
+        lambda p: replace_member(p, "layers.0.weights.npy", npy_claiming((10**4, 1000))),
+        r"array 'layers\.0\.weights' claims shape \(10000, 1000\) of float64 \(80000000 "
+        r"bytes\) but the file holds 64 bytes for it",
+    ),
+    "member-not-an-array": (
+        lambda p: replace_member(p, "layers.0.weights.npy", b"hello"),
+        r"array 'layers\.0\.weights' is not an \.npy array",
     ),
     "extra-array": (
         lambda p: rewrite(p, lambda a: a.update({"layers.9.weights": np.zeros(2)})),
@@ -397,3 +474,279 @@ def test_a_stack_missing_an_array_is_incomplete(tmp_path):
     )
     with pytest.raises(CheckpointError, match=r"layer 0 \(LSTM\): proj_size must be smaller"):
         checkpoint.load(path)
+
+
+# -- refused calls change nothing -----------------------------------------------------------
+def _training_file(path, optimizer=xplstm.optim.Adam) -> None:
+    """A training checkpoint of ``host_model()`` after 3 steps of ``optimizer``."""
+    model = host_model()
+    trained = optimizer(model.parameters(), lr=0.01)
+    adam_steps(model, trained, 3)
+    checkpoint.save(path, model, optimizer=trained, training={"step": 3})
+
+
+def _edit_optimizer(**fields):
+    def change(arrays):
+        header = json.loads(str(arrays["__xplstm__"]))
+        header["optimizer"] |= fields
+        arrays["__xplstm__"] = np.array(json.dumps(header))
+
+    return change
+
+
+def _refuse(training):
+    raise ValueError("the caller's check refused it")
+
+
+#: Each reason restore refuses a file on its own, beyond a model of another description (see
+#: test_each_difference_alone_is_refused_by_restore): (how the file is made from a training
+#: checkpoint, restore's keywords, the message).
+REFUSALS = {
+    "no-optimizer-state": (
+        lambda p: checkpoint.save(p, host_model()),
+        {},
+        "holds no optimizer state: it was saved without optimizer=",
+    ),
+    "another-optimizer": (
+        lambda p: _training_file(p, optimizer=xplstm.optim.SGD),
+        {},
+        "the state is SGD's, not Adam's",
+    ),
+    "buffer-of-another-shape": (
+        lambda p: rewrite(p, lambda a: a.update({"optimizer.0.m": np.zeros((2, 2))})),
+        {},
+        r"parameter 0: buffer 'm' is float64 of shape \(2, 2\)",
+    ),
+    "buffer-of-no-parameter": (
+        lambda p: rewrite(p, lambda a: a.update({"optimizer.9.m": np.zeros(2)})),
+        {},
+        "array 'optimizer.9.m' belongs to no parameter",
+    ),
+    "incomplete-optimizer-state": (
+        lambda p: rewrite(p, lambda a: a.pop("optimizer.1.v")),
+        {},
+        "the optimizer state is incomplete",
+    ),
+    "negative-step-count": (
+        lambda p: rewrite(p, _edit_optimizer(steps=-1)),
+        {},
+        "the state's step count must be an int >= 0, got -1",
+    ),
+    "optimizer-without-type": (
+        lambda p: rewrite(p, _edit_optimizer(type=None)),
+        {},
+        "'optimizer' must be an object with a 'type' and 'steps'",
+    ),
+    "missing-parameter": (
+        lambda p: rewrite(p, lambda a: a.pop("layers.2.bias")),
+        {},
+        r"array 'layers\.2\.bias' of layer 2 \(Linear\) is missing",
+    ),
+    "non-finite-weight": (
+        lambda p: rewrite(p, lambda a: a["layers.0.weights"].__setitem__((0, 0), np.nan)),
+        {},
+        r"array 'layers\.0\.weights' holds 1 non-finite values",
+    ),
+    "the-callers-check": (lambda p: None, {"check": _refuse}, "the caller's check refused it"),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_refused_restore_changes_nothing(tmp_path, refusal):
+    """Every parameter and the optimizer's step count and buffers are as they were: restore
+    checks everything (the optimizer state and the caller's check too), then writes."""
+    make, options, message = refusal
+    path = tmp_path / "t.npz"
+    _training_file(path)
+    make(path)
+    model = host_model()
+    optimizer = xplstm.optim.Adam(model.parameters(), lr=0.01)
+    adam_steps(model, optimizer, 1, seed=7)
+    before = state_of(model, optimizer)
+    with pytest.raises(ValueError, match=message):
+        checkpoint.restore(path, model, optimizer, **options)
+    assert_same_state(state_of(model, optimizer), before)
+    _training_file(path)  # and the same model and optimizer take a good file
+    checkpoint.restore(path, model, optimizer)
+    assert optimizer.steps == 3
+
+
+# -- the description is untrusted input -----------------------------------------------------
+#: The most a load of a small file may allocate: a few copies of its arrays and the layer's
+#: bookkeeping (a full layer at hidden_size 2000 took 183 MiB before it was checked).
+SMALL_FILE_PEAK = 1 << 20
+
+
+def peak_bytes(call) -> int:
+    """The largest memory traced while ``call()`` runs (NumPy reports its arrays to
+    tracemalloc), whatever it raises."""
+    tracemalloc.start()
+    try:
+        call()
+    except Exception:  # the allocations are the point here; what it raised is tested apart
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        edit_layer(hidden_size=2000),
+        edit_layer(num_layers=10**4),
+        edit_layer(input_size=10**12),
+        lambda arrays: None,  # the honest file, for scale
+    ],
+    ids=["hidden_size", "num_layers", "input_size", "honest"],
+)
+def test_a_small_file_claiming_big_sizes_allocates_little(saved, damage):
+    rewrite(saved, damage)
+    assert saved.stat().st_size < 4096
+    assert peak_bytes(lambda: checkpoint.load(saved, backend="numpy")) < SMALL_FILE_PEAK
+    replace_member(saved, "layers.0.weights.npy", npy_claiming((10**4, 1000)))  # 80 MB claimed
+    assert peak_bytes(lambda: checkpoint.load(saved, backend="numpy")) < SMALL_FILE_PEAK
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([0, 1, 2, 3, 4, 2000, 10**9])
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(["LSTM", "Linear", "LastStep", "Sequential", "float32", "float64"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=6,
+)
+#: Where a mutation may land in the description of ``fuzz_model()``.
+FIELDS = [
+    ("format",), ("version",), ("model",), ("dtype",), ("layers",), ("optimizer",),
+    ("training",), ("layers", 0), ("layers", 1), ("layers", 2), ("layers", 3),
+    *[("layers", 0, key) for key in ("type", "input_size", "hidden_size", "num_layers")],
+    *[("layers", 0, key) for key in checkpoint.OPTIONS["LSTM"][1:]],
+    *[("layers", 2, key) for key in ("type", "in_features", "out_features")],
+]  # fmt: skip
+
+
+def fuzz_model() -> xplstm.Sequential:
+    return xplstm.Sequential(
+        xplstm.LSTM(3, 4, num_layers=2, proj_size=2, backend="numpy", dtype="float64", seed=0),
+        xplstm.LastStep(),
+        xplstm.Linear(2, 2, backend="numpy", dtype="float64", seed=1),
+    )
+
+
+def mutate_description(header: dict, field: tuple, value, delete: bool) -> None:
+    """Set (or delete) ``field`` of ``header`` where it still exists after earlier mutations."""
+    *parents, last = field
+    node = header
+    for key in parents:
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            return
+    if isinstance(node, list) and not (isinstance(last, int) and last < len(node)):
+        return
+    if not isinstance(node, (dict, list)):
+        return
+    if not delete:
+        node[last] = value
+    elif isinstance(node, list) or last in node:
+        del node[last]
+
+
+array_changes = st.sampled_from(["drop", "reshape", "astype", "add", "nan", "keep"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mutations=st.lists(
+        st.tuples(st.sampled_from(FIELDS), json_values, st.booleans()), min_size=1, max_size=4
+    ),
+    changes=st.lists(st.tuples(array_changes, st.integers(0, 20)), max_size=3),
+    dtype=st.sampled_from(["float32", "int64", "complex128", "bool", "<U3"]),
+    shape=st.lists(st.integers(0, 5), max_size=3).map(tuple),
+)
+def test_mutated_descriptions_and_arrays_load_right_or_raise_checkpoint_error(
+    tmp_path_factory, mutations, changes, dtype, shape
+):
+    """Whatever the description and the arrays say, load gives a CheckpointError or a model
+    whose parameters are the file's arrays, and allocates little on the way."""
+    path = tmp_path_factory.mktemp("fuzz") / "m.npz"
+    checkpoint.save(path, fuzz_model())
+
+    def change(arrays):
+        header = json.loads(str(arrays.pop("__xplstm__")))
+        for field, value, delete in mutations:
+            mutate_description(header, field, value, delete)
+        names = sorted(arrays)
+        for kind, pick in changes:
+            name = names[pick % len(names)]
+            if kind == "drop":
+                arrays.pop(name, None)
+            elif kind == "reshape" and name in arrays:
+                arrays[name] = np.zeros(shape)
+            elif kind == "astype" and name in arrays:
+                arrays[name] = arrays[name].astype(dtype)
+            elif kind == "add":
+                arrays[f"layers.{pick}.weights"] = np.zeros(shape)
+            elif kind == "nan" and name in arrays:
+                arrays[name] = np.full_like(arrays[name], np.nan)
+        arrays["__xplstm__"] = np.array(json.dumps(header))
+
+    rewrite(path, change)
+    with np.load(path, allow_pickle=False) as archive:
+        stored = {key: archive[key] for key in archive.files if key != "__xplstm__"}
+    outcome = []
+
+    def load():
+        try:
+            outcome.append(checkpoint.load(path, backend="numpy"))
+        except CheckpointError as error:
+            outcome.append(error)
+
+    assert peak_bytes(load) < SMALL_FILE_PEAK
+    assert outcome, "load raised something other than a CheckpointError"
+    if isinstance(outcome[0], CheckpointError):
+        return
+    _, found = checkpoint.model_arrays(outcome[0])
+    assert sorted(found) == sorted(stored)
+    for name, values in found.items():
+        np.testing.assert_array_equal(values, stored[name], err_msg=name)
+
+
+# -- failed writes leave no debris ----------------------------------------------------------
+def full_disk(file, *args, **kwargs):
+    """A writer that fails halfway, as on a full disk."""
+    file.write(b"half a file")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_debris(saved, monkeypatch):
+    before = saved.read_bytes()
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        checkpoint.save(saved, host_model("float32"))
+    assert saved.read_bytes() == before
+    assert list(saved.parent.iterdir()) == [saved]
+
+
+def test_saving_onto_a_folder_is_refused_and_leaves_no_debris(tmp_path):
+    folder = tmp_path / "model.npz"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"model\.npz: it is a folder; give a file name"):
+        checkpoint.save(folder, host_model())
+    assert list(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
+
+
+def test_a_model_with_non_finite_parameters_is_not_saved(saved):
+    """Its file would not load (see non-finite-weight above): refused before writing."""
+    before = saved.read_bytes()
+    model = host_model()
+    model.layers[2].bias.values = np.array([0.0, np.nan])
+    with pytest.raises(ValueError, match=r"array 'layers\.2\.bias' holds 1 non-finite values"):
+        checkpoint.save(saved, model)
+    assert saved.read_bytes() == before
+    assert list(saved.parent.iterdir()) == [saved]

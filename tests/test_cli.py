@@ -3,6 +3,7 @@ early stopping, Ctrl-C and the error messages."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -229,10 +230,111 @@ def _ctrl_c_stops_after_the_step_and_keeps_the_model(
 def test_bad_options_say_what_is_wrong(
     tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture
 ) -> None:
+    out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["train", "--out", str(tmp_path), "--quiet", *argv])
+        cli.main(["train", "--out", str(out), "--quiet", *argv])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+    assert not out.exists(), "the options were checked after the output folder was made"
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "run").write_text("notes")
+    monkeypatch.setattr(tasks.Adding, "sample", None)  # training would fail on it
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--out", str(tmp_path / "run"), "--quiet"])
+    assert exit_.value.code == 2
+    assert f"--out {tmp_path / 'run'} is a file; give a folder" in capsys.readouterr().err
+    assert (tmp_path / "run").read_text() == "notes"
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_finite_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third training batch holds a NaN: the run stops before that step's update, says
+    so, exits with status 1, and writes the model of step 2, the one a 2-step run writes."""
+    status, _ = train(tmp_path / "two", "adding", "--steps", "2")
+    assert status == 0
+    capsys.readouterr()
+    sample, calls = tasks.Adding.sample, []
+
+    def nan_in_third_batch(self: tasks.Task, rng: np.random.Generator, n: int):
+        data = sample(self, rng, n)
+        calls.append(n)
+        if n == 4 and calls.count(4) == 3:  # the held-out set has 1000 rows
+            data.inputs[1, 2, 0] = np.nan
+        return data
+
+    monkeypatch.setattr(tasks.Adding, "sample", nan_in_third_batch)
+    status, metrics = train(tmp_path, "adding", "--steps", "1000")
+    assert status == 1
+    assert metrics["stopped"] == "non-finite loss" and metrics["steps"] == 2
+    said = "step 3 gave a non-finite loss (nan) or gradient norm (nan); stopped before its update"
+    assert metrics["problem"].startswith(said)
+    assert f"xplstm train: {said}" in capsys.readouterr().err
+    kept = checkpoint.load(tmp_path / "adding" / "model.npz")
+    two = checkpoint.load(tmp_path / "two" / "adding" / "model.npz")
+    for ours, theirs in zip(kept.parameters(), two.parameters(), strict=True):
+        np.testing.assert_array_equal(ours.values, theirs.values)
+    assert np.isfinite(metrics["test_metric"])
+
+
+def predict_files(tmp_path: Path, x: np.ndarray) -> list[str]:
+    """predict's --model and --input options for a small adding model and ``x``."""
+    model = xplstm.Sequential(xplstm.LSTM(2, 3, seed=0), xplstm.LastStep(), xplstm.Linear(3, 1))
+    checkpoint.save(tmp_path / "m.npz", model)
+    np.save(tmp_path / "x.npy", x)
+    return ["predict", "--model", str(tmp_path / "m.npz"), "--input", str(tmp_path / "x.npy")]
+
+
+def test_predict_says_when_outputs_are_not_finite(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    x = np.random.default_rng(0).standard_normal((3, 4, 2)).astype("float32")
+    argv = [*predict_files(tmp_path, x), "--output", str(tmp_path / "y.npy")]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().err == ""
+    x[1, 2, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    assert cli.main(argv) == 0
+    assert np.isnan(np.load(tmp_path / "y.npy")[1]).all()
+    assert (
+        "xplstm predict: warning: the outputs of 1 of 3 sequences are not finite (NaN or inf), "
+        f"the first in row 1; look for NaN or inf in {tmp_path / 'x.npy'}"
+    ) in capsys.readouterr().err
+
+
+def test_predict_writes_nothing_it_cannot_finish(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An --output that is a folder is refused before any work; a write that fails (a full
+    disk) leaves the old file and no .partial file."""
+    x = np.random.default_rng(0).standard_normal((3, 4, 2)).astype("float32")
+    files = predict_files(tmp_path, x)
+    (tmp_path / "y").mkdir()
+    monkeypatch.setattr(checkpoint, "load", None)  # any work would fail on it
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*files, "--output", str(tmp_path / "y")])
+    assert exit_.value.code == 2
+    assert f"cannot write {tmp_path / 'y'}: it is a folder" in capsys.readouterr().err
+    assert not any((tmp_path / "y").iterdir())
+    monkeypatch.undo()
+
+    (tmp_path / "y.npy").write_bytes(b"the old outputs")
+
+    def full_disk(file, *args, **kwargs):
+        file.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*files, "--output", str(tmp_path / "y.npy")])
+    assert exit_.value.code == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert (tmp_path / "y.npy").read_bytes() == b"the old outputs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "x.npy", "y", "y.npy"]
 
 
 def test_info_lists_backends_and_they_agree(capsys: pytest.CaptureFixture) -> None:

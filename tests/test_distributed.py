@@ -4,11 +4,14 @@ worker, resumes from a checkpoint, and refuses bad input with clear errors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ import dask.array as da
 from dask.distributed import Client, LocalCluster, get_task_stream
 
 import xplstm
-from tests.support import assert_close
+from tests.support import assert_close, assert_same_state, state_of
 from xplstm import checkpoint, cli, distributed, losses, optim
 
 ROWS, SEQ, FEATURES, HIDDEN = 24, 5, 3, 6
@@ -318,6 +321,87 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
         run_fit(client, steps=6, shards=2, checkpoint=path, seed=1)
 
 
+def _training_record(**fields):
+    """Edit the training record of a checkpoint (its JSON description)."""
+
+    def change(path):
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        header = json.loads(str(arrays["__xplstm__"]))
+        header["training"] |= fields
+        arrays["__xplstm__"] = np.array(json.dumps(header))
+        np.savez(path, **arrays)
+
+    return change
+
+
+#: Each reason fit refuses to resume from a checkpoint on its own: (a change to the file,
+#: fit's options, the message).
+RESUME_REFUSALS = {
+    "another-seed": (None, {"seed": 1}, r"saved by a run with \{'seed': 0, .*\}, not \{'seed': 1"),
+    "another-batch-size": (None, {"batch_size": 6}, r"'batch_size': 8, .*not .*'batch_size': 6"),
+    "other-data": (
+        _training_record(rows=ROWS + 1), {}, rf"'rows': {ROWS + 1}\}}, not .*'rows': {ROWS}"
+    ),
+    "past-the-steps": (None, {"steps": 1}, "is at step 2, past steps=1; ask for more steps"),
+    "no-training-step": (
+        _training_record(step=None), {}, r"is not a training checkpoint \(it holds no training"
+    ),
+    "bad-losses": (
+        _training_record(losses=[1.0]), {}, "'losses' must list the 2 losses of the steps done"
+    ),
+    "no-optimizer-state": (
+        lambda path: checkpoint.save(path, small_model()), {}, "holds no optimizer state"
+    ),
+    "too-many-shards": (None, {"shards": 9}, "a batch of 8 rows cannot be cut into 9 shards"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("refusal", RESUME_REFUSALS.values(), ids=RESUME_REFUSALS.keys())
+def test_a_refused_resume_changes_nothing(client, tmp_path, refusal):
+    """The model's parameters and the optimizer's step count and buffers are as they were,
+    and the checkpoint too: fit checks the file and its options, then restores."""
+    change, options, message = refusal
+    path = tmp_path / "run.npz"
+    run_fit(client, steps=2, shards=2, checkpoint=path, every=2)
+    if change is not None:
+        change(path)
+    saved = path.read_bytes()
+    model = small_model()
+    optimizer = optim.Adam(model.parameters(), lr=0.05)
+    x, y = data()
+    distributed.fit(model, optimizer, x, y, loss=losses.mse, batch_size=8, steps=1, client=client)
+    before = state_of(model, optimizer)
+    options = {"loss": losses.mse, "batch_size": 8, "steps": 4, "shards": 2} | options
+    with pytest.raises(ValueError, match=message):
+        distributed.fit(model, optimizer, x, y, client=client, checkpoint=path, **options)
+    assert_same_state(state_of(model, optimizer), before)
+    assert path.read_bytes() == saved
+
+
+def test_a_non_finite_loss_stops_fit_before_its_update(client, tmp_path):
+    """A NaN in one row: fit raises at the first step whose batch holds it, with the model
+    (and the checkpoint) of the step before, the last finite one."""
+    x, y = data()
+    first = set(distributed.batch_rows(ROWS, 8, 0, 0))
+    poisoned = next(r for r in distributed.batch_rows(ROWS, 8, 0, 1) if r not in first)
+    x[poisoned, 2, 1] = np.nan
+    expected = run_fit(client, steps=1, shards=2)
+    model = small_model()
+    optimizer = optim.Adam(model.parameters(), lr=0.05)
+    path = tmp_path / "run.npz"
+    with pytest.raises(
+        FloatingPointError,
+        match=r"step 2 gave a non-finite loss \(nan\) or gradient norm \(nan\); stopped before "
+        r"its update: the model is that of step 1, the last finite one \(saved in .*run\.npz\)",
+    ):
+        distributed.fit(model, optimizer, x, y, loss=losses.mse, batch_size=8, steps=4,
+                        shards=2, clip=0.5, client=client, checkpoint=path)  # fmt: skip
+    assert_same(([], parameters(model)), ([], expected[1]))
+    assert optimizer.steps == 1
+    assert_same(([], parameters(checkpoint.load(path))), ([], expected[1]))
+
+
 # -- the CuPy route, on the CPU -------------------------------------------------------------
 BACKEND_PROBLEM = xplstm.backends.unavailable_reason
 
@@ -353,6 +437,76 @@ def test_no_scheduler_at_the_address_is_a_clear_error_within_the_timeout():
     ):
         distributed.connect("tcp://127.0.0.1:9", timeout=1)
     assert time.perf_counter() - started < 10
+
+
+@pytest.fixture
+def silent_server():
+    """The address of a local port that accepts TCP connections and never says a word."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        with contextlib.suppress(OSError):  # closed at the end
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+
+
+#: What a timeout may be overrun by: distributed.HANDSHAKE_MARGIN and the time to give up.
+MARGIN = 2.0
+
+
+def within(seconds: float, call):
+    """``call()`` in a thread: what it raised (or returned), or a test failure when it is
+    still running after ``seconds`` (a timeout that does not hold would hang the suite)."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except BaseException as error:  # handed to the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds} s"
+    return outcome[0]
+
+
+def test_a_port_that_accepts_but_never_answers_times_out(silent_server):
+    error = within(2 + MARGIN, lambda: distributed.connect(silent_server, timeout=2))
+    assert isinstance(error, distributed.ClusterError)
+    assert str(error).startswith(
+        f"no Dask scheduler answered at '{silent_server}' within 2 s (something accepted the "
+        "connection but never answered)"
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_the_command_line_times_out_on_a_port_that_never_answers(
+    silent_server, tmp_path, capsys, command
+):
+    """--scheduler with --connect-timeout: exit status 2 in time, and nothing written."""
+    checkpoint.save(tmp_path / "m.npz", small_model(dtype="float32"))
+    np.save(tmp_path / "x.npy", data(dtype="float32")[0])
+    argv = {
+        "train": ["train", "--out", str(tmp_path / "run"), "--quiet", "--steps", "2"],
+        "predict": ["predict", "--model", str(tmp_path / "m.npz"), "--input",
+                    str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")],
+    }[command]  # fmt: skip
+    where = ["--scheduler", silent_server, "--connect-timeout", "1"]
+    exit_ = within(1 + MARGIN + 1, lambda: cli.main([*argv, *where]))  # and a tiny set-up
+    assert isinstance(exit_, SystemExit) and exit_.code == 2
+    assert f"no Dask scheduler answered at '{silent_server}' within 1 s" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "x.npy"]
 
 
 def _numpy_missing(missing: bool) -> None:

@@ -6,6 +6,7 @@ float64 graphs run in ONNX's own reference evaluator, and in ONNX Runtime where 
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -270,6 +271,27 @@ def test_export_writes_a_checked_file(tmp_path: Path) -> None:
     assert_outputs(got, expected, "float32")
     with pytest.raises(FileNotFoundError, match="there is no folder"):
         exporter.export(model, tmp_path / "missing" / "model.onnx")
+
+
+def test_a_failed_export_leaves_the_old_file_and_no_debris(tmp_path: Path, monkeypatch) -> None:
+    model = models("float32")["lstm-laststep-linear"]
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"the old graph")
+    folder = tmp_path / "folder.onnx"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"folder\.onnx: it is a folder"):
+        exporter.export(model, folder)
+
+    def full_disk(proto, file, *args, **kwargs):
+        file.write(b"half a graph")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        exporter.export(model, path)
+    assert path.read_bytes() == b"the old graph"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.onnx", "model.onnx"]
+    assert not any(folder.iterdir())
 
 
 def test_summary_names_every_input_and_output() -> None:

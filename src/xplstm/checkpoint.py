@@ -29,9 +29,11 @@ the model from it as from any checkpoint, :func:`restore` puts everything back.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -40,6 +42,7 @@ import numpy as np
 from xplstm import backends
 from xplstm.backends import Backend, BackendError
 from xplstm.embedding import Embedding
+from xplstm.files import write_whole
 from xplstm.layer import dtype_name
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
@@ -136,13 +139,20 @@ def save(
     training: dict[str, Any] | None = None,
 ) -> None:
     """Write ``model`` (an LSTM, a Linear, an Embedding, or a Sequential of those and LastStep) to
-    ``path`` as one ``.npz``; the file is replaced only once it is complete.
+    ``path`` as one ``.npz``; the file is replaced only once it is complete, and a failed write
+    leaves the old one as it was (see :mod:`xplstm.files`).
 
     With ``optimizer`` (built on ``model.parameters()``) its state is saved too, and with
     ``training`` a JSON-serialisable dict of the training loop's progress: :func:`restore`
     reads both back.
     """
     header, arrays = model_arrays(model)
+    problem = _non_finite(arrays)
+    if problem:
+        raise ValueError(
+            f"not saved to {os.fspath(path)}: {problem}; the model would compute NaN (a diverged "
+            "run): save it from before it diverged"
+        )
     if optimizer is not None:
         state = optimizer.state_dict()
         header["optimizer"] = {"type": state["type"], "steps": state["steps"]}
@@ -152,10 +162,7 @@ def save(
     if training is not None:
         header["training"] = training
     arrays[DESCRIPTION_KEY] = np.array(json.dumps(header))
-    partial = f"{os.fspath(path)}.partial"
-    with open(partial, "wb") as file:
-        np.savez(file, **arrays)
-    os.replace(partial, path)
+    write_whole(path, lambda file: np.savez(file, **arrays))
 
 
 def load(
@@ -177,6 +184,7 @@ def load(
     device = chosen.parse_device(device)
     arrays = _read(path)
     header = _header(path, arrays)
+    _check_finite(path, arrays)
     _optimizer_arrays(arrays)
     if dtype is not None:
         header = header | {"dtype": dtype_name(dtype)}
@@ -209,8 +217,7 @@ def model_from_arrays(
         kwargs = {k: spec[k] for k in (*sizes, *OPTIONS.get(spec["type"], ())) if k in spec}
         found = _pop_prefixed(arrays, f"layers.{index}.")
         try:
-            # The names the parameters must have, from a layer of this shape on the host.
-            names = list(cls(**kwargs, backend="numpy", seed=0).named_parameters().keys())
+            names = _parameter_names(spec["type"], kwargs, len(found))
             missing = [name for name in names if name not in found]
             if missing:
                 raise CheckpointError(
@@ -219,6 +226,8 @@ def model_from_arrays(
                 )
             arrays |= {f"layers.{index}.{k}": v for k, v in found.items() if k not in names}
             kwargs |= _values_by_argument({name: found[name] for name in names})
+            # Every parameter is given: the layer checks each array's shape against the sizes
+            # described and draws nothing, so no memory goes to sizes the arrays do not back.
             layer = cls(**kwargs, backend=chosen, device=device, dtype=header["dtype"])
             if "training" in spec:
                 layer.train(spec["training"])
@@ -236,8 +245,48 @@ def model_from_arrays(
     return Sequential(*layers) if header["model"] == "Sequential" else layers[0]
 
 
+#: Sizes of a small layer of each type, and the options that decide which parameters a layer
+#: has (stacking, directions, bias, projection): never its sizes.
+_SMALL: dict[str, dict[str, int]] = {
+    "LSTM": {"input_size": 1, "hidden_size": 2},
+    "Linear": {"in_features": 1, "out_features": 1},
+    "Embedding": {"num_embeddings": 1, "embedding_dim": 1},
+}
+_STRUCTURE: dict[str, tuple[str, ...]] = {
+    "LSTM": ("num_layers", "bidirectional", "proj_size", "use_bias"),
+}
+
+
+def _parameter_names(kind: str, kwargs: dict[str, Any], present: int) -> list[str]:
+    """The names of the parameters of the layer ``kwargs`` describe, read from a small layer
+    of the same structure: the description is untrusted, so nothing is built at its sizes
+    before the arrays present are checked against them. Raises ``ValueError`` for structure
+    options the layer refuses (the layer built from the arrays checks the others)."""
+    small = _SMALL[kind] | {k: kwargs[k] for k in _STRUCTURE.get(kind, ()) if k in kwargs}
+    proj_size, num_layers = kwargs.get("proj_size"), kwargs.get("num_layers", 1)
+    if _is_int(proj_size) and proj_size > 0:
+        if _is_int(kwargs["hidden_size"]) and proj_size < kwargs["hidden_size"]:
+            small["proj_size"] = 1
+        else:  # the layer refuses it, with the sizes described, before building anything
+            small["hidden_size"] = kwargs["hidden_size"]
+    if _is_int(num_layers) and num_layers > present:
+        raise ValueError(
+            f"num_layers={num_layers} needs at least {num_layers} arrays, the file holds "
+            f"{present} for this layer"
+        )
+    return list(LAYERS[kind][0](**small, backend="numpy", seed=0).named_parameters().keys())
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def restore(
-    path: str | os.PathLike[str], model: Model, optimizer: Optimizer | None = None
+    path: str | os.PathLike[str],
+    model: Model,
+    optimizer: Optimizer | None = None,
+    *,
+    check: Callable[[dict[str, Any] | None], None] | None = None,
 ) -> dict[str, Any] | None:
     """Put the parameters of a checkpoint into ``model`` (where it lives: its backend and
     device) and, with ``optimizer``, the optimizer state saved with them; returns the
@@ -245,9 +294,12 @@ def restore(
 
     Raises :class:`CheckpointError` when the file describes other layers than ``model`` has,
     or holds no optimizer state, or another optimizer's, when ``optimizer`` asks for it.
+    ``check`` is called with the ``training`` dict before anything is written, to refuse it
+    by raising. A refused call changes nothing: everything is checked, then written.
     """
     arrays = _read(path)
     header = _header(path, arrays)
+    _check_finite(path, arrays)
     saved = _optimizer_arrays(arrays)
     expected, _ = model_arrays(model)
     for key in ("model", "dtype", "layers"):
@@ -258,25 +310,20 @@ def restore(
                 "build the model as it was when the checkpoint was saved"
             )
     host = model_from_arrays(header, arrays, "numpy", source=os.fspath(path))
+    state = None if optimizer is None else _optimizer_state(path, header, saved, optimizer)
+    if check is not None:
+        check(header.get("training"))
+    placed = []
     for param, loaded in zip(model.parameters(), host.parameters(), strict=True):
         owner = backends.backend_of(param.values)
-        param.values = owner.from_numpy(loaded.values, array_api_compat.device(param.values))
+        placed.append(owner.from_numpy(loaded.values, array_api_compat.device(param.values)))
     if optimizer is not None:
-        described = header.get("optimizer")
-        if described is None:
-            raise CheckpointError(
-                f"{path} holds no optimizer state: it was saved without optimizer="
-            )
-        buffers: list[dict[str, np.ndarray]] = [{} for _ in optimizer.parameters]
-        for key, value in saved.items():
-            index, _, name = key.removeprefix(_OPTIMIZER).partition(".")
-            if not index.isdigit() or int(index) >= len(buffers):
-                raise CheckpointError(f"{path}: array {key!r} belongs to no parameter")
-            buffers[int(index)][name] = value
-        try:
-            optimizer.load_state_dict(described | {"buffers": buffers})
+        try:  # it checks everything before it changes anything
+            optimizer.load_state_dict(state)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: the optimizer state does not fit: {exc}") from None
+    for param, values in zip(model.parameters(), placed, strict=True):
+        param.values = values
     return header.get("training")
 
 
@@ -286,6 +333,51 @@ def _without_modes(described: Any) -> Any:
     if not isinstance(described, list):
         return described
     return [{k: v for k, v in spec.items() if k != "training"} for spec in described]
+
+
+def _optimizer_state(
+    path: str | os.PathLike[str],
+    header: dict[str, Any],
+    saved: dict[str, np.ndarray],
+    optimizer: Optimizer,
+) -> dict[str, Any]:
+    """The optimizer state a training checkpoint holds, as ``optimizer.load_state_dict``
+    takes it, with every parameter's buffers named alike."""
+    described = header.get("optimizer")
+    if described is None:
+        raise CheckpointError(f"{path} holds no optimizer state: it was saved without optimizer=")
+    buffers: list[dict[str, np.ndarray]] = [{} for _ in optimizer.parameters]
+    for key, value in saved.items():
+        index, _, name = key.removeprefix(_OPTIMIZER).partition(".")
+        if not index.isdigit() or int(index) >= len(buffers):
+            raise CheckpointError(f"{path}: array {key!r} belongs to no parameter")
+        buffers[int(index)][name] = value
+    names = [sorted(b) for b in buffers]
+    if any(n != names[0] for n in names):
+        raise CheckpointError(
+            f"{path}: the optimizer state is incomplete: parameter buffers {names}"
+        )
+    return described | {"buffers": buffers}
+
+
+def _non_finite(arrays: dict[str, np.ndarray]) -> str | None:
+    """Which floating-point array holds NaN or infinities, and how many, if one does."""
+    for key, values in arrays.items():
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            count = int(values.size - np.count_nonzero(np.isfinite(values)))
+            return f"array {key!r} holds {count} non-finite values (NaN or inf)"
+    return None
+
+
+def _check_finite(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+    """A :class:`CheckpointError` when a parameter or optimizer array is not finite: such a
+    model computes NaN, so it is refused rather than loaded (numpy.load reads the arrays)."""
+    problem = _non_finite(arrays)
+    if problem:
+        raise CheckpointError(
+            f"{path}: {problem}; the model would compute NaN, so it is not loaded (inspect the "
+            "arrays with numpy.load)"
+        )
 
 
 def _optimizer_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -314,10 +406,16 @@ def _values_by_argument(named: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def _read(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Every array in the archive, read without unpickling anything."""
+    """Every array in the archive, read without unpickling anything, each only once its
+    ``.npy`` header is checked against the bytes that back it: memory stays bounded by what
+    the file holds, whatever its headers claim."""
     with open(path, "rb") as file:
         magic = file.read(len(_NPY_MAGIC))
-    if not magic.startswith(_ZIP_MAGIC) and magic != _NPY_MAGIC:
+    if magic == _NPY_MAGIC:
+        raise CheckpointError(
+            f"{path} holds a single array (.npy), not an xplstm checkpoint (.npz archive)"
+        )
+    if not magic.startswith(_ZIP_MAGIC):
         found = "the file is empty" if not magic else f"it starts with {magic!r}"
         raise CheckpointError(
             f"{path} is not an xplstm checkpoint: not an .npz (zip) archive ({found})"
@@ -329,21 +427,61 @@ def _read(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             f"{path} is not a readable .npz archive ({type(exc).__name__}: {exc}); the file is "
             "truncated or corrupt"
         ) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CheckpointError(
-            f"{path} holds a single array (.npy), not an xplstm checkpoint (.npz archive)"
-        )
     with archive:
         arrays = {}
-        for key in archive.files:
+        for info in archive.zip.infolist():
+            key = info.filename.removesuffix(".npy")
             try:
+                problem = _member_problem(archive.zip, info)
+                if problem:
+                    raise CheckpointError(f"{path}: array {key!r} {problem}")
                 arrays[key] = archive[key]
             except _UNREADABLE as exc:
+                if isinstance(exc, CheckpointError):
+                    raise
                 raise CheckpointError(
                     f"{path}: array {key!r} cannot be read ({type(exc).__name__}: {exc}); the "
                     "file is truncated or corrupt, or holds pickled objects, which are never loaded"
                 ) from None
     return arrays
+
+
+#: The largest ratio of sizes that deflate reaches (long runs of one byte).
+_DEFLATE_RATIO = 1032
+
+
+def _member_problem(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
+    """What is wrong with the archive member ``info``, before its array is allocated: not an
+    ``.npy`` array, or a header claiming more bytes than the member holds."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        holds = info.compress_size
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        holds = _DEFLATE_RATIO * info.compress_size
+    else:
+        return f"is compressed with zip method {info.compress_type}; .npz files use deflate"
+    if info.file_size > holds:
+        return f"claims {info.file_size} bytes but its {info.compress_size} cannot hold them"
+    with archive.open(info) as member:
+        if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            return "is not an .npy array"
+        member.seek(0)
+        version = np.lib.format.read_magic(member)
+        if version not in _NPY_HEADERS:
+            return f"has .npy format version {version}; xplstm reads {sorted(_NPY_HEADERS)}"
+        shape, _, dtype = _NPY_HEADERS[version](member)
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed > info.file_size - member.tell():
+            return (
+                f"claims shape {shape} of {dtype} ({claimed} bytes) but the file holds "
+                f"{info.file_size - member.tell()} bytes for it; the file is truncated or corrupt"
+            )
+    return None
+
+
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def _header(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -367,29 +505,57 @@ def _header(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> dict
             f"{path} has checkpoint layout version {header.get('version')!r}; this xplstm reads "
             f"version {VERSION}: load it with the xplstm that wrote it"
         )
-    _check_layers(path, header)
+    _check_description(path, header)
     return header
 
 
-def _check_layers(path: str | os.PathLike[str], header: dict[str, Any]) -> None:
-    """The description names known layers with integer sizes, a dtype and a model type."""
-    problem = _layers_problem(header.get("layers"))
-    if problem is None and (
-        header.get("model") not in ("Sequential", *LAYERS)
-        or (
-            header["model"] != "Sequential"
-            and [s["type"] for s in header["layers"]] != [header["model"]]
-        )
+def _check_description(path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+    """The description names known layers with integer sizes, a model type that fits them, a
+    dtype, and (in a training checkpoint) an optimizer's type and step count and a training
+    dict: each check assumes the ones before it passed."""
+    for problem_of in (_layers_problem, _model_problem, _dtype_problem, _training_problem):
+        problem = problem_of(header)
+        if problem:
+            raise CheckpointError(f"{path}: the description is not valid: {problem}")
+
+
+def _model_problem(header: dict[str, Any]) -> str | None:
+    model = header.get("model")
+    kinds = [spec["type"] for spec in header["layers"]]
+    if model not in ("Sequential", *LAYERS) or (model != "Sequential" and kinds != [model]):
+        return f"model {model!r} does not fit its layers"
+    return None
+
+
+def _training_problem(header: dict[str, Any]) -> str | None:
+    described = header.get("optimizer")
+    if described is not None and not (
+        isinstance(described, dict)
+        and isinstance(described.get("type"), str)
+        and _is_int(described.get("steps"))
     ):
-        problem = f"model {header.get('model')!r} does not fit its layers"
-    if problem is None and header.get("dtype") not in ("float32", "float64", None):
-        problem = f"dtype {header.get('dtype')!r} is not float32 or float64"
-    if problem:
-        raise CheckpointError(f"{path}: the description is not valid: {problem}")
+        return f"'optimizer' must be an object with a 'type' and 'steps', got {described!r}"
+    if not isinstance(header.get("training", {}), dict):
+        return f"'training' must be an object, got {header['training']!r}"
+    return None
 
 
-def _layers_problem(layers: Any) -> str | None:
+def _dtype_problem(header: dict[str, Any]) -> str | None:
+    """What is wrong with the description's ``dtype``: one of the float dtypes, or ``null``
+    for a model without parameters (LastStep alone)."""
+    if "dtype" not in header:
+        return "'dtype' is missing"
+    dtype = header["dtype"]
+    if dtype is None and any(spec["type"] != "LastStep" for spec in header["layers"]):
+        return "'dtype' is null, but the layers have parameters"
+    if dtype not in ("float32", "float64", None):
+        return f"dtype {dtype!r} is not float32 or float64"
+    return None
+
+
+def _layers_problem(header: dict[str, Any]) -> str | None:
     """What is wrong with the description's ``layers`` list, or ``None`` when it fits."""
+    layers = header.get("layers")
     if not isinstance(layers, list) or not layers:
         return "'layers' must be a non-empty list"
     for index, spec in enumerate(layers):

@@ -109,6 +109,13 @@ def run_train(args: argparse.Namespace) -> int:
     )
     metrics = train(settings)
     print(summary(metrics))
+    if metrics["problem"]:
+        print(
+            f"xplstm train: {metrics['problem']} (saved in {metrics['out']}); lower --lr or "
+            "--clip, or look for NaN or inf in the data",
+            file=sys.stderr,
+        )
+        return 1
     return INTERRUPTED if metrics["stopped"] == "interrupted" else 0
 
 
@@ -143,6 +150,7 @@ def predict(args: argparse.Namespace) -> int:
     (rows, seq); --lengths and --mask name .npy files of those instead."""
     from xplstm import files
 
+    files.check_target(args.output)  # before any work: a folder, or no folder to write in
     inputs = files.read_inputs(args.input, lengths=args.lengths, mask=args.mask, dtype=args.dtype)
     model = checkpoint.load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
     steps = {"lengths": inputs.lengths, "mask": inputs.mask}
@@ -161,6 +169,15 @@ def predict(args: argparse.Namespace) -> int:
             )
     files.write_outputs(args.output, y)
     print(f"{args.output}: outputs {y.shape} {y.dtype} for {inputs.x.shape[0]} sequences")
+    finite = np.isfinite(y).reshape(y.shape[0], -1).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        print(
+            f"xplstm predict: warning: the outputs of {rows.size} of {y.shape[0]} sequences are "
+            f"not finite (NaN or inf), the first in row {rows[0]}; look for NaN or inf in "
+            f"{args.input}",
+            file=sys.stderr,
+        )
     return 0
 
 

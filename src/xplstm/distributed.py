@@ -25,6 +25,8 @@ Scripts that start a ``LocalCluster`` (any of these functions without ``client=`
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import importlib.util
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from xplstm import backends, batched, checkpoint, optim
+from xplstm import backends, batched, checkpoint, loop, optim
 from xplstm.checks import positive, positive_int
 from xplstm.resolver import to_numpy
 from xplstm.sequential import Sequential
@@ -50,6 +52,7 @@ try:
     import dask
     import dask.array as da
     from dask.distributed import Client, LocalCluster, WorkerPlugin, default_client
+    from distributed.comm import connect as dask_connect
 except ImportError as error:  # the extra is not installed, or a file hides it
     found = importlib.util.find_spec("distributed")
     if found is not None and found.submodule_search_locations is None:
@@ -116,15 +119,41 @@ class _IgnoreCtrlC(WorkerPlugin):
 
 def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
     """A ``Client`` of the scheduler at ``address`` (``tcp://host:8786``), or a
-    :class:`ClusterError` after ``timeout`` seconds when none answers there."""
+    :class:`ClusterError` after ``timeout`` seconds when none answers there.
+
+    The scheduler's handshake is awaited here first, within ``timeout``: Dask's ``Client``
+    waits for it without a limit, so a port that accepts connections but never answers would
+    hold it forever.
+    """
     try:
+        _handshake(address, timeout)
         return Client(address, timeout=timeout)
     except (OSError, TimeoutError) as error:
+        reason = str(error) or "something accepted the connection but never answered"
         raise ClusterError(
-            f"no Dask scheduler answered at {address!r} within {timeout:g} s ({error}); check "
+            f"no Dask scheduler answered at {address!r} within {timeout:g} s ({reason}); check "
             "the address, or start one there with `dask scheduler` and workers with "
             f"`dask worker {address}`"
         ) from None
+
+
+#: Seconds given to a scheduler's handshake beyond the connection's own timeout (after which
+#: Dask says why it could not connect, if it could not).
+HANDSHAKE_MARGIN = 0.5
+
+
+def _handshake(address: str, timeout: float) -> None:
+    """Connect to ``address`` and wait for its handshake, at most ``timeout`` seconds and
+    :data:`HANDSHAKE_MARGIN` in all (``TimeoutError`` then), in an event loop of a thread of its
+    own: the caller's thread may already run one."""
+
+    async def greet() -> None:
+        connecting = dask_connect(address, timeout=timeout)
+        comm = await asyncio.wait_for(connecting, timeout + HANDSHAKE_MARGIN)
+        await comm.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, greet()).result()
 
 
 @contextlib.contextmanager
@@ -373,12 +402,7 @@ class DataParallel:
         batch ``x``, ``y`` (host NumPy arrays, or Dask arrays), with each row's ``lengths``
         or ``mask`` when given; return that loss."""
         batch = x.shape[0]
-        if self.shards > batch:
-            raise ValueError(
-                f"a batch of {batch} rows cannot be cut into {self.shards} shards; use at most "
-                f"{batch} shards, or bigger batches"
-            )
-        bounds = shard_bounds(batch, self.shards)
+        bounds = self.bounds(batch)
         replica = dask.delayed(Replica.of(self.model), pure=False, traverse=False)
         workers = self._workers()
         per_row = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
@@ -404,6 +428,16 @@ class DataParallel:
             total = _in_order(weights, [shard[index] for shard in gradients])
             param.deltas = batched.on_model(self.model, total)
         return _in_order(weights, losses)
+
+    def bounds(self, batch: int) -> list[tuple[int, int]]:
+        """Where each shard of a global batch of ``batch`` rows starts and stops (see
+        :func:`shard_bounds`); a clear error when there are fewer rows than shards."""
+        if self.shards > batch:
+            raise ValueError(
+                f"a batch of {batch} rows cannot be cut into {self.shards} shards; use at most "
+                f"{batch} shards, or bigger batches"
+            )
+        return shard_bounds(batch, self.shards)
 
     def _dropout_seed(self, shard: int) -> int:
         """The seed of one shard's dropout masks at this step."""
@@ -460,10 +494,15 @@ def fit(
     ``LocalCluster`` started for the call. ``checkpoint``: a path; every ``every`` steps and at
     the end the parameters, optimizer state, step and losses are saved there (an xplstm
     checkpoint, loadable with :func:`xplstm.checkpoint.load`), and a call that finds the file
-    resumes from it, ending where an uninterrupted run ends.
+    resumes from it, ending where an uninterrupted run ends; one saved by a run with another
+    seed, batch size or data is refused, with the model and optimizer unchanged.
 
     ``lengths`` (rows,) ints or ``mask`` (rows, seq) booleans, host or Dask arrays, give each
     row's steps (see :meth:`xplstm.LSTM.forward`); they travel with their rows.
+
+    The loop is :func:`xplstm.loop.fit`, the one ``xplstm train`` runs: a step whose loss or
+    gradients are not finite raises ``FloatingPointError`` before its update, the model (and
+    the checkpoint) left as the last finite step made them.
     """
     batch_size = positive_int("batch_size", batch_size)
     steps = positive_int("steps", steps)
@@ -487,28 +526,34 @@ def fit(
         raise ValueError(f"batch_size {batch_size} is larger than the {rows} rows of x")
     _check_targets(model, loss, x, y, per_row)
     position = {"seed": seed, "batch_size": batch_size, "rows": rows}
-    history: list[float] = []
-    if checkpoint is not None and os.path.exists(checkpoint):
-        history = _resume(checkpoint, model, optimizer, position, steps)
     with _using(client) as active:
         engine = DataParallel(model, loss, active, shards, seed=seed)
-        engine.step = len(history)
+        engine.bounds(batch_size)  # refuse too many shards before anything is restored
+        history: list[float] = []
+        if checkpoint is not None and os.path.exists(checkpoint):
+            history = loop.resume(checkpoint, model, optimizer, position, steps)
         data_x, data_y, *data_steps = active.persist(
             [_rows_chunked(a) for a in (x, y, *per_row.values())]
         )
+
+        def gradients(step: int) -> float:
+            chosen = batch_rows(rows, batch_size, seed, step)
+            given = {k: v[chosen] for k, v in zip(per_row, data_steps, strict=True)}
+            engine.step = step  # part of the dropout masks' seed
+            return engine.gradients(data_x[chosen], data_y[chosen], **given)
+
         with tqdm(total=steps, initial=len(history), unit="step", disable=not progress) as bar:
-            for step in range(len(history), steps):
-                chosen = batch_rows(rows, batch_size, seed, step)
-                given = {k: v[chosen] for k, v in zip(per_row, data_steps, strict=True)}
-                history.append(engine.gradients(data_x[chosen], data_y[chosen], **given))
-                if clip is not None:
-                    optim.clip_grad_norm(model.parameters(), clip)
-                optimizer.step()
-                bar.set_postfix({"loss": f"{history[-1]:.4g}"}, refresh=False)
-                bar.update()
-                if checkpoint is not None and (len(history) % every == 0 or step + 1 == steps):
-                    _save(checkpoint, model, optimizer, position, history)
-    return history
+            run = loop.fit(
+                model, optimizer, gradients, steps=steps, clip=clip, losses=history,
+                checkpoint_path=checkpoint, every=every, position=position, bar=bar,
+            )  # fmt: skip
+    if run.stopped == loop.NON_FINITE:
+        kept = "" if checkpoint is None else f" (saved in {os.fspath(checkpoint)})"
+        raise FloatingPointError(
+            f"{run.problem}{kept}; lower the learning rate, clip the gradients, or look for NaN "
+            "or inf in the data"
+        )
+    return run.losses
 
 
 def _rows_chunked(a: Any) -> da.Array:
@@ -518,45 +563,6 @@ def _rows_chunked(a: Any) -> da.Array:
         return a
     whole = {axis: -1 for axis in range(1, np.ndim(a))}
     return da.from_array(np.asarray(a), chunks={0: "64MiB", **whole}, name=False)
-
-
-def _save(
-    path: str | os.PathLike[str],
-    model: Model,
-    optimizer: optim.Optimizer,
-    position: dict[str, int],
-    history: list[float],
-) -> None:
-    training = {"step": len(history), **position, "losses": history}
-    checkpoint.save(path, model, optimizer=optimizer, training=training)
-
-
-def _resume(
-    path: str | os.PathLike[str],
-    model: Model,
-    optimizer: optim.Optimizer,
-    position: dict[str, int],
-    steps: int,
-) -> list[float]:
-    """Restore the model and optimizer from the training checkpoint at ``path``; the losses
-    of the steps it holds."""
-    training = checkpoint.restore(path, model, optimizer)
-    if training is None or "step" not in training:
-        raise checkpoint.CheckpointError(
-            f"{path} is not a training checkpoint of xplstm.distributed.fit (it holds no "
-            "training step); give fit another path, or remove the file"
-        )
-    saved = {key: training.get(key) for key in position}
-    if saved != position:
-        raise checkpoint.CheckpointError(
-            f"{path} was saved by a run with {saved}, not {position}: resuming would draw "
-            "other batches; use the same seed, batch_size and data, or another path"
-        )
-    if training["step"] > steps:
-        raise ValueError(
-            f"{path} is at step {training['step']}, past steps={steps}; ask for more steps"
-        )
-    return [float(v) for v in training["losses"]]
 
 
 # -- input checks ---------------------------------------------------------------------------

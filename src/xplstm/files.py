@@ -1,16 +1,24 @@
-"""The array files of ``xplstm predict``: inputs ``x`` with optional ``lengths`` or ``mask``
-from ``.npy`` and ``.npz`` files, outputs to ``.npy`` or ``.npz``.
+"""Files: the arrays of ``xplstm predict``, and every file xplstm writes, written whole.
 
-Files are read with ``numpy.load(..., allow_pickle=False)``: nothing in them is ever
-unpickled. An ``.npy`` input is memory-mapped, so only the rows being run are read.
+Inputs ``x`` with optional ``lengths`` or ``mask`` come from ``.npy`` and ``.npz`` files,
+outputs go to ``.npy`` or ``.npz``. Files are read with ``numpy.load(..., allow_pickle=False)``:
+nothing in them is ever unpickled. An ``.npy`` input is memory-mapped, so only the rows being
+run are read.
+
+Checkpoints, ONNX graphs and predict's outputs are written by :func:`write_whole`: to
+``NAME.partial`` beside the target, renamed over ``NAME`` only once complete, so a reader never
+sees half a file; when anything fails (a full disk, a target that is a folder) the old file is
+left as it was and the ``.partial`` file is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -89,13 +97,37 @@ def write_outputs(path: str | os.PathLike[str], y: np.ndarray) -> None:
             f"{os.fspath(path)}: predict writes .npy (the outputs alone) or .npz (the outputs "
             f"as 'y'), not a {suffix or 'file without a'} suffix"
         )
-    partial = Path(f"{os.fspath(path)}.partial")
-    with open(partial, "wb") as file:
-        if suffix == ".npy":
-            np.save(file, y)
-        else:
-            np.savez(file, y=y)
-    partial.replace(path)
+    if suffix == ".npy":
+        write_whole(path, lambda file: np.save(file, y))
+    else:
+        write_whole(path, lambda file: np.savez(file, y=y))
+
+
+def check_target(path: str | os.PathLike[str]) -> None:
+    """A clear error, before anything is computed or written, when ``path`` cannot become a
+    file: it is a folder, or its folder does not exist."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"cannot write {os.fspath(path)}: it is a folder; give a file name inside it"
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {os.fspath(path)}: there is no folder {folder}")
+
+
+def write_whole(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` with a binary file that becomes ``path`` once ``write`` returns; when
+    anything fails, ``path`` is untouched and no ``.partial`` file remains."""
+    check_target(path)
+    partial = f"{os.fspath(path)}.partial"
+    try:
+        with open(partial, "wb") as file:
+            write(file)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
 
 
 def _load_npy(path: str | os.PathLike[str], *, memory_map: bool) -> np.ndarray:

@@ -62,6 +62,7 @@ import xplstm
 from xplstm import checks, interop
 from xplstm.checkpoint import Model
 from xplstm.embedding import Embedding
+from xplstm.files import check_target, write_whole
 from xplstm.layer import dtype_name
 from xplstm.linear import Linear
 from xplstm.lstm import LSTM
@@ -88,15 +89,12 @@ def export(
 ) -> onnx.ModelProto:
     """Write ``model`` to ``path`` as an ONNX graph (see :func:`to_onnx`); returns the graph.
 
-    The file is replaced only once it is complete.
+    The file is replaced only once it is complete; a failed write leaves the old one as it
+    was (see :mod:`xplstm.files`).
     """
+    check_target(path)
     proto = to_onnx(model, opset=opset, dtype=dtype)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {os.fspath(path)}: there is no folder {folder}")
-    partial = f"{os.fspath(path)}.partial"
-    onnx.save_model(proto, partial)
-    os.replace(partial, path)
+    write_whole(path, lambda file: onnx.save_model(proto, file))
     return proto
 
 

@@ -230,16 +230,20 @@ def clip_grad_norm(parameters: Iterable[Weights], max_norm: float) -> float:
     """
     max_norm = checks.positive("max_norm", max_norm)
     params = list(parameters)
-    if not params:
-        return 0.0
-    total = None
-    for param in params:
-        xp = array_api_compat.array_namespace(param.deltas)
-        square = xp.sum(param.deltas * param.deltas)
-        total = square if total is None else total + square
-    norm = math.sqrt(float(total))
+    norm = grad_norm(params)
     if norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for param in params:
             param.deltas = param.deltas * scale
     return norm
+
+
+def grad_norm(parameters: Iterable[Weights]) -> float:
+    """The global L2 norm of all ``deltas``, as a Python float (one read from the device):
+    NaN or infinite when any gradient is."""
+    total = None
+    for param in parameters:
+        xp = array_api_compat.array_namespace(param.deltas)
+        square = xp.sum(param.deltas * param.deltas)
+        total = square if total is None else total + square
+    return 0.0 if total is None else math.sqrt(float(total))

@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 import xplstm
-from xplstm import checkpoint, checks, optim, tasks
+from xplstm import checkpoint, checks, loop, optim, tasks
 from xplstm.resolver import resolve, to_numpy
 
 #: Examples per forward pass when evaluating, to bound memory on long sequences.
@@ -163,6 +163,8 @@ class _History:
     evaluations: list[tuple[int, float]] = field(default_factory=list)
     stopped: str = "max steps"
     seconds: float = 0.0
+    #: Which step gave a non-finite loss, when that stopped the run.
+    problem: str | None = None
 
 
 #: Leaves the gradient of a batch's loss in the model's ``deltas``; returns the loss.
@@ -214,7 +216,8 @@ def _fit(
     lr: float,
     gradients: Gradients,
 ) -> _History:
-    """The training loop: Adam with clipping, held-out checks, early stop, Ctrl-C."""
+    """Adam with clipping in the one training loop (:func:`xplstm.loop.fit`), with held-out
+    checks, early stop and Ctrl-C."""
     optimizer = optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng([settings.seed, 0])
     history = _History()
@@ -225,31 +228,30 @@ def _fit(
         disable=None if settings.progress else True,  # None: only on a terminal
         dynamic_ncols=True,
     )
+
+    def after_step(losses: list[float]) -> str | None:
+        step = len(losses)
+        # The held-out set is checked only once the recent training loss is near the target.
+        recent = task.metric(float(np.mean(losses[-RECENT:])))
+        if step % settings.eval_every == 0 and recent < 2.0 * task.target:
+            metric, _ = evaluate(model, task, test, backend)
+            history.evaluations.append((step, metric))
+            bar.write(f"step {step}: held-out {task.metric_name} {metric:.4g}")
+            if metric < task.target:
+                return "target reached"
+        return "interrupted" if interrupted.is_set() else None
+
     # A small LSTM's matrix products are too small for BLAS threads to pay off, and on a busy
     # machine the threads wait for each other (docs/training.md has the numbers).
     blas = threadpool_limits(limits=settings.threads or None, user_api="blas")
     started = time.perf_counter()
     with _interruptible() as interrupted, bar, blas:
-        for step in range(1, steps + 1):
-            loss = gradients(task.sample(rng, batch))
-            optim.clip_grad_norm(model.parameters(), settings.clip)
-            optimizer.step()
-            history.losses.append(loss)
-            bar.set_postfix({"loss": f"{history.losses[-1]:.4g}"}, refresh=False)
-            bar.update()
-            # The held-out set is checked only once the recent training loss is near the target.
-            recent = task.metric(float(np.mean(history.losses[-RECENT:])))
-            if step % settings.eval_every == 0 and recent < 2.0 * task.target:
-                metric, _ = evaluate(model, task, test, backend)
-                history.evaluations.append((step, metric))
-                bar.write(f"step {step}: held-out {task.metric_name} {metric:.4g}")
-                if metric < task.target:
-                    history.stopped = "target reached"
-                    break
-            if interrupted.is_set():
-                history.stopped = "interrupted"
-                break
+        run = loop.fit(
+            model, optimizer, lambda step: gradients(task.sample(rng, batch)), steps=steps,
+            clip=settings.clip, bar=bar, after_step=after_step,
+        )  # fmt: skip
     history.seconds = time.perf_counter() - started
+    history.losses, history.stopped, history.problem = run.losses, run.stopped, run.problem
     return history
 
 
@@ -258,6 +260,8 @@ def train(settings: Settings) -> dict[str, Any]:
     task = tasks.get(settings.task, settings.seq_len, settings.seed)
     hidden, batch, steps, lr = _checked(settings)
     out = Path(settings.out or Path("runs") / task.name)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a folder (made if missing)")
     backend = resolve(settings.backend)
     device = backend.parse_device(settings.device)
     structure = {
@@ -268,13 +272,13 @@ def train(settings: Settings) -> dict[str, Any]:
     }
     model = build_model(task, hidden, backend, device, settings.seed, **structure)
     test = task.test_set()
-    out.mkdir(parents=True, exist_ok=True)
 
     with _gradients(settings, model, task, backend) as (gradients, workers):
         history = _fit(model, task, test, backend, settings, batch, steps, lr, gradients)
-    checkpoint.save(
-        out / "model.npz", model
-    )  # first, so that the training is kept whatever follows
+    # Everything was checked before training: the folder is made only now, and the model is
+    # written first, so that the training is kept whatever follows.
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(out / "model.npz", model)
 
     test_metric, predictions = evaluate(model, task, test, backend)
     done, seconds = len(history.losses), history.seconds
@@ -298,6 +302,7 @@ def train(settings: Settings) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "steps_per_second": round(done / seconds, 2) if seconds > 0 else None,
         "stopped": history.stopped,
+        "problem": history.problem,
         "workers": workers,
         "train_loss": float(np.mean(history.losses[-RECENT:])) if done else None,
         "metric_name": task.metric_name,
