@@ -150,3 +150,76 @@ def test_keras_init_statistics():
     twin = xplstm.LSTM(20, 16, num_layers=2, init="keras", backend="torch", dtype="float64", seed=0)
     for a, b in zip(layer.parameters(), twin.parameters(), strict=True):
         np.testing.assert_array_equal(xplstm.to_numpy(a.values), xplstm.to_numpy(b.values))
+
+
+def random_weights(layer, seed: int = 2) -> None:
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.uniform(-0.7, 0.7, w.shape) for w in layer.get_weights()])
+
+
+@pytest.mark.reference
+def test_from_a_keras_layer_reads_its_sizes_and_options(target):
+    """A Keras LSTM layer, a Bidirectional(LSTM) and a model's LSTM layers convert whole:
+    sizes, use_bias and recurrent_dropout from their configs, the same outputs as Keras."""
+    x = problem()["x"]
+    where = {"backend": target.backend, "device": target.device}
+    plain = keras.layers.LSTM(UNITS, return_sequences=True, use_bias=False, dtype="float64")
+    plain.build((None, None, INPUTS))
+    random_weights(plain)
+    layer = xplstm.LSTM.from_keras(plain, **where)
+    assert (layer.input_size, layer.hidden_size, layer.use_bias) == (INPUTS, UNITS, False)
+    assert_like_keras(layer(target.asarray(x))[0], np.asarray(plain(x)), layer, "y")
+    both, second = (
+        keras.layers.Bidirectional(
+            keras.layers.LSTM(
+                UNITS, return_sequences=True, recurrent_dropout=0.25, dtype="float64"
+            ),
+            dtype="float64",
+        )
+        for _ in range(2)
+    )
+    model = keras.Sequential([keras.Input((SEQ, INPUTS)), both, second])
+    random_weights(model)
+    layer = xplstm.LSTM.from_keras(model, **where).eval()
+    assert (layer.num_layers, layer.bidirectional, layer.recurrent_dropout) == (2, True, 0.25)
+    assert_like_keras(layer(target.asarray(x))[0], np.asarray(model(x)), layer, "y of the stack")
+    single = xplstm.LSTM.from_keras(both, **where).eval()
+    assert_like_keras(single(target.asarray(x))[0], np.asarray(both(x)), single, "y")
+
+
+def test_keras_options_without_a_counterpart_are_named_or_refused():
+    def built(layer):
+        layer.build((None, None, INPUTS))
+        return layer
+
+    quiet = built(keras.layers.LSTM(UNITS, dropout=0.1, return_sequences=False))
+    with pytest.warns(UserWarning) as caught:
+        xplstm.LSTM.from_keras(quiet)
+    (message,) = [str(w.message) for w in caught if "xplstm" in str(w.message)]
+    assert "Keras options with no counterpart in xplstm.LSTM" in message
+    assert "dropout=0.1 (Keras's dropout on the inputs" in message
+    assert "return_sequences=False (xplstm's LSTM returns every step" in message
+    for layer, refused in [
+        (keras.layers.LSTM(UNITS, activation="relu"), "activation='relu'; xplstm's LSTM"),
+        (keras.layers.LSTM(UNITS, go_backwards=True), "go_backwards=True; xplstm's LSTM"),
+        (
+            keras.layers.Bidirectional(keras.layers.LSTM(UNITS), merge_mode="sum"),
+            "merge_mode='sum'; xplstm concatenates",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=refused):
+            xplstm.LSTM.from_keras(built(layer))
+    model = keras.Sequential([keras.Input((SEQ, INPUTS)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"the Keras model has no LSTM .*\['Dense'\]"):
+        xplstm.LSTM.from_keras(model)
+
+
+@pytest.mark.reference
+def test_to_keras_builds_the_keras_layers_back(target):
+    layer = target.lstm(INPUTS, UNITS, num_layers=2, bidirectional=True, dtype="float64", seed=3)
+    first, second = layer.to_keras()
+    assert type(first).__name__ == "Bidirectional" and first.forward_layer.units == UNITS
+    x = problem()["x"]
+    assert_like_keras(layer(target.asarray(x))[0], np.asarray(second(first(x))), layer, "y")
+    one = target.lstm(INPUTS, UNITS, use_bias=False, recurrent_dropout=0.5, seed=4).to_keras()
+    assert (one.use_bias, one.recurrent_dropout, one.dtype) == (False, 0.5, "float32")
