@@ -1,11 +1,13 @@
-"""NumPy's fast path: the written-once sequence with reused workspaces, and one of two loops.
+"""NumPy's fast path: the written-once sequence with reused workspaces, and one of three loops.
 
-The time loop is either compiled (``_numpy_jit``: numba, the core's own cell functions njit-ed,
-one call for the whole loop) or made of in-place ufuncs and a BLAS call a step (below,
-restating the math of ``xplstm.cell``). :meth:`NumPyFastPath.compiled_for` picks the compiled
-loop where numba is installed and a step is small enough that compiled plain loops beat a
-BLAS call plus ~20 NumPy calls (``COMPILED_MAX_*``, measured in docs/benchmarks.md). The
-first point holds for both loops, the others for the ufunc loop:
+Where numba is installed, the time loop is compiled (``_numpy_jit``: the core's own cell
+functions njit-ed), either whole, one call for the sequence with its products as plain loops
+(``"compiled"``: for the smallest batches, where a call a step would cost more than the step),
+or a step at a time between BLAS products (``"blas"``: one product and one compiled call for
+the step's element-wise work each way). Without numba it is made of in-place ufuncs and a BLAS
+call a step (``"ufuncs"``, below, restating the math of ``xplstm.cell``).
+:meth:`NumPyFastPath.loop_for` picks the loop (``COMPILED_MAX_*``, measured in
+docs/benchmarks.md). The first point holds for every loop, the others for the ufunc loop:
 
 - workspaces (gates, cells, gradients) live as long as the layer and are reused while the
   shape holds: fresh large buffers cost a page fault per 4 KiB on every call;
@@ -32,16 +34,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-#: Where numba is installed the compiled loop runs at most this many units a step (batch *
-#: hidden) at any hidden size (its products stream W_h from memory once a batch row, as
-#: BLAS's do at small batches), ...
-COMPILED_MAX_UNITS = 2048
-#: ... and at up to this hidden size (W_h in float32, 256 KiB, stays in a core's L2 cache) at
-#: most this many units. Above, BLAS's blocked products win (measured: docs/benchmarks.md).
-COMPILED_MAX_HIDDEN, COMPILED_MAX_UNITS_SMALL_HIDDEN = 128, 16384
-#: Which loop to run: "auto" (by the thresholds), "compiled" or "ufuncs"; the environment
-#: variable overrides "auto" for new layers (for benchmarks and tests, or to avoid numba).
-LOOPS = ("auto", "compiled", "ufuncs")
+#: Where numba is installed the compiled loop (the whole loop one call, its products plain
+#: loops) runs batches of at most this many rows at any hidden size, ...
+COMPILED_MAX_BATCH = 2
+#: ... and of at most this many at up to this hidden size; above, the BLAS loop (a BLAS product
+#: and a compiled element-wise call a step each way) wins: its blocked products outrun plain
+#: loops from batch 4 on, which pays for its two calls a step (measured: docs/benchmarks.md,
+#: ``benchmarks/profile_large.py``).
+COMPILED_MAX_BATCH_SMALL_HIDDEN, COMPILED_MAX_SMALL_HIDDEN = 8, 32
+#: Which loop to run: "auto" (by the thresholds), "compiled" (one numba call for the whole
+#: loop), "blas" (a BLAS product a step each way, and one numba call a step for the element-wise
+#: work) or "ufuncs"; the environment variable overrides "auto" for new layers (for benchmarks
+#: and tests, or to avoid numba).
+LOOPS = ("auto", "compiled", "blas", "ufuncs")
+#: The loops that need numba.
+NUMBA_LOOPS = ("compiled", "blas")
 LOOP_ENV = "XPLSTM_NUMPY_LOOP"
 
 
@@ -54,9 +61,9 @@ class _Workspace:
     """Buffers for one (batch, seq, hidden, dtype, layout), and their per-step views, made once.
 
     The ufunc loop keeps them batch-major (batch, seq, ...) as the user's arrays are; the
-    compiled loop time-major (seq, batch, ...), so that one step's rows lie together in memory
-    (batch-major, a step touches one row every seq * 4H values: time-major made the compiled
-    path 1.3x faster at (64,100,32,32)).
+    compiled and BLAS loops time-major (seq, batch, ...), so that one step's rows lie together
+    in memory (batch-major, a step touches one row every seq * 4H values: time-major made the
+    compiled path 1.3x faster at (64,100,32,32)).
     """
 
     def __init__(
@@ -110,8 +117,9 @@ class NumPyFastPath:
     """Forward and backward for one recurrence of a layer; keeps its workspace between calls.
 
     ``kernels`` are the cell's element-wise functions (``xplstm.cell.KERNELS``), which the
-    compiled loop compiles; ``loop`` picks the time loop: ``"auto"`` (the compiled one where
-    :meth:`compiled_for` says so), ``"compiled"`` (numba must be installed) or ``"ufuncs"``.
+    compiled loops compile; ``loop`` picks the time loop: ``"auto"`` (the one
+    :meth:`loop_for` picks), ``"compiled"`` or ``"blas"`` (numba must be installed) or
+    ``"ufuncs"``.
 
     Both loops cover every optional input of the recurrence (``xplstm.sequence``): a per-step
     mask ``keep``, a projection ``w_proj``, recurrent dropout ``h_drop``. A step that ``keep``
@@ -124,28 +132,31 @@ class NumPyFastPath:
     def __init__(self, kernels: Any, loop: str = "auto") -> None:
         if loop not in LOOPS:
             raise ValueError(f"the NumPy loop must be one of {LOOPS} (${LOOP_ENV}), got {loop!r}")
-        if loop == "compiled" and not numba_installed():
+        if loop in NUMBA_LOOPS and not numba_installed():
             raise ImportError(
-                f"the compiled NumPy loop needs numba: pip install 'xplstm[fast]' (or unset "
+                f"the {loop} NumPy loop needs numba: pip install 'xplstm[fast]' (or unset "
                 f"${LOOP_ENV})"
             )
         self.loop, self._kernels = loop, kernels
         self._numba = numba_installed()
         self._workspace: _Workspace | None = None
 
-    def compiled_for(self, batch: int, hidden: int) -> bool:
-        """Whether a sequence of this batch and hidden size runs the compiled loop.
+    def loop_for(self, batch: int, hidden: int) -> str:
+        """The loop a sequence of this batch and hidden size runs: ``"compiled"``, ``"blas"``
+        or ``"ufuncs"``.
 
-        The one place that decides between NumPy's two loops, for one recurrence (one direction
-        of one layer), whatever optional inputs it has.
+        The one place that decides between NumPy's loops, for one recurrence (one direction of
+        one layer), whatever optional inputs it has: without numba the ufunc loop; with it the
+        compiled loop for small steps, BLAS's products and compiled element-wise steps above.
         """
         if self.loop != "auto":
-            return self.loop == "compiled"
-        units = batch * hidden
-        return self._numba and (
-            units <= COMPILED_MAX_UNITS
-            or (hidden <= COMPILED_MAX_HIDDEN and units <= COMPILED_MAX_UNITS_SMALL_HIDDEN)
+            return self.loop
+        if not self._numba:
+            return "ufuncs"
+        small = batch <= COMPILED_MAX_BATCH or (
+            batch <= COMPILED_MAX_BATCH_SMALL_HIDDEN and hidden <= COMPILED_MAX_SMALL_HIDDEN
         )
+        return "compiled" if small else "blas"
 
     def _get_workspace(self, *key: Any) -> _Workspace:
         """The workspace for (batch, seq, hidden, dtype, time_major), made anew only when the
@@ -168,19 +179,21 @@ class NumPyFastPath:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
         batch, seq, inputs = x.shape
         hidden = c0.shape[1]
-        compiled = self.compiled_for(batch, hidden)
-        ws = self._get_workspace(batch, seq, hidden, w.dtype, compiled)
+        loop = self.loop_for(batch, hidden)
+        time_major = loop in NUMBA_LOOPS
+        ws = self._get_workspace(batch, seq, hidden, w.dtype, time_major)
         # The inputs as rows in the workspace's order, for the products over all steps.
-        x_rows = (x.swapaxes(0, 1) if compiled else x).reshape(batch * seq, inputs)
+        x_rows = (x.swapaxes(0, 1) if time_major else x).reshape(batch * seq, inputs)
         held = None if keep is None else ~np.asarray(keep, bool).reshape(seq, batch)
         given = Optional(held, w_proj, h_drop)
-        if compiled:
+        if time_major:
             _project(ws, x_rows, w[:inputs], b)
-            y, h, c = _compiled_forward(self._kernels, ws, w[inputs:], h0, c0, given)
+            run = _compiled_forward if loop == "compiled" else _blas_forward
+            y, h, c = run(self._kernels, ws, w[inputs:], h0, c0, given)
         else:
             y = np.empty((batch, seq, h0.shape[1]), w.dtype)
             h, c = _ufunc_forward(ws, w, b, x_rows, h0, c0, y, given)
-        return y, h, c, (x_rows, h0, c0, y, ws, given, compiled)
+        return y, h, c, (x_rows, h0, c0, y, ws, given, loop)
 
     def backward(
         self,
@@ -191,18 +204,18 @@ class NumPyFastPath:
         dc_n: np.ndarray,
         w_proj: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        x_rows, h0, c0, y, ws, given, compiled = cache
+        x_rows, h0, c0, y, ws, given, loop = cache
         batch, seq, hidden, _, _ = ws.key
         inputs, out = x_rows.shape[1], h0.shape[1]
         given = given._replace(w_proj=w_proj)
-        # With a projection: the gradient reaching each projected h_t, for d_proj.
-        dh_out = None if w_proj is None else np.empty((seq, batch, out), w.dtype)
-        if compiled:
-            dh, dc = _compiled_backward(
-                self._kernels, ws, w[inputs:], c0, dy, dh_n, dc_n, given, dh_out
-            )
-        else:
+        # With a projection: the gradient reaching each projected h_t, for d_proj (the loops
+        # may leave held steps as they are: zeros here, and d_proj never reads them).
+        dh_out = None if w_proj is None else np.zeros((seq, batch, out), w.dtype)
+        if loop == "ufuncs":
             dh, dc = _ufunc_backward(ws, w[inputs:], c0, dy, dh_n, dc_n, given, dh_out)
+        else:
+            run = _compiled_backward if loop == "compiled" else _blas_backward
+            dh, dc = run(self._kernels, ws, w[inputs:], c0, dy, dh_n, dc_n, given, dh_out)
         # The products over all steps at once: the weight gradients and dx.
         dz_flat = ws.dz.reshape(batch * seq, 4 * hidden)
         # h_0 .. h_{T-1}, in the workspace's order: in ws.a (free in both loops now) unless
@@ -269,7 +282,7 @@ def _compiled_forward(
     ``y`` a (batch, seq, out) view of a fresh time-major array."""
     from xplstm.backends import _numpy_jit
 
-    forward_loop, _ = _numpy_jit.loops(kernels)
+    forward_loop = _numpy_jit.loops(kernels)[0]
     seq, batch, _ = ws.cells.shape
     hs = np.empty((seq, batch, h0.shape[1]), ws.cells.dtype)
     h, c = np.array(h0, order="C"), np.array(c0, order="C")  # the loop's state, updated in place
@@ -293,7 +306,7 @@ def _compiled_backward(
     ``(dh0, dc0)``."""
     from xplstm.backends import _numpy_jit
 
-    _, backward_loop = _numpy_jit.loops(kernels)
+    backward_loop = _numpy_jit.loops(kernels)[1]
     dh, dc = np.array(dh_n, order="C"), np.array(dc_n, order="C")
     has_dy = dy is not None
     backward_loop(
@@ -303,6 +316,87 @@ def _compiled_backward(
         dh_out if dh_out is not None else ws.cells,  # unused without a projection
         *_loop_options(given, ws.cells.dtype),
     )  # fmt: skip
+    return dh, dc
+
+
+def _blas_forward(
+    kernels: Any, ws: _Workspace, w_h: np.ndarray, h0: Any, c0: Any, given: Optional
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The loop over the projected inputs in ``ws.gates`` with a BLAS product a step and the
+    step's element-wise work in one compiled call (in cache, one pass, where the ufunc loop
+    makes ten passes over the step or the sequence): returns ``(y, h_T, c_T)``, ``y`` a
+    (batch, seq, out) view of a fresh time-major array."""
+    from xplstm.backends import _numpy_jit
+
+    forward_step = _numpy_jit.loops(kernels)[2]
+    seq, batch, hidden = ws.cells.shape
+    held, w_proj, h_drop = given
+    hs = np.empty((seq, batch, h0.shape[1]), ws.cells.dtype)
+    c = np.array(c0, order="C")  # the loop's state, updated in place
+    unprojected = None if w_proj is None else np.zeros((batch, hidden), ws.cells.dtype)
+    dropped = None if h_drop is None else np.empty_like(h_drop)
+    any_held = np.zeros(seq, bool) if held is None else held.any(axis=1)
+    no_rows = np.zeros(1, bool)
+    h = h0
+    for t in range(seq):
+        if dropped is not None:
+            h = np.multiply(h, h_drop, out=dropped)
+        np.dot(h, w_h, out=ws.z_h)
+        out = hs[t] if unprojected is None else unprojected
+        rows = no_rows if held is None else held[t]
+        forward_step(ws.gates[t], ws.z_h, c, ws.cells[t], out, rows, held is not None)
+        if unprojected is not None:
+            np.dot(unprojected, w_proj, out=hs[t])
+        if any_held[t]:  # held rows keep h: selected, whatever the step computed there
+            np.copyto(hs[t], hs[t - 1] if t else h0, where=rows[:, None])
+        h = hs[t]
+    return hs.swapaxes(0, 1), hs[-1].copy(), c
+
+
+def _blas_backward(
+    kernels: Any,
+    ws: _Workspace,
+    w_h: np.ndarray,
+    c0: Any,
+    dy: Any,
+    dh_n: Any,
+    dc_n: Any,
+    given: Optional,
+    dh_out: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The BLAS loop back: fills ``ws.dz`` (and ``dh_out`` with a projection), returns
+    ``(dh0, dc0)``."""
+    from xplstm.backends import _numpy_jit
+
+    backward_step = _numpy_jit.loops(kernels)[3]
+    seq, batch, hidden = ws.cells.shape
+    held, w_proj, h_drop = given
+    w_h_t = np.ascontiguousarray(w_h.T)
+    w_proj_t = None if w_proj is None else np.ascontiguousarray(w_proj.T)
+    dh, dc = np.array(dh_n, order="C"), np.array(dc_n, order="C")
+    dh_cell = dh if w_proj is None else np.empty((batch, hidden), ws.cells.dtype)
+    dh_kept = np.empty_like(dh)
+    any_held = np.zeros(seq, bool) if held is None else held.any(axis=1)
+    no_rows = np.zeros(1, bool)
+    c0 = np.ascontiguousarray(c0)
+    for t in range(seq - 1, -1, -1):
+        if dy is not None:
+            dh += dy[:, t]
+        if any_held[t]:  # a held step passes dh and dc on as they are, its dz is 0
+            np.copyto(dh_kept, dh)
+        if w_proj_t is not None:
+            dh_out[t] = dh
+            np.dot(dh, w_proj_t, out=dh_cell)
+        rows = no_rows if held is None else held[t]
+        c_prev = ws.cells[t - 1] if t else c0
+        backward_step(
+            ws.dz[t], ws.gates[t], ws.cells[t], c_prev, dh_cell, dc, rows, held is not None
+        )
+        np.dot(ws.dz[t], w_h_t, out=dh)
+        if h_drop is not None:
+            dh *= h_drop
+        if any_held[t]:
+            np.copyto(dh, dh_kept, where=rows[:, None])
     return dh, dc
 
 
@@ -412,8 +506,6 @@ def _ufunc_backward(
             np.copyto(dc_kept, dc)
         if w_proj_t is not None:
             dh_out[t] = dh
-            if any_held[t]:
-                np.copyto(dh_out[t], 0, where=rows)
             np.dot(dh, w_proj_t, out=dh_cell)
         np.multiply(dh_cell, a_t, out=tmp)
         dc += tmp

@@ -19,8 +19,10 @@ What is compiled and what is restated:
   is built from it. ``tests/test_fast_paths.py`` holds both to NumPy's within 4 ulps.
 - The two products inside the loop (``h @ W_h`` forward, ``dz @ W_h.T`` backward) are plain
   loops that LLVM vectorises (numba's ``np.dot`` would call BLAS through SciPy, which the core
-  does not install); where BLAS's blocked products win, ``_numpy_fast`` runs its ufunc loop
-  instead (its measured thresholds). The products over all steps at once stay NumPy's (BLAS).
+  does not install); where BLAS's blocked products win (batches of more than a few rows),
+  ``_numpy_fast`` runs its BLAS loop instead: a BLAS product a step from Python, and the step's
+  element-wise work as one compiled call (``forward_step``, ``backward_step`` below, the same
+  row functions as the whole loops). The products over all steps at once stay NumPy's (BLAS).
 
 No ``parallel=True``, and ``fastmath`` only to let one dot product sum in vector lanes: one
 thread, the same order of operations on every call, so results are deterministic.
@@ -155,11 +157,13 @@ _SCALAR_XP.exp, _SCALAR_XP.tanh, _SCALAR_XP.abs, _SCALAR_XP.where = _exp, _tanh,
 #: The cell's kernels, njit-ed by :func:`loops` before the loops first compile (which is when
 #: numba reads these globals).
 _sigmoid = _cell_update = _gates_backward = None
-_compiled: dict[tuple, tuple[Callable, Callable]] = {}
+_compiled: dict[tuple, tuple[Callable, ...]] = {}
 
 
-def loops(kernels: Any) -> tuple[Callable, Callable]:
-    """``(forward_loop, backward_loop)`` compiled over ``kernels`` (``xplstm.cell.KERNELS``)."""
+def loops(kernels: Any) -> tuple[Callable, Callable, Callable, Callable]:
+    """``(forward_loop, backward_loop, forward_step, backward_step)`` compiled over ``kernels``
+    (``xplstm.cell.KERNELS``): the whole loop over time each way, and one step's element-wise
+    work each way (for the loop that leaves the products to BLAS)."""
     global _sigmoid, _cell_update, _gates_backward
     key = tuple(kernels)
     if key not in _compiled:
@@ -234,8 +238,41 @@ def _row_product_transposed(out, d, w):
 # ``cell.step_forward``, before ``cell_update`` reads them.
 
 
-def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
-    """The two loops, as closures over ``kernels_hash`` so that numba's cache key holds it."""
+@_jit
+def _forward_row(z, c_b, h_out):
+    """One row of one step forward, in place: the activations of ``z`` (4H,), which holds the
+    pre-activations on entry, then ``c_b`` (H,) from c_{t-1} to c_t and ``h_out`` (H,) to
+    o_t tanh(c_t) (before any projection)."""
+    xp = _SCALAR_XP
+    hidden = c_b.shape[0]
+    ifo, g = z[: 3 * hidden], z[3 * hidden :]
+    for j in range(3 * hidden):
+        ifo[j] = _sigmoid(xp, ifo[j])
+    for j in range(hidden):
+        g[j] = xp.tanh(g[j])
+    i, f, o = z[:hidden], z[hidden : 2 * hidden], z[2 * hidden : 3 * hidden]
+    for j in range(hidden):
+        h_out[j], c_b[j] = _cell_update(xp, i[j], f[j], o[j], g[j], c_b[j])
+
+
+@_jit
+def _backward_row(d, a, c, c_prev, dh_b, dc_b):
+    """One row of one step back, in place: ``d`` (4H,) receives the gradients of the
+    pre-activations from the activations ``a`` (4H,), the cells c_t and c_{t-1} and the
+    gradients ``dh_b`` (reaching o_t tanh(c_t)) and ``dc_b`` (H,), which leaves as dc_{t-1}."""
+    xp = _SCALAR_XP
+    hidden = c.shape[0]
+    i, f, o, g = a[:hidden], a[hidden : 2 * hidden], a[2 * hidden : 3 * hidden], a[3 * hidden :]
+    di, df, do, dg = d[:hidden], d[hidden : 2 * hidden], d[2 * hidden : 3 * hidden], d[3 * hidden :]
+    for j in range(hidden):
+        di[j], df[j], do[j], dg[j], dc_b[j] = _gates_backward(
+            xp, dh_b[j], dc_b[j], i[j], f[j], o[j], g[j], c[j], c_prev[j]
+        )
+
+
+def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
+    """The loops and step kernels, as closures over ``kernels_hash`` so that numba's cache key
+    holds it."""
 
     @_cached_jit
     def forward_loop(gates, cells, y, h, c, w_h, held, has_held, w_proj, has_proj, drop, has_drop):
@@ -246,7 +283,6 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
         ``held`` (T,B) steps that keep the state (their gates are left unread), ``w_proj``
         (H,P) the projection h_t = (o_t tanh c_t) @ w_proj, ``drop`` (B,P) the recurrent-dropout
         mask multiplied into h_{t-1} before its product."""
-        xp = _SCALAR_XP
         seq, batch, four_h = gates.shape
         hidden, out = four_h // 4, h.shape[1]
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
@@ -263,23 +299,13 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
                         _add_row_product(z, dropped, w_h)  # z += (h_{t-1} * drop) @ W_h
                     else:
                         _add_row_product(z, h_b, w_h)  # z += h_{t-1} @ W_h, row b
-                    ifo, g = z[: 3 * hidden], z[3 * hidden :]
-                    for j in range(3 * hidden):
-                        ifo[j] = _sigmoid(xp, ifo[j])
-                    for j in range(hidden):
-                        g[j] = xp.tanh(g[j])
-                    i, f, o = z[:hidden], z[hidden : 2 * hidden], z[2 * hidden : 3 * hidden]
                     if has_proj:
-                        for j in range(hidden):
-                            unprojected[j], c_b[j] = _cell_update(
-                                xp, i[j], f[j], o[j], g[j], c_b[j]
-                            )
+                        _forward_row(z, c_b, unprojected)
                         for j in range(out):
                             h_b[j] = 0
                         _add_row_product(h_b, unprojected, w_proj)
                     else:
-                        for j in range(hidden):
-                            h_b[j], c_b[j] = _cell_update(xp, i[j], f[j], o[j], g[j], c_b[j])
+                        _forward_row(z, c_b, h_b)
                 c_out, h_out = cells[t, b], y[t, b]
                 for j in range(hidden):
                     c_out[j] = c_b[j]
@@ -297,7 +323,6 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
         ``dh`` at each step when ``has_dy``; with a projection ``dh_out`` (T,B,P) receives the
         gradient reaching each projected h_t (held steps are left as they are). The optional
         inputs as in ``forward_loop``."""
-        xp = _SCALAR_XP
         seq, batch, four_h = gates.shape
         hidden, out = four_h // 4, dh.shape[1]
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
@@ -305,7 +330,7 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
         projected = np.empty(hidden, gates.dtype)
         for t in range(seq - 1, -1, -1):
             for b in range(batch):
-                a, d, dh_b, dc_b = gates[t, b], dz[t, b], dh[b], dc[b]
+                d, dh_b = dz[t, b], dh[b]
                 if has_dy:
                     dy_b = dy[t, b]
                     for j in range(out):
@@ -314,19 +339,7 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
                     for j in range(four_h):
                         d[j] = 0
                     continue
-                i, f, o, g = (
-                    a[:hidden],
-                    a[hidden : 2 * hidden],
-                    a[2 * hidden : 3 * hidden],
-                    a[3 * hidden :],
-                )
-                di, df, do, dg = (
-                    d[:hidden],
-                    d[hidden : 2 * hidden],
-                    d[2 * hidden : 3 * hidden],
-                    d[3 * hidden :],
-                )
-                c, c_prev = cells[t, b], cells[t - 1, b] if t > 0 else c0[b]
+                c_prev = cells[t - 1, b] if t > 0 else c0[b]
                 dh_cell = dh_b
                 if has_proj:
                     dh_out_b = dh_out[t, b]
@@ -334,14 +347,49 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, Callable]:
                         dh_out_b[j] = dh_b[j]
                     _row_product_transposed(projected, dh_b, w_proj)  # dh_t @ w_proj.T
                     dh_cell = projected
-                for j in range(hidden):
-                    di[j], df[j], do[j], dg[j], dc_b[j] = _gates_backward(
-                        xp, dh_cell[j], dc_b[j], i[j], f[j], o[j], g[j], c[j], c_prev[j]
-                    )
+                _backward_row(d, gates[t, b], cells[t, b], c_prev, dh_cell, dc[b])
                 _row_product_transposed(dh_b, d, w_h)  # dh_{t-1} = dz_t @ W_h.T, row b
                 if has_drop:
                     drop_b = drop[b]
                     for j in range(out):
                         dh_b[j] *= drop_b[j]
 
-    return forward_loop, backward_loop
+    @_cached_jit
+    def forward_step(gates_t, z_h, c, cells_t, h_out, held_t, has_held):
+        """One step's element-wise work forward, in place, for the loop whose products BLAS
+        makes: ``gates_t`` (B,4H) holds x_t @ W_x + b, ``z_h`` (B,4H) h_{t-1} @ W_h; on exit
+        ``gates_t`` holds the activations, ``c`` (B,H) and ``cells_t`` c_t, ``h_out`` (B,H)
+        o_t tanh(c_t). Rows that ``held_t`` (B,) holds are left as they are (c and cells_t
+        keep c_{t-1}; h_out is not written)."""
+        batch, four_h = gates_t.shape
+        hidden = four_h // 4
+        if kernels_hash < 0:  # never: the reference puts the hash into the closure
+            return
+        for b in range(batch):
+            c_b = c[b]
+            if not (has_held and held_t[b]):
+                z, z_h_b = gates_t[b], z_h[b]
+                for j in range(four_h):
+                    z[j] += z_h_b[j]
+                _forward_row(z, c_b, h_out[b])
+            c_out = cells_t[b]
+            for j in range(hidden):
+                c_out[j] = c_b[j]
+
+    @_cached_jit
+    def backward_step(dz_t, gates_t, cells_t, c_prev, dh, dc, held_t, has_held):
+        """One step's element-wise work back, in place: fills ``dz_t`` (B,4H) (0 in rows that
+        ``held_t`` holds) from ``dh`` (B,H), the gradient reaching o_t tanh(c_t), and ``dc``
+        (B,H), which leaves as dc_{t-1} (unchanged in held rows)."""
+        batch, four_h = gates_t.shape
+        if kernels_hash < 0:  # never: the reference puts the hash into the closure
+            return
+        for b in range(batch):
+            d = dz_t[b]
+            if has_held and held_t[b]:
+                for j in range(four_h):
+                    d[j] = 0
+                continue
+            _backward_row(d, gates_t[b], cells_t[b], c_prev[b], dh[b], dc[b])
+
+    return forward_loop, backward_loop, forward_step, backward_step

@@ -189,11 +189,11 @@ STAND_IN_CUPY = SimpleNamespace(
 
 
 def numpy_loops() -> list[str]:
-    """NumPy's fast-path time loops that can run here: ``"compiled"`` (numba, where installed)
-    and ``"ufuncs"``."""
-    from xplstm.backends._numpy_fast import numba_installed
+    """NumPy's fast-path time loops that can run here: ``"compiled"`` and ``"blas"`` (numba,
+    where installed) and ``"ufuncs"``."""
+    from xplstm.backends._numpy_fast import NUMBA_LOOPS, numba_installed
 
-    return ["compiled"] * numba_installed() + ["ufuncs"]
+    return [*NUMBA_LOOPS] * numba_installed() + ["ufuncs"]
 
 
 def paths_of(backend: str) -> list[str]:
@@ -216,7 +216,7 @@ def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
     from xplstm.backends._numpy_fast import NumPyFastPath
 
     layer.fast_path = path != "written-once"
-    if path in ("compiled", "ufuncs"):  # what $XPLSTM_NUMPY_LOOP=path would have made
+    if path in numpy_loops():  # what $XPLSTM_NUMPY_LOOP=path would have made
         paths = [NumPyFastPath(cell.KERNELS, loop=path) for _ in layer.recurrences]
         layer._fast = (layer._backend, paths)
     if path == "cupy-seam":  # what LSTM._fast_path() would have made on CuPy
@@ -236,8 +236,8 @@ def assert_route(layer: xplstm.LSTM, path: str) -> None:
             continue
         assert taken is not None, f"the written-once path ran, not the {path} one"
         assert (type(taken).__name__ == "CuPyFastPath") == (path == "cupy-seam"), type(taken)
-        if path in ("compiled", "ufuncs"):
-            ran = "compiled" if saved[-1] else "ufuncs"
+        if path in numpy_loops():
+            ran = saved[-1]
             assert ran == path, f"NumPy's {ran} loop ran, not its {path} one"
 
 

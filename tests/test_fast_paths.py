@@ -78,7 +78,7 @@ def loop_that_ran(layer) -> str | None:
     """The NumPy fast path's loop of the last forward ("compiled" or "ufuncs"), else None."""
     if not isinstance(first_path(layer), NumPyFastPath):
         return None
-    return "compiled" if layer._cache.runs[0][1][-1] else "ufuncs"
+    return layer._cache.runs[0][1][-1]
 
 
 def both_paths(target, p: dict, dtype: str, **kwargs) -> tuple[dict, dict, xplstm.LSTM]:
@@ -275,17 +275,17 @@ def test_compiled_exp_and_tanh_match_numpy(dtype):
 
 
 def test_the_loop_is_chosen_by_size(monkeypatch):
-    """``auto`` compiles small steps and leaves large ones to BLAS, and without numba it runs
-    the ufunc loop by itself."""
+    """``auto`` compiles the whole loop for the smallest batches and leaves the products of
+    larger ones to BLAS, and without numba it runs the ufunc loop by itself."""
     from xplstm.backends import _numpy_fast
 
     monkeypatch.delenv(LOOP_ENV, raising=False)
     path = _numpy_fast.NumPyFastPath(cell.KERNELS)
-    assert path.compiled_for(32, 32) == path.compiled_for(8, 256) == numba_installed()
-    assert path.compiled_for(128, 128) == path.compiled_for(1, 1024) == numba_installed()
-    assert not path.compiled_for(16, 256) and not path.compiled_for(256, 128)
+    small, large = ("compiled", "blas") if numba_installed() else ("ufuncs", "ufuncs")
+    assert path.loop_for(1, 1024) == path.loop_for(2, 64) == path.loop_for(8, 32) == small
+    assert path.loop_for(4, 64) == path.loop_for(16, 32) == path.loop_for(64, 256) == large
     monkeypatch.setattr(path, "_numba", False)
-    assert not path.compiled_for(1, 4)
+    assert path.loop_for(1, 4) == "ufuncs"
     layer = xplstm.LSTM(3, 4, backend="numpy", seed=0)
     layer._fast = (layer._backend, [path])  # one path per recurrence
     layer.forward(np.zeros((2, 5, 3), "float32"))

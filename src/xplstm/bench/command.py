@@ -33,7 +33,7 @@ CPU_CONFIGS = (
 GPU_CONFIGS = (*CPU_CONFIGS, (64, 100, 512, 512), (256, 100, 1024, 1024))
 MODES = ("forward", "forward+backward", "train-step")
 #: ``compiled`` and ``ufuncs``: NumPy's fast path held to one of its two time loops.
-PATHS = ("fast", "written-once", "compiled", "ufuncs")
+PATHS = ("fast", "written-once", "compiled", "blas", "ufuncs")
 #: Backends that exist for correctness (lazy graphs, a strict checker), not speed.
 NOT_BY_DEFAULT = ("array_api_strict", "dask")
 

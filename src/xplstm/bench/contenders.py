@@ -118,7 +118,7 @@ def naive_runs(xp: Any, w: Any, b: Any, x: Any, dy: Any) -> Runs:
 
 
 #: NumPy's fast path held to one of its loops (``$XPLSTM_NUMPY_LOOP``), as ``--paths`` names them.
-NUMPY_LOOPS = ("compiled", "ufuncs")
+NUMPY_LOOPS = ("compiled", "blas", "ufuncs")
 
 
 @contextmanager
