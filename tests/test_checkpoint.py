@@ -552,14 +552,15 @@ REFUSALS = {
 
 
 @pytest.mark.parametrize("refusal", REFUSALS.values(), ids=REFUSALS.keys())
-def test_a_refused_restore_changes_nothing(tmp_path, refusal):
-    """Every parameter and the optimizer's step count and buffers are as they were: restore
-    checks everything (the optimizer state and the caller's check too), then writes."""
+def test_a_refused_restore_changes_nothing(target, tmp_path, refusal):
+    """Every parameter and the optimizer's step count and buffers are as they were, on any
+    backend: restore checks everything (the optimizer state and the caller's check too), then
+    writes."""
     make, options, message = refusal
     path = tmp_path / "t.npz"
     _training_file(path)
     make(path)
-    model = host_model()
+    model = host_model().to(target.backend, target.device)
     optimizer = xplstm.optim.Adam(model.parameters(), lr=0.01)
     adam_steps(model, optimizer, 1, seed=7)
     before = state_of(model, optimizer)
@@ -739,6 +740,19 @@ def test_saving_onto_a_folder_is_refused_and_leaves_no_debris(tmp_path):
     with pytest.raises(IsADirectoryError, match=r"model\.npz: it is a folder; give a file name"):
         checkpoint.save(folder, host_model())
     assert list(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
+
+
+def test_converting_to_a_dtype_checks_what_the_conversion_gives(saved):
+    """load(dtype=) converts the arrays of the dtype described, then checks them: a float64
+    value beyond float32's range is refused as infinite; an array of another dtype is refused
+    by its layer, not converted."""
+    rewrite(saved, lambda a: a["layers.2.bias"].__setitem__(0, 1e300))
+    with pytest.raises(CheckpointError, match=r"array 'layers\.2\.bias' holds 1 non-finite"):
+        checkpoint.load(saved, backend="numpy", dtype="float32")
+    assert checkpoint.load(saved, backend="numpy").layers[2].bias.values[0] == 1e300
+    rewrite(saved, lambda a: a.update({"layers.2.bias": np.array([1, 2])}))
+    with pytest.raises(CheckpointError, match=r"layer 2 \(Linear\): bias have dtype int64"):
+        checkpoint.load(saved, backend="numpy", dtype="float32")
 
 
 def test_a_model_with_non_finite_parameters_is_not_saved(saved):

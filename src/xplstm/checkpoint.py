@@ -184,11 +184,16 @@ def load(
     device = chosen.parse_device(device)
     arrays = _read(path)
     header = _header(path, arrays)
-    _check_finite(path, arrays)
     _optimizer_arrays(arrays)
     if dtype is not None:
-        header = header | {"dtype": dtype_name(dtype)}
-        arrays = {name: a.astype(header["dtype"]) for name, a in arrays.items()}
+        described, header = header["dtype"], header | {"dtype": dtype_name(dtype)}
+        # Only arrays of the dtype described: the layer refuses any other as it is.
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: refused below
+            arrays = {
+                name: a.astype(header["dtype"]) if a.dtype.name == described else a
+                for name, a in arrays.items()
+            }
+    _check_finite(path, arrays)
     return model_from_arrays(header, arrays, chosen, device, source=os.fspath(path))
 
 
