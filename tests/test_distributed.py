@@ -310,13 +310,19 @@ def test_each_shard_of_each_step_draws_its_own_dropout_masks(client):
     assert_same(actual, expected, atol=1e-12)
 
 
-def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(client, tmp_path, capsys):
     expected = run_fit(client, steps=5, shards=2)
     path = tmp_path / "run.npz"
     run_fit(client, steps=2, shards=2, checkpoint=path, every=2)  # the driver stops here
+    assert "resuming" not in capsys.readouterr().err
     saved = checkpoint.load(path)  # an ordinary checkpoint too
     assert isinstance(saved, xplstm.Sequential)
     assert_same(run_fit(client, steps=5, shards=2, checkpoint=path, every=2), expected)
+    said = f"xplstm.distributed.fit: resuming from {path} at step 2 of 5 (resume=False starts"
+    assert said in capsys.readouterr().err
+    # A finished run found again: resume=False trains afresh (and overwrites the file).
+    assert_same(run_fit(client, steps=5, shards=2, checkpoint=path, resume=False), expected)
+    assert "resuming" not in capsys.readouterr().err
     with pytest.raises(checkpoint.CheckpointError, match=r"saved by a run with .*'seed': 0"):
         run_fit(client, steps=6, shards=2, checkpoint=path, seed=1)
 
@@ -704,3 +710,20 @@ def test_predict_passes_each_rows_lengths_or_mask_with_its_block(client, tmp_pat
     on_cluster = ["--scheduler", client.scheduler.address]
     assert cli.main(["predict", *files, "--output", str(tmp_path / "y.npy"), *on_cluster]) == 0
     assert_close(np.load(tmp_path / "y.npy"), model(x, lengths=lengths), like=x, level="ulps")
+
+
+def test_input_errors_are_the_drivers_alone(client):
+    """Lengths or masks that do not fit are refused on the driver before any task runs: one
+    clear error, no worker traceback."""
+    model, (x, _) = small_model(), data()
+    bad = [
+        ({"lengths": np.full(ROWS, SEQ + 1)}, r"lengths must be in 1\.\.seq"),
+        ({"mask": np.ones((ROWS, SEQ + 1), bool)}, "mask must be booleans of shape"),
+    ]
+    with get_task_stream(client) as stream:
+        for steps, message in bad:
+            with pytest.raises(ValueError, match=message):
+                distributed.predict(model, x, client=client, **steps)
+            with pytest.raises(ValueError, match=message):
+                run_fit(client, steps=1, **steps)
+    assert stream.data == []

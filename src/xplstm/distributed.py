@@ -33,6 +33,7 @@ import importlib.util
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xplstm import backends, batched, checkpoint, loop, optim
-from xplstm.checks import positive, positive_int
+from xplstm.checks import flag, positive, positive_int
 from xplstm.resolver import to_numpy
 from xplstm.sequential import Sequential
 from xplstm.types import Array
@@ -478,6 +479,7 @@ def fit(
     progress: bool = False,
     lengths: Any = None,
     mask: Any = None,
+    resume: bool = True,
 ) -> list[float]:
     """Train ``model`` with ``optimizer`` for ``steps`` synchronous data-parallel steps on a
     Dask cluster; return the loss of every step.
@@ -494,8 +496,10 @@ def fit(
     ``LocalCluster`` started for the call. ``checkpoint``: a path; every ``every`` steps and at
     the end the parameters, optimizer state, step and losses are saved there (an xplstm
     checkpoint, loadable with :func:`xplstm.checkpoint.load`), and a call that finds the file
-    resumes from it, ending where an uninterrupted run ends; one saved by a run with another
-    seed, batch size or data is refused, with the model and optimizer unchanged.
+    resumes from it, saying so on stderr ("resuming from FILE at step N of STEPS"), ending where
+    an uninterrupted run ends; one saved by a run with another seed, batch size or data is
+    refused, with the model and optimizer unchanged. ``resume=False`` starts afresh instead,
+    and the file is overwritten at the first save.
 
     ``lengths`` (rows,) ints or ``mask`` (rows, seq) booleans, host or Dask arrays, give each
     row's steps (see :meth:`xplstm.LSTM.forward`); they travel with their rows.
@@ -508,6 +512,7 @@ def fit(
     steps = positive_int("steps", steps)
     every = positive_int("every", every)
     seed = positive_int("seed", seed, minimum=0)
+    resume = flag("resume", resume)
     if clip is not None:
         positive("clip", clip)  # the largest gradient norm
     if [id(p) for p in optimizer.parameters] != [id(p) for p in model.parameters()]:
@@ -530,8 +535,13 @@ def fit(
         engine = DataParallel(model, loss, active, shards, seed=seed)
         engine.bounds(batch_size)  # refuse too many shards before anything is restored
         history: list[float] = []
-        if checkpoint is not None and os.path.exists(checkpoint):
+        if resume and checkpoint is not None and os.path.exists(checkpoint):
             history = loop.resume(checkpoint, model, optimizer, position, steps)
+            print(
+                f"xplstm.distributed.fit: resuming from {os.fspath(checkpoint)} at step "
+                f"{len(history)} of {steps} (resume=False starts afresh)",
+                file=sys.stderr,
+            )
         data_x, data_y, *data_steps = active.persist(
             [_rows_chunked(a) for a in (x, y, *per_row.values())]
         )
