@@ -274,6 +274,35 @@ def test_compiled_exp_and_tanh_match_numpy(dtype):
     assert_close(tanh[1:], np.array([1, -1, -1, 1], dtype), like=x, level="exact", name="tanh")
 
 
+def test_compiled_kernels_compute_in_the_arrays_precision():
+    """The cell's kernels, compiled, return float32 for float32 units and float64 for float64:
+    their literals (``1.0 - i``) are typed like their arguments, so float32 work is not done in
+    float64 at half the SIMD width."""
+    _compiled_or_skip()
+    import numba
+
+    from xplstm.backends import _numpy_jit
+
+    _numpy_jit.loops(cell.KERNELS)
+
+    @numba.njit
+    def units(z):
+        xp = _numpy_jit._SCALAR_XP
+        return (
+            _numpy_jit._sigmoid(xp, z),
+            _numpy_jit._tanh(z),
+            *_numpy_jit._cell_update(xp, z, z, z, z, z),
+            *_numpy_jit._gates_backward(xp, z, z, z, z, z, z, z, z),
+        )
+
+    for dtype in (np.float32, np.float64):
+        found = units(dtype(0.3))
+        returned = units.overloads[(numba.from_dtype(np.dtype(dtype)),)].signature.return_type
+        assert set(returned) == {numba.from_dtype(np.dtype(dtype))}, returned
+        expected = np.array([cell.sigmoid(np, dtype(0.3)), np.tanh(dtype(0.3))])
+        assert_close(np.array(found[:2], dtype), expected, like=expected, level="ulps")
+
+
 def test_the_loop_is_chosen_by_size(monkeypatch):
     """``auto`` compiles the whole loop for the smallest batches and leaves the products of
     larger ones to BLAS, and without numba it runs the ufunc loop by itself."""
