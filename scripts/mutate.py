@@ -37,7 +37,11 @@ BACKUP = ROOT / ".mutate-backup"
 GUARDS = {
     "src/xplstm/cell.py": ["tests/test_reference.py", "tests/test_gradients.py"],
     "src/xplstm/sequence.py": ["tests/test_reference.py", "tests/test_gradients.py"],
-    "src/xplstm/lstm.py": ["tests/test_reference.py", "tests/test_gradients.py"],
+    "src/xplstm/lstm.py": [
+        "tests/test_reference.py",
+        "tests/test_gradients.py",
+        "tests/test_dropout.py",
+    ],
     "backends/_numpy_fast.py": [
         "tests/test_reference.py",
         "tests/test_gradients.py",
@@ -57,6 +61,21 @@ GUARDS = {
     "src/xplstm/optim.py": ["tests/test_optim.py"],
     "src/xplstm/losses.py": ["tests/test_losses.py"],
     "src/xplstm/linear.py": ["tests/test_linear.py"],
+    # -- the periphery: what is built around the math -----------------------------------------
+    "src/xplstm/stack.py": [
+        "tests/test_reference.py",
+        "tests/test_gradients.py",
+        "tests/test_stacked.py",
+        "tests/test_dropout.py",
+    ],
+    "src/xplstm/distributed.py": ["tests/test_distributed.py"],
+    "src/xplstm/checkpoint.py": ["tests/test_checkpoint.py"],
+    "src/xplstm/sampling.py": ["tests/test_tasks.py"],
+    "src/xplstm/train.py": ["tests/test_cli.py"],
+    "src/xplstm/cli.py": ["tests/test_cli.py", "tests/test_distributed.py"],
+    "src/xplstm/batched.py": ["tests/test_batched.py", "tests/test_distributed.py"],
+    "src/xplstm/interop.py": ["tests/test_interop.py", "tests/test_keras.py", "tests/test_onnx.py"],
+    "src/xplstm/onnx.py": ["tests/test_onnx.py"],
 }
 #: Checks shared by every mutation of a module, after its own guards: whole-model tests.
 BROAD = ["tests/test_state.py", "tests/test_training.py"]
@@ -83,6 +102,10 @@ def _m(path: str, old: str, new: str, backends: str = "numpy") -> Mutation:
 CELL, SEQ, FAST = "src/xplstm/cell.py", "src/xplstm/sequence.py", "backends/_numpy_fast.py"
 JIT = "backends/_numpy_jit.py"
 OPTIM, LOSSES, LINEAR = "src/xplstm/optim.py", "src/xplstm/losses.py", "src/xplstm/linear.py"
+STACK, LSTM, DIST = "src/xplstm/stack.py", "src/xplstm/lstm.py", "src/xplstm/distributed.py"
+CHECKPOINT, SAMPLING = "src/xplstm/checkpoint.py", "src/xplstm/sampling.py"
+TRAIN, CLI, BATCHED = "src/xplstm/train.py", "src/xplstm/cli.py", "src/xplstm/batched.py"
+INTEROP, ONNX = "src/xplstm/interop.py", "src/xplstm/onnx.py"
 
 MUTATIONS = [
     # -- the cell: forward ---------------------------------------------------------------
@@ -213,6 +236,68 @@ MUTATIONS = [
         "self.bias.deltas = xp.mean(dy_flat, axis=0)",
     ),
     _m(LINEAR, "dy_flat @ self.weights.values.T", "dy_flat @ self.weights.deltas.T"),
+    # -- the periphery: dropout ---------------------------------------------------------------
+    _m(STACK, '"h_drop": plan.recurrent[index],', '"h_drop": plan.recurrent[layer * directions],'),
+    _m(
+        STACK,
+        "between = plan.between[layer] if layer < len(plan.between) else None",
+        "between = plan.between[0] if layer < len(plan.between) else None",
+    ),
+    _m(LSTM, "host = (kept * (1.0 / (1.0 - p)))", "host = (kept * 1.0)"),
+    # -- data-parallel fit ----------------------------------------------------------------------
+    _m(DIST, "SeedSequence([self.seed, self.step, shard])", "SeedSequence([self.seed, 0, shard])"),
+    _m(
+        DIST,
+        "weights = [(stop - start) / batch for start, stop in bounds]",
+        "weights = [1 / len(bounds) for start, stop in bounds]",
+    ),
+    _m(DIST, "layer.train(replica.training)", "layer.train(True)"),
+    _m(
+        DIST,
+        "return np.random.default_rng([seed, epoch])",
+        "return np.random.default_rng([seed, 0])",
+    ),
+    # -- checkpoints ----------------------------------------------------------------------------
+    _m(CHECKPOINT, 'for key in ("model", "dtype", "layers"):', 'for key in ("model", "layers"):'),
+    _m(
+        CHECKPOINT,
+        "if _without_modes(header[key]) != _without_modes(expected[key]):",
+        "if header[key] != expected[key]:",
+    ),
+    # -- sampling -------------------------------------------------------------------------------
+    _m(SAMPLING, '.astype("float64") / temperature', '.astype("float64") * temperature'),
+    _m(SAMPLING, "y, *state = lstm.forward(x, *state)", "y, *_ = lstm.forward(x, *state)"),
+    # -- training and the command line ----------------------------------------------------------
+    _m(
+        TRAIN,
+        "optim.clip_grad_norm(model.parameters(), settings.clip)",
+        "optim.clip_grad_norm(model.parameters(), 1.0)",
+    ),
+    _m(TRAIN, "seed=seed + 1),", "seed=seed),"),
+    _m(TRAIN, "if metric < task.target:", "if metric < 2.0 * task.target:"),
+    _m(CLI, '"--clip", type=float, default=1.0,', '"--clip", type=float, default=0.5,'),
+    # -- batched predict ------------------------------------------------------------------------
+    _m(BATCHED, "            layer.train(training)", "            layer.train()"),
+    _m(BATCHED, "        layer.eval()", "        pass"),
+    # -- interop: torch, Keras, ONNX ------------------------------------------------------------
+    _m(INTEROP, "bias = (terms[0] + terms[1])[gates]", "bias = terms[0][gates]"),
+    _m(
+        INTEROP,
+        'state[f"bias_ih{suffix}"] = np.ascontiguousarray(bias[gates])',
+        'state[f"bias_ih{suffix}"] = np.ascontiguousarray(bias)',
+    ),
+    _m(INTEROP, "gates = gate_order(units)", "gates = gate_order(units, (0, 1, 2, 3))"),
+    _m(INTEROP, "(bias.shape[0] // 4, (0, 2, 1, 3))", "(bias.shape[0] // 4, (0, 1, 3, 2))"),
+    _m(
+        ONNX,
+        'start = graph.constant("start", np.array([stacked * directions]))',
+        'start = graph.constant("start", np.array([0]))',
+    ),
+    _m(
+        ONNX,
+        'y = graph.op("Transpose", outputs[0], perm=[0, 2, 1, 3])',
+        'y = graph.op("Transpose", outputs[0], perm=[0, 1, 2, 3])',
+    ),
 ]
 
 

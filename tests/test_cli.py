@@ -165,6 +165,37 @@ def test_stops_early_once_the_target_is_met(
     assert metrics["target_met"] and metrics["evaluations"][0][0] == 2
 
 
+@pytest.mark.parametrize(("ratio", "steps"), [(0.99, 2), (1.0, 6), (1.5, 6)])
+def test_stops_exactly_when_the_held_out_metric_is_below_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ratio: float, steps: int
+) -> None:
+    """A held-out check (every --eval-every steps) stops training when its metric is below the
+    task's target, and only then: at 0.99 x target after the first check, not at 1.0 or 1.5."""
+    monkeypatch.setattr(tasks.Adding, "target", 100.0)  # the training loss is always near it
+    real = evaluate
+    monkeypatch.setattr("xplstm.train.evaluate", lambda *a: (ratio * 100.0, real(*a)[1]))
+    _, metrics = train(tmp_path, "adding", "--steps", "6", "--eval-every", "2")
+    assert metrics["steps"] == steps and len(metrics["evaluations"]) == steps // 2
+
+
+def test_the_defaults_are_those_docs_training_md_states(tmp_path: Path) -> None:
+    """The options table's default for each flag that shapes the run (and the adding task's
+    row of the per-task table) is what a run without that flag uses, as metrics.json records."""
+    text = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    stated = dict(re.findall(r"^\| `(--[a-z-]+)` \| ([^|]+?) \|", text, re.MULTILINE))
+    names = ["--layers", "--bidirectional", "--proj-size", "--dropout", "--batch", "--lr",
+             "--clip", "--seed"]  # fmt: skip
+    row = re.search(r"^\| adding \| (\d+) \| (\d+) \| (\d+) \|", text, re.MULTILINE)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--steps", "1", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in names:
+        used = metrics[name[2:].replace("-", "_")]
+        expected = False if stated[name] == "off" else float(stated[name])
+        assert used == expected, f"{name}: the docs say {stated[name]}, the run used {used}"
+    assert (metrics["seq_len"], metrics["hidden"]) == (int(row[1]), int(row[2]))
+
+
 def _own_handler(signum: int, frame: object) -> None:
     """A SIGINT handler of the program that runs the CLI."""
 
