@@ -72,6 +72,7 @@ GUARDS = {
     "src/xplstm/checkpoint.py": ["tests/test_checkpoint.py"],
     "src/xplstm/sampling.py": ["tests/test_tasks.py"],
     "src/xplstm/train.py": ["tests/test_cli.py"],
+    "src/xplstm/loop.py": ["tests/test_loop.py", "tests/test_distributed.py"],
     "src/xplstm/cli.py": ["tests/test_cli.py", "tests/test_distributed.py"],
     "src/xplstm/batched.py": ["tests/test_batched.py", "tests/test_distributed.py"],
     "src/xplstm/interop.py": ["tests/test_interop.py", "tests/test_keras.py", "tests/test_onnx.py"],
@@ -105,7 +106,7 @@ OPTIM, LOSSES, LINEAR = "src/xplstm/optim.py", "src/xplstm/losses.py", "src/xpls
 STACK, LSTM, DIST = "src/xplstm/stack.py", "src/xplstm/lstm.py", "src/xplstm/distributed.py"
 CHECKPOINT, SAMPLING = "src/xplstm/checkpoint.py", "src/xplstm/sampling.py"
 TRAIN, CLI, BATCHED = "src/xplstm/train.py", "src/xplstm/cli.py", "src/xplstm/batched.py"
-INTEROP, ONNX = "src/xplstm/interop.py", "src/xplstm/onnx.py"
+INTEROP, ONNX, LOOP = "src/xplstm/interop.py", "src/xplstm/onnx.py", "src/xplstm/loop.py"
 
 MUTATIONS = [
     # -- the cell: forward ---------------------------------------------------------------
@@ -268,13 +269,15 @@ MUTATIONS = [
     _m(SAMPLING, '.astype("float64") / temperature', '.astype("float64") * temperature'),
     _m(SAMPLING, "y, *state = lstm.forward(x, *state)", "y, *_ = lstm.forward(x, *state)"),
     # -- training and the command line ----------------------------------------------------------
-    _m(
-        TRAIN,
-        "optim.clip_grad_norm(model.parameters(), settings.clip)",
-        "optim.clip_grad_norm(model.parameters(), 1.0)",
-    ),
+    _m(TRAIN, "clip=settings.clip, bar=bar,", "clip=1.0, bar=bar,"),
     _m(TRAIN, "seed=seed + 1),", "seed=seed),"),
     _m(TRAIN, "if metric < task.target:", "if metric < 2.0 * task.target:"),
+    _m(
+        LOOP,
+        "norm = optim.grad_norm(params) if clip is None else optim.clip_grad_norm(params, clip)",
+        "norm = optim.grad_norm(params)",
+    ),
+    _m(LOOP, "for step in range(len(run.losses), steps):", "for step in range(steps):"),
     _m(CLI, '"--clip", type=float, default=1.0,', '"--clip", type=float, default=0.5,'),
     # -- batched predict ------------------------------------------------------------------------
     _m(BATCHED, "            layer.train(training)", "            layer.train()"),
