@@ -13,13 +13,14 @@ import importlib
 import pkgutil
 from typing import Any
 
-from xplstm.backends._base import Backend, BackendError, FastPath
+from xplstm.backends._base import Backend, BackendError, FastPath, StackPath
 from xplstm.backends._generic import GenericBackend
 
 __all__ = [
     "Backend",
     "BackendError",
     "FastPath",
+    "StackPath",
     "available",
     "backend_of",
     "get",

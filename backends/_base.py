@@ -44,6 +44,29 @@ class FastPath(Protocol):
     ) -> tuple[Any, Any, Any, Any, Any, Any]: ...
 
 
+class StackPath(Protocol):
+    """A backend's route through a whole stack (every layer and direction, with lengths,
+    masks, projections and dropout) in one call, equal to the written-once stack.
+
+    ``forward(params, plan, x, h0s, c0s)`` and ``backward(params, plan, saved, dy, dh_ns,
+    dc_ns)`` take and return what :func:`xplstm.stack.forward` and :func:`xplstm.stack.backward`
+    do, less their ``xp`` and ``path`` arguments. ``features`` names what it covers, any of
+    ``"bidirectional"``, ``"lengths"``, ``"mask"``, ``"w_proj"`` (a projection), ``"h_drop"``
+    (recurrent dropout), ``"dropout"`` (between layers); a call that uses anything else runs
+    recurrence by recurrence (each on its :class:`FastPath` where it has one).
+    """
+
+    features: frozenset[str]
+
+    def forward(
+        self, params: Any, plan: Any, x: Any, h0s: Any, c0s: Any
+    ) -> tuple[Any, Any, Any, Any]: ...
+
+    def backward(
+        self, params: Any, plan: Any, saved: Any, dy: Any, dh_ns: Any, dc_ns: Any
+    ) -> tuple[Any, Any, Any, Any]: ...
+
+
 class Backend:
     """Defaults that suit most libraries; a backend module overrides only what differs."""
 
@@ -166,5 +189,17 @@ class Backend:
         transforms them (jit, scan) or passes its own versions of the kernels (fused) rather
         than restate their math. The one exception is NumPy's (see ``_numpy_fast``): plain
         NumPy has nothing to transform with, so it restates the math, tested equal.
+        """
+        return None
+
+    def stack_path(
+        self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable]
+    ) -> StackPath | None:
+        """A :class:`StackPath` for one layer, or ``None`` when this backend has none.
+
+        ``stack`` holds :func:`xplstm.stack.forward` and :func:`xplstm.stack.backward`,
+        ``recurrence`` :func:`xplstm.sequence.forward` and :func:`xplstm.sequence.backward`: a
+        whole-stack path transforms them (JAX compiles the stack into one program) rather
+        than restate them.
         """
         return None

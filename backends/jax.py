@@ -113,6 +113,11 @@ class JaxBackend(Backend):
             os.sched_setaffinity(0, cpus)
         return f"XLA_FLAGS={os.environ['XLA_FLAGS']}, started on {count} of {len(cpus)} CPUs"
 
+    def stack_path(
+        self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable]
+    ) -> _JitStack:
+        return _jit_stack(stack, recurrence)
+
     def peak_memory(self, device: Any) -> int | None:
         # XLA's GPU allocator reports a peak since start (it cannot be reset); none on the CPU.
         stats = device.memory_stats() if device.platform != "cpu" else None
@@ -157,6 +162,35 @@ class _JitScan:
         self.backward = jax.jit(functools.partial(backward, jnp, scan=_lax_scan))
 
     def __deepcopy__(self, memo: dict) -> _JitScan:
+        return self  # stateless: compiled functions only, shared by every copy of a layer
+
+
+@functools.cache
+def _jit_stack(
+    stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable]
+) -> _JitStack:
+    """One compiled whole-stack path shared by every layer: it holds no per-layer state."""
+    return _JitStack(stack, recurrence)
+
+
+class _JitStack:
+    """The written-once stack, forward and backward, each one program under ``jax.jit``: every
+    recurrence a ``lax.scan`` of the written-once step, and the steps between them (reversal,
+    selects, concatenation, dropout) compiled with them. A 2-layer bidirectional call with
+    lengths is then one program each way, where recurrence by recurrence it is four compiled
+    scans and the steps between them dispatched one by one."""
+
+    features = frozenset({"bidirectional", "lengths", "mask", "w_proj", "h_drop", "dropout"})
+
+    def __init__(self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable]):
+        import jax
+        import jax.numpy as jnp
+
+        path = tuple(functools.partial(f, jnp, scan=_lax_scan) for f in recurrence)
+        self.forward = jax.jit(functools.partial(stack[0], jnp, path=lambda *_: path))
+        self.backward = jax.jit(functools.partial(stack[1], jnp, path=lambda *_: path))
+
+    def __deepcopy__(self, memo: dict) -> _JitStack:
         return self  # stateless: compiled functions only, shared by every copy of a layer
 
 

@@ -198,15 +198,17 @@ def numpy_loops() -> list[str]:
 
 def paths_of(backend: str) -> list[str]:
     """The routes through a sequence that tests run on ``backend``: always ``"written-once"``
-    (``xplstm.sequence`` over ``xplstm.cell``); ``"fast"`` where it has a fast path, except on
-    NumPy, whose fast path has two time loops, ``"compiled"`` (numba, where installed) and
-    ``"ufuncs"``; and on NumPy also ``"cupy-seam"``: CuPy's fast path with :data:`STAND_IN_CUPY`."""
-    from xplstm.lstm import fast_path_of
+    (``xplstm.sequence`` over ``xplstm.cell``); ``"stack"`` where it has a whole-stack path;
+    ``"fast"`` where it has a per-recurrence fast path, except on NumPy, whose fast path has two
+    time loops, ``"compiled"`` (numba, where installed) and ``"ufuncs"``; and on NumPy also
+    ``"cupy-seam"``: CuPy's fast path with :data:`STAND_IN_CUPY`."""
+    from xplstm.paths import fast_path_of, stack_path_of
 
     if backend == "numpy":
         return [*numpy_loops(), "written-once", "cupy-seam"]
-    fast = fast_path_of(backends.get(backend)) is not None
-    return ["fast", "written-once"] if fast else ["written-once"]
+    whole = ["stack"] if stack_path_of(backends.get(backend)) is not None else []
+    fast = ["fast"] if fast_path_of(backends.get(backend)) is not None else []
+    return [*whole, *fast, "written-once"]
 
 
 def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
@@ -216,6 +218,7 @@ def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
     from xplstm.backends._numpy_fast import NumPyFastPath
 
     layer.fast_path = path != "written-once"
+    layer.whole_stack = path == "stack"
     if path in numpy_loops():  # what $XPLSTM_NUMPY_LOOP=path would have made
         paths = [NumPyFastPath(cell.KERNELS, loop=path) for _ in layer.recurrences]
         layer._fast = (layer._backend, paths)
@@ -230,6 +233,8 @@ def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
 
 def assert_route(layer: xplstm.LSTM, path: str) -> None:
     """The last forward of ``layer`` went by ``path``."""
+    whole = layer._cache.route is layer._whole
+    assert whole == (path == "stack"), f"the whole-stack path ran: {whole}, for {path}"
     for taken, saved in layer._cache.runs:  # one (fast path or None, cache) per recurrence
         if path == "written-once":
             assert taken is None, "the fast path ran, not the written-once one"

@@ -8,26 +8,21 @@ recurrence, the backend's fast path or the written-once one, and keeps what back
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from xplstm import cell, checks, interop, sequence, stack
+from xplstm import checks, interop, paths, stack
 from xplstm import init as _init
-from xplstm.backends import Backend, FastPath
+from xplstm.backends import Backend, FastPath, StackPath
 from xplstm.layer import Layer, Weights, dtype_name, last_forward
+from xplstm.paths import FAST_PATH_ENV as FAST_PATH_ENV  # where it was first
+from xplstm.paths import fast_path_of as fast_path_of  # where it was first
 from xplstm.steps import Steps, all_steps, check_lengths, from_lengths, from_mask, one_of
 from xplstm.types import Array
 
 __all__ = ["LSTM", "Recurrence", "Weights"]
-
-
-#: Set to 0 to run the written-once path even where a backend has a fast path.
-FAST_PATH_ENV = "XPLSTM_FAST_PATH"
-_OFF = ("0", "false", "off", "no")
 
 
 @dataclass
@@ -53,20 +48,17 @@ class _Dropout(NamedTuple):
 
 @dataclass
 class _Cache:
-    """What backward needs from forward: per recurrence who ran it (None: the written-once
-    path) and its saved state, and the parameters and plan of the stack."""
+    """What backward needs from forward: the route it took (a whole-stack path, or
+    ``paths.PerRecurrence``), per recurrence the fast path that ran it (None: written once) and
+    its saved state, and the parameters and plan of the stack."""
 
-    runs: list[tuple[FastPath | None, Any]]
+    route: Any
+    runs: list[tuple[Any, Any]]
     params: list[stack.Params]
     plan: stack.Plan
     batch: int
     seq: int
     torch_states: bool  # states given as torch's (1, batch, size): given back so
-
-
-def fast_path_of(backend: Backend) -> FastPath | None:
-    """A new fast path of ``backend`` over the written-once functions, or ``None``."""
-    return backend.fast_path(sequence.forward, sequence.backward, cell.KERNELS)
 
 
 class LSTM(Layer, interop.Interop):
@@ -201,7 +193,9 @@ class LSTM(Layer, interop.Interop):
             for prefix in prefixes
         ]
         self.fast_path = fast_path
+        self.whole_stack = True
         self._fast: tuple[Backend, list[FastPath | None]] | None = None
+        self._whole: StackPath | None = None
         self.training = True
         self.dropout_seed(seed)
 
@@ -329,15 +323,11 @@ class LSTM(Layer, interop.Interop):
             stack.Params(r.weights.values, self._bias(k), _values(r.projection))
             for k, r in enumerate(self.recurrences)
         ]
-        taken: list[FastPath | None] = [None] * len(params)
-
-        def path(index: int, names: frozenset[str]) -> stack.Path:
-            taken[index] = self._fast_path(index, names)
-            return self._route(taken[index])
-
-        y, h_n, c_n, saved = stack.forward(self.xp, params, plan, x, h0s, c0s, path)
+        route = self._route(stack.uses(params, plan))
+        y, h_n, c_n, saved = route.forward(params, plan, x, h0s, c0s)
+        taken = getattr(route, "taken", [route] * len(params))
         runs = list(zip(taken, saved, strict=True))
-        self._cache = _Cache(runs, params, plan, batch, seq, torch_states)
+        self._cache = _Cache(route, runs, params, plan, batch, seq, torch_states)
         return y, self._stacked(h_n, torch_states), self._stacked(c_n, torch_states)
 
     def backward(
@@ -360,16 +350,9 @@ class LSTM(Layer, interop.Interop):
             self._check("dy", dy, (batch, cache.seq, directions * out), meaning)
         dh_ns = self._states("dh_n", dh_n, batch, out)
         dc_ns = self._states("dc_n", dc_n, batch, self.hidden_size)
-        runs = cache.runs
-        dx, dh0s, dc0s, grads = stack.backward(
-            self.xp,
-            cache.params,
-            cache.plan,
-            [saved for _, saved in runs],
-            dy,
-            dh_ns,
-            dc_ns,
-            lambda index, _: self._route(runs[index][0]),
+        saved = [saved for _, saved in cache.runs]
+        dx, dh0s, dc0s, grads = cache.route.backward(
+            cache.params, cache.plan, saved, dy, dh_ns, dc_ns
         )
         for recurrence, (d_w, d_b, d_proj) in zip(self.recurrences, grads, strict=True):
             recurrence.weights.deltas = d_w
@@ -380,15 +363,20 @@ class LSTM(Layer, interop.Interop):
         given = cache.torch_states
         return dx, self._stacked(dh0s, given), self._stacked(dc0s, given)
 
-    def _route(self, path: FastPath | None) -> stack.Path:
-        """A recurrence's forward and backward: the fast path's, or the written-once ones,
-        whose results a lazy library (Dask) computes at once, so graphs stay one recurrence
-        deep."""
-        if path is not None:
-            return path.forward, path.backward
-        return partial(_written_once, self._backend, self.xp), partial(
-            _written_once_backward, self._backend, self.xp
-        )
+    def _route(self, uses: frozenset[str]) -> Any:
+        """The backend's whole-stack path when it covers what this call ``uses`` (see
+        :func:`xplstm.stack.uses`), else the stack recurrence by recurrence (see
+        :mod:`xplstm.paths`); the backend's paths are made once per backend."""
+        on = paths.switched_on(self.fast_path)
+        if on and (self._fast is None or self._fast[0] is not self._backend):
+            made = [paths.fast_path_of(self._backend) for _ in self.recurrences]
+            self._fast = (self._backend, made)
+            self._whole = paths.stack_path_of(self._backend)
+        whole = self._whole if on and self.whole_stack else None
+        if whole is not None and uses <= whole.features:
+            return whole
+        fast = self._fast[1] if on and self._fast else [None] * len(self.recurrences)
+        return paths.PerRecurrence(self.xp, self._backend, fast)
 
     def _bias(self, index: int) -> Array:
         """The recurrence's bias, or zeros without biases (whose gradient is dropped)."""
@@ -396,17 +384,6 @@ class LSTM(Layer, interop.Interop):
         if bias is not None:
             return bias.values
         return self.xp.zeros((4 * self.hidden_size,), dtype=self.dtype, device=self.device)
-
-    def _fast_path(self, index: int, optional: frozenset[str]) -> FastPath | None:
-        """The fast path of recurrence ``index`` on this backend (made once per backend),
-        unless switched off or it does not cover the ``optional`` inputs of this call."""
-        if not self.fast_path or os.environ.get(FAST_PATH_ENV, "1").strip().lower() in _OFF:
-            return None
-        if self._fast is None or self._fast[0] is not self._backend:
-            paths = [fast_path_of(self._backend) for _ in self.recurrences]
-            self._fast = (self._backend, paths)
-        path = self._fast[1][index]
-        return path if path is not None and optional <= path.features else None
 
     # -- lengths and masks --------------------------------------------------------------
     def _steps(self, lengths: Any, mask: Array | None, batch: int, seq: int) -> Steps:
@@ -507,15 +484,46 @@ def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
     return [values]
 
 
-def _written_once(
-    backend: Backend, xp: Any, *args: Any, **optional: Any
-) -> tuple[Array, Array, Array, sequence.Cache]:
-    """:func:`xplstm.sequence.forward`, computed at once by a lazy library."""
-    y, h, c, saved = sequence.forward(xp, *args, **optional)
-    y, h, c, *fields = backend.persist([y, h, c, *saved])
-    return y, h, c, sequence.Cache(*fields)
+def _parameter_specs(
+    layer: LSTM, given: dict[str, list[Any]]
+) -> dict[str, tuple[Any, tuple[int, ...], str]]:
+    """Each parameter's registry name, given values (or None), shape and shape in words, in
+    ``parameters()`` order: per recurrence, weights, bias, projection."""
+    count, directions, out = len(given["weights"]), layer.directions, layer.output_size
+    hidden = layer.hidden_size
+    kept = "proj_size" if layer.proj_size else "hidden_size"
+    specs = {}
+    for index in range(count):
+        prefix = f"recurrences.{index}." if count > 1 else ""
+        rows = (layer.input_size if index < directions else directions * out) + out
+        reads = "input_size" if index < directions else f"{directions} * {kept}"
+        reads = reads.replace("1 * ", "")
+        wanted = {
+            "weights": ((rows, 4 * hidden), f"({reads} + {kept}, 4 * hidden_size)"),
+            "bias": ((4 * hidden,), "(4 * hidden_size,)") if layer.use_bias else None,
+            "projection": ((hidden, out), "(hidden_size, proj_size)") if layer.proj_size else None,
+        }
+        for name, spec in wanted.items():
+            if spec is not None:
+                specs[prefix + name] = (given[name][index], *spec)
+    return specs
 
 
-def _written_once_backward(backend: Backend, xp: Any, *args: Any, **optional: Any) -> tuple:
-    """:func:`xplstm.sequence.backward`, computed at once by a lazy library."""
-    return tuple(backend.persist(list(sequence.backward(xp, *args, **optional))))
+def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
+    """Given values as one entry per recurrence (``None`` where to draw)."""
+    if values is None:
+        return [None] * count
+    if isinstance(values, (list, tuple)):
+        if len(values) != count:
+            raise ValueError(
+                f"{name} must list one array per recurrence (num_layers * num_directions = "
+                f"{count}), got {len(values)}"
+            )
+        return list(values)
+    if count != 1:
+        raise ValueError(
+            f"this LSTM has {count} recurrences (num_layers * num_directions): pass {name} "
+            f"as a list of {count} arrays, in layer.recurrences order"
+        )
+    return [values]
+

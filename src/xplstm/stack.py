@@ -98,6 +98,21 @@ def needs(xp: Any, params: Sequence[Params], plan: Plan) -> list[frozenset[str]]
     return [frozenset(route.optional) for level in levels for route in level.routes]
 
 
+def uses(params: Sequence[Params], plan: Plan) -> frozenset[str]:
+    """What a call uses beyond one layer in one direction over every step, in the words of
+    :class:`xplstm.backends.StackPath`'s ``features``."""
+    steps = plan.steps
+    used = {
+        "bidirectional": len(steps.keep) > 1,
+        "lengths": steps.index is not None,
+        "mask": steps.index is None and steps.valid is not None,
+        "w_proj": any(p.w_proj is not None for p in params),
+        "h_drop": any(m is not None for m in plan.recurrent),
+        "dropout": any(m is not None for m in plan.between),
+    }
+    return frozenset(name for name, used_here in used.items() if used_here)
+
+
 def forward(
     xp: Any,
     params: Sequence[Params],
