@@ -160,7 +160,7 @@ MUTATIONS = [
     _m(FAST, "    a *= o\n", "    a *= i\n"),
     _m(FAST, "dz_o *= dh", "dz_o *= dc"),
     _m(FAST, "dc *= f_t", "dc *= dz_g"),
-    _m(FAST, "h_prev[0] = h0", "h_prev[0] = 0.0"),
+    _m(FAST, "steps[0] = h0", "steps[0] = 0.0"),
     _m(FAST, "dh, dc, d_w, dz_flat.sum(axis=0)", "dh, dc, d_w, dz_flat.mean(axis=0)"),
     _m(FAST, "    return h.copy(), c.copy()", "    return h.copy(), c"),
     # -- NumPy's compiled loop (numba): its restated tanh and its products -------------------
