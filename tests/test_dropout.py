@@ -33,11 +33,12 @@ def test_eval_mode_equals_torch_eval(target):
         INPUTS, HIDDEN, num_layers=3, dropout=0.5, batch_first=True, dtype=torch.float64
     ).eval()
     layer = xplstm.LSTM.from_torch(module, backend=target.backend, device=target.device)
-    assert layer.dropout == 0.5 and layer.training, "dropout comes along; training by default"
+    assert layer.dropout == 0.5 and not layer.training, "dropout and the module's mode come along"
     x = host_problem()["x"]
     with torch.no_grad():
         expected = module(torch.from_numpy(x))[0].numpy()
-    trained = layer(target.asarray(x))[0]
+    assert_close(layer(target.asarray(x))[0], expected, like=layer, name="y")
+    trained = layer.train()(target.asarray(x))[0]
     assert not np.allclose(xplstm.to_numpy(trained), expected), "dropout acts in training"
     assert layer.eval() is layer and not layer.training
     assert_close(layer(target.asarray(x))[0], expected, like=layer, name="y")
