@@ -109,8 +109,13 @@ def test_a_backend_that_is_neither_a_name_nor_a_backend(backend):
 
 @pytest.mark.parametrize("seed", [-1, 2.5, True, "0"])
 def test_a_bad_seed_is_named(seed):
-    with pytest.raises(ValueError, match=r"seed must be None or an int >= 0, got "):
-        xplstm.Linear(3, 4, seed=seed)
+    """Named as the caller spells it, not in NumPy's words from inside default_rng."""
+    message = r"seed must be None or an int >= 0, got "
+    for build in (xplstm.Linear, xplstm.LSTM):
+        with pytest.raises(ValueError, match=message):
+            build(3, 4, seed=seed)
+    with pytest.raises(ValueError, match=message):
+        xplstm.LSTM(3, 4).dropout_seed(seed)
 
 
 @pytest.mark.parametrize(
