@@ -7,6 +7,7 @@ reported as skipped, with the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -15,6 +16,13 @@ from tests.support import CANDIDATES, Target, numpy_loops, paths_of, skip_reason
 from xplstm import backends
 
 ENV_VAR = "XPLSTM_TEST_BACKENDS"
+
+#: Modules --doctest-modules must not import: ``python -m xplstm`` runs the command line, and
+#: a module whose optional dependency is missing here (its examples cannot run).
+_OPTIONAL = {"src/xplstm/onnx.py": "onnx", "src/xplstm/distributed.py": "distributed"}
+collect_ignore = ["src/xplstm/__main__.py"] + [
+    path for path, module in _OPTIONAL.items() if importlib.util.find_spec(module) is None
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -145,6 +145,13 @@ def save(
     With ``optimizer`` (built on ``model.parameters()``) its state is saved too, and with
     ``training`` a JSON-serialisable dict of the training loop's progress: :func:`restore`
     reads both back.
+
+    >>> import os, tempfile
+    >>> from xplstm import LSTM, checkpoint
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+    >>> checkpoint.save(path, LSTM(2, 4, num_layers=2, backend="numpy", seed=0))
+    >>> checkpoint.load(path, backend="numpy")
+    LSTM(input_size=2, hidden_size=4, num_layers=2, backend='numpy', device='cpu', dtype='float32')
     """
     header, arrays = model_arrays(model)
     problem = _non_finite(arrays)
@@ -179,6 +186,13 @@ def load(
     keep the file's. Raises :class:`CheckpointError` saying what is wrong when the file is not an
     ``.npz``, is truncated or corrupt, lacks an array, has another layout version, or holds
     arrays that do not fit the layers it describes.
+
+    >>> import os, tempfile
+    >>> from xplstm import Linear, checkpoint
+    >>> path = os.path.join(tempfile.mkdtemp(), "head.npz")
+    >>> checkpoint.save(path, Linear(4, 1, backend="numpy", seed=0))
+    >>> checkpoint.load(path, backend="numpy", dtype="float64")
+    Linear(in_features=4, out_features=1, backend='numpy', device='cpu', dtype='float64')
     """
     chosen = resolve(backend)
     device = chosen.parse_device(device)

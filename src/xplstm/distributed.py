@@ -308,6 +308,18 @@ def predict(
     rows at a time): the recurrence cannot cross chunks along time. ``lengths`` (rows,) or
     ``mask`` (rows, seq), host or Dask arrays, travel with the blocks of ``x``. The parameters
     travel once per call, as one key of the task graph. ``client``: see :func:`fit`.
+
+    Example, on an in-process cluster (pass the client of a real one):
+
+    >>> import numpy as np
+    >>> from dask.distributed import Client
+    >>> from xplstm import LSTM, distributed
+    >>> layer = LSTM(2, 4, backend="numpy", seed=0)
+    >>> x = np.zeros((10, 3, 2), dtype="float32")
+    >>> with Client(processes=False, n_workers=1, dashboard_address=":0") as client:
+    ...     y = distributed.predict(layer, x, client=client, batch_size=4, lengths=[3] * 10)
+    >>> y.shape
+    (10, 3, 4)
     """
     batch_size = positive_int("batch_size", batch_size)
     steps = {k: np.asarray(v) for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}

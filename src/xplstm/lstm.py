@@ -119,6 +119,19 @@ class LSTM(Layer, interop.Interop):
             ``$XPLSTM_FAST_PATH`` is ``0``. The attribute ``layer.fast_path`` switches it later.
 
     Dropout acts only in training mode, the default: :meth:`train` and :meth:`eval` switch.
+
+    Example: two layers, both directions, rows of their own lengths.
+
+    >>> import numpy as np
+    >>> import xplstm
+    >>> layer = xplstm.LSTM(3, 8, num_layers=2, bidirectional=True, backend="numpy", seed=0)
+    >>> x = np.zeros((4, 5, 3), dtype="float32")
+    >>> y, h_n, c_n = layer(x, lengths=[5, 3, 2, 1])
+    >>> y.shape, h_n.shape  # (batch, seq, 2 * hidden), (layers * directions, batch, hidden)
+    ((4, 5, 16), (4, 4, 8))
+    >>> dx, dh0, dc0 = layer.backward(np.ones_like(y))
+    >>> dx.shape, layer.recurrences[0].weights.deltas.shape
+    ((4, 5, 3), (11, 32))
     """
 
     #: ``Sequential`` passes it ``lengths`` and ``mask``.

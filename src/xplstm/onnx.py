@@ -91,6 +91,15 @@ def export(
 
     The file is replaced only once it is complete; a failed write leaves the old one as it
     was (see :mod:`xplstm.files`).
+
+    >>> import os, tempfile
+    >>> from xplstm import LastStep, Linear, LSTM, Sequential, onnx
+    >>> model = Sequential(
+    ...     LSTM(2, 4, backend="numpy", seed=0), LastStep(), Linear(4, 1, backend="numpy", seed=1)
+    ... )
+    >>> graph = onnx.export(model, os.path.join(tempfile.mkdtemp(), "model.onnx"))
+    >>> [i.name for i in graph.graph.input]  # h0, c0 and sequence_lens may be left out
+    ['x', 'h0', 'c0', 'sequence_lens']
     """
     check_target(path)
     proto = to_onnx(model, opset=opset, dtype=dtype)

@@ -23,6 +23,13 @@ def resolve(backend: str | Backend | None = None, *arrays: Any) -> Backend:
     environment variable ``XPLSTM_BACKEND``; else the backend of the ``arrays`` given (``None``
     entries are ignored); else auto: CuPy when it imports and sees a CUDA device, otherwise
     NumPy. ``"auto"`` as a name or in the environment asks for the last rule explicitly.
+
+    >>> import numpy as np
+    >>> from xplstm import resolve
+    >>> resolve("numpy").name
+    'numpy'
+    >>> resolve(None, np.zeros(3)).name  # the arrays' backend, unless $XPLSTM_BACKEND says
+    'numpy'
     """
     if isinstance(backend, Backend):
         return backend

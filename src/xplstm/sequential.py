@@ -88,6 +88,20 @@ class Sequential(Module):
         model.backward(d_prediction)
         optim.clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
+
+    Example:
+
+    >>> import numpy as np
+    >>> from xplstm import LastStep, Linear, LSTM, Sequential, losses
+    >>> model = Sequential(
+    ...     LSTM(2, 8, backend="numpy", seed=0), LastStep(), Linear(8, 1, backend="numpy", seed=1)
+    ... )
+    >>> x, target = np.ones((3, 4, 2), dtype="float32"), np.zeros((3, 1), dtype="float32")
+    >>> prediction = model(x, lengths=[4, 2, 3])
+    >>> loss, d_prediction = losses.mse(prediction, target)
+    >>> dx = model.backward(d_prediction)
+    >>> prediction.shape, dx.shape, len(model.parameters())
+    ((3, 1), (3, 4, 2), 4)
     """
 
     def __init__(self, *layers: Any) -> None:
