@@ -57,9 +57,12 @@ def unavailable() -> dict[str, str]:
     return {name: reason for name in known() if (reason := unavailable_reason(name)) is not None}
 
 
-def summary() -> str:
-    """One line for error messages: what is available here and why the rest is not."""
-    missing = "; ".join(f"{name}: {reason}" for name, reason in unavailable().items())
+def summary(said: str | None = None) -> str:
+    """One line for error messages: what is available here and why the rest is not (but for
+    the backend ``said``, whose reason the message gives already)."""
+    missing = "; ".join(
+        f"{name}: {reason}" for name, reason in unavailable().items() if name != said
+    )
     return f"available here: {', '.join(available())}" + (
         f" (missing: {missing})" if missing else ""
     )
@@ -72,7 +75,7 @@ def get(name: str) -> Backend:
         raise BackendError(f"unknown backend {name!r}; {summary()}")
     reason = unavailable_reason(name)
     if reason is not None:
-        raise BackendError(f"backend {name!r} cannot run here: {reason}; {summary()}")
+        raise BackendError(f"backend {name!r} cannot run here: {reason}; {summary(name)}")
     return backend
 
 

@@ -45,7 +45,9 @@ def test_unavailable_backend_error_lists_why_each_missing_one_is_missing(monkeyp
     message = str(raised.value)
     assert message.startswith("backend 'dask' cannot run here: broken, for a test; available here:")
     for name, reason in backends.unavailable().items():
-        assert f"{name}: {reason}" in message.split("(missing: ")[1], name
+        assert message.count(reason) == 1, name  # the one asked for: said once, not twice
+        if name != "dask":
+            assert f"{name}: {reason}" in message.split("(missing: ")[1], name
     assert "numpy" in message.split("available here: ")[1].split(" (missing")[0]
     with pytest.raises(backends.BackendError, match=r"unknown backend 'nope'; available here: "):
         backends.get("nope")

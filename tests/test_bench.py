@@ -166,3 +166,25 @@ def test_jax_starts_with_the_threads_asked_for():
         assert out[0].endswith(f"started on 1 of {len(os.sched_getaffinity(0))} CPUs")
     assert out[1] == "True True"
     assert out[2].startswith("not set: JAX had started already")
+
+
+def test_the_text_table_stays_aligned_with_long_row_names():
+    """Every line of a table (header included) puts its columns at the same places, however
+    long a row's name is."""
+    from xplstm.bench.report import format_table
+    from xplstm.bench.timing import Result
+
+    def result(row: str) -> Result:
+        return Result(
+            config=(2, 3, 4, 5), mode="forward", row=row, backend="numpy", device="cpu",
+            times_ms=[1.0], median_ms=1.0, ratio_to_torch=1.0, ratio_to_best_peer=None,
+            gflops=1.0, matmul_gflops=2.0, fraction_of_matmul=0.5, step_matmul_gflops=1.0,
+            peak_mb=None, peak_over_cache=None, memory_method="none",
+        )  # fmt: skip
+
+    long = "xplstm numpy, compiled loop, 2 layers, bidirectional, lengths"
+    lines = format_table([result("torch"), result(long)]).splitlines()[2:]
+    assert len(long) > 34 and len(lines) == 3
+    assert len({len(line) for line in lines}) == 1, lines  # the last column right-aligned
+    ms = lines[0].index(" ms") + 3
+    assert all(line[ms - 4 : ms] == "1.00" for line in lines[1:]), lines

@@ -460,12 +460,22 @@ def test_readme_table_states_each_task_s_baseline_and_target() -> None:
     sine, text = tasks.get("sine"), tasks.get("text")
     for name in ("adding", "adding-lengths"):
         task = tasks.get(name)
-        assert stated[name] == ("0.167 (always 1)", "< 0.01"), name
-        # 1/6, the variance of the sum of two U[0, 1], as measured on the held-out set (0.172
-        # for adding-lengths' held-out rows)
+        # What a default run prints: about 1/6, the variance of the sum of two U[0, 1], as
+        # measured on each task's own held-out rows.
+        assert stated[name] == (f"{task.baseline:.3f} (always 1)", "< 0.01"), name
         assert task.target == 0.01 and task.baseline == pytest.approx(1 / 6, abs=0.01), name
     assert stated["sine"] == ("forecasting 0", "< 0.01") and sine.target == 0.01
-    assert stated["text"] == ("character frequencies, 4.84", "< 2.0") and text.target == 2.0
+    # The text task's target is not met by a default run: the README says where it ends, as
+    # docs/training.md measured it (xplstm train --task text).
+    measured = re.search(
+        r"\*\*(\d\.\d+) bits per character\*\*",
+        (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(),
+    )
+    assert measured is not None and text.target == 2.0 and text.defaults["steps"] == 1000
+    assert stated["text"] == (
+        "character frequencies, 4.84",
+        f"< 2.0, not met: a default run ends at {measured.group(1)}",
+    )
     assert round(text.baseline, 2) == 4.84
     assert stated["copy"] == ("10 log 8 / (T + 20)", "baseline / 10")
     for blanks in (5, 20):

@@ -44,9 +44,11 @@ def _cell(value: float | None, fmt: str) -> str:
 
 def format_table(results: list[Result]) -> str:
     """One table per configuration and mode: time, ratios to torch and to the best peer (torch
-    or Keras on JAX), throughput, memory."""
+    or Keras on JAX), throughput, memory. The first column is as wide as the longest row name,
+    so the columns stay aligned."""
+    width = max([34, *(len(r.row) for r in results)])
     header = (
-        f"{'row':34s} {'ms':>9s} {'x torch':>8s} {'x peer':>7s} {'GFLOP/s':>8s} {'of mm':>6s} "
+        f"{'row':{width}s} {'ms':>9s} {'x torch':>8s} {'x peer':>7s} {'GFLOP/s':>8s} {'of mm':>6s} "
         f"{'step mm':>8s} {'peak MB':>8s} {'/5BTH':>6s}"
     )
     lines, current = [], None
@@ -57,7 +59,7 @@ def format_table(results: list[Result]) -> str:
         ratio = "-" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}x"
         peer = "-" if r.ratio_to_best_peer is None else f"{r.ratio_to_best_peer:.2f}x"
         lines.append(
-            f"{r.row:34s} {r.median_ms:9.2f} {ratio:>8s} {peer:>7s} "
+            f"{r.row:{width}s} {r.median_ms:9.2f} {ratio:>8s} {peer:>7s} "
             f"{r.gflops:8.1f} {r.fraction_of_matmul:6.0%} {r.step_matmul_gflops:8.1f} "
             f"{_cell(r.peak_mb, '.1f'):>8s} {_cell(r.peak_over_cache, '.2f'):>6s}"
         )
