@@ -188,3 +188,19 @@ def test_the_text_table_stays_aligned_with_long_row_names():
     assert len({len(line) for line in lines}) == 1, lines  # the last column right-aligned
     ms = lines[0].index(" ms") + 3
     assert all(line[ms - 4 : ms] == "1.00" for line in lines[1:]), lines
+
+
+def test_bench_memory_in_fresh_processes(capsys):
+    """--memory measures each row in a process of its own: at least the gates and cells the
+    backward keeps (5BTH), and the row names and ratios of the timed report."""
+    main(["bench", "--backends", "numpy", "--configs", "16,200,4,64", "--paths",
+          "fast,written-once", "--no-naive", "--no-reference", "--no-keras", "--memory",
+          "--json"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    rows = {r["row"]: r for r in report["memory"]}
+    assert set(rows) == {"xplstm numpy fast", "xplstm numpy written-once"}
+    five_bth = 5 * 16 * 200 * 64 * 4 / 2**20
+    for row in rows.values():
+        assert row["peak_over_5bth"] >= 1.0, row
+        assert row["peak_mib"] == pytest.approx(row["peak_over_5bth"] * five_bth, rel=0.02)
+        assert row["ratio_to_torch"] is None

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from xplstm import backends
+from xplstm.bench import memory
 from xplstm.bench.contenders import (
     REFERENCE,
     Config,
@@ -119,13 +120,12 @@ def _bench(args: argparse.Namespace, started: dict[str, str]) -> int:
     if args.layers < 1:
         raise ValueError(f"--layers must be a positive int, got {args.layers}")
     structure = Structure(args.layers, args.bidirectional, args.lengths)
+    if args.memory or args.memory_row is not None:
+        return _memory(args, names, configs, structure)
     peaks: dict[str, list[float]] = {}
     results, skipped = [], []
     for config in configs:
-        rows, skipped = build_rows(
-            names, args.paths, args.device, config, args.dtype, args.naive, args.reference,
-            structure, args.keras,
-        )  # fmt: skip
+        rows, skipped = _rows(args, names, config, structure)
         # The ceilings are measured again for every configuration, next to its timings.
         measured: dict[tuple[str, str], Ceilings] = {}
         for row in rows:
@@ -164,6 +164,48 @@ def _bench(args: argparse.Namespace, started: dict[str, str]) -> int:
         print("threads:", report["threads"], *(f"; {k}: {v}" for k, v in started.items()))
         if skipped:
             print("skipped:", "; ".join(skipped))
+    return 0
+
+
+def _rows(
+    args: argparse.Namespace, names: list[str], config: Config, structure: Structure
+) -> tuple[list, list[str]]:
+    return build_rows(
+        names, args.paths, args.device, config, args.dtype, args.naive, args.reference,
+        structure, args.keras,
+    )  # fmt: skip
+
+
+def _memory(args: argparse.Namespace, names: list[str], configs: Any, structure: Structure) -> int:
+    """``--memory``: every row's peak memory, each in a fresh process (``--memory-row`` is what
+    such a process runs: one row of the one configuration, its peak printed as JSON)."""
+    if args.memory_row is not None:
+        inputs, hidden = configs[0][2:]
+        warm, _ = _rows(args, names, (2, 4, inputs, hidden), structure)
+        memory.measure_row(warm[args.memory_row])  # loads and compiles the library's code
+        rows, _ = _rows(args, names, configs[0], structure)
+        print(json.dumps({"peak_bytes": memory.measure_row(rows[args.memory_row])}))
+        return 0
+    results, skipped = [], []
+    for config in configs:
+        rows, skipped = _rows(args, names, config, structure)
+        found = memory.in_fresh_processes(args, config, rows, structure)
+        results += found
+        if not args.json:
+            print(memory.format_memory(found), flush=True)
+    if args.json:
+        report = {
+            "command": " ".join(["xplstm", *sys.argv[1:]]),
+            "dtype": args.dtype,
+            "calls": memory.CALLS,
+            "skipped": skipped,
+            "environment": environment(),
+            "memory": results,
+        }
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    elif skipped:
+        print("skipped:", "; ".join(skipped))
     return 0
 
 
@@ -225,6 +267,12 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
         help="wall: elapsed time; cpu: the process's CPU time, steadier on a busy machine "
         "(needs --threads 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--memory", action="store_true",
+        help="instead of timing, each row's peak memory over three forward+backward calls, "
+        "each row in a fresh process",
+    )  # fmt: skip
+    parser.add_argument("--memory-row", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON report instead")
     parser.set_defaults(run=bench)
     return parser
