@@ -90,6 +90,17 @@ def replace_member(path, name: str, data: bytes) -> None:
             archive.writestr(member, content)
 
 
+def claim_member_size(path, name: str, size: int) -> None:
+    """Make the zip's central directory claim ``size`` uncompressed bytes for member ``name``
+    (stored, so it holds only its own bytes)."""
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first entry of the central directory
+    while data[entry + 46 : entry + 46 + len(name)] != name.encode():
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    data[entry + 24 : entry + 28] = size.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_saved_on_numpy_loads_on_every_backend_with_the_same_outputs(target, tmp_path, dtype):
     model = host_model(dtype)
@@ -265,6 +276,11 @@ BAD_FILES = {
         lambda p: replace_member(p, "layers.0.weights.npy", npy_claiming((10**4, 1000))),
         r"array 'layers\.0\.weights' claims shape \(10000, 1000\) of float64 \(80000000 "
         r"bytes\) but the file holds 64 bytes for it",
+    ),
+    "member-size-beyond-its-bytes": (
+        lambda p: claim_member_size(p, "layers.0.weights.npy", 10**9),
+        r"array 'layers\.0\.weights' claims 1000000000 bytes, more than its \d+ compressed "
+        r"bytes can hold; the file is corrupt",
     ),
     "member-not-an-array": (
         lambda p: replace_member(p, "layers.0.weights.npy", b"hello"),

@@ -17,7 +17,10 @@ Options missing from a description take their defaults (training mode), so older
 load.
 
 Files are read with ``numpy.load(..., allow_pickle=False)``: nothing in them is ever unpickled,
-so a checkpoint from an untrusted source cannot run code. Parameters are stored on the host,
+so a checkpoint from an untrusted source cannot run code. Its description is untrusted too:
+each array's header is checked against the bytes that back it, and the description against
+the arrays present, before anything is allocated or built from them; a NaN or infinite array
+is refused (``save`` refuses to write one). Parameters are stored on the host,
 so a model trained on one backend loads on any other and computes the same outputs.
 
 A training checkpoint (``save(path, model, optimizer=..., training=...)``) adds the optimizer's
@@ -479,7 +482,10 @@ def _member_problem(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | No
     else:
         return f"is compressed with zip method {info.compress_type}; .npz files use deflate"
     if info.file_size > holds:
-        return f"claims {info.file_size} bytes but its {info.compress_size} cannot hold them"
+        return (
+            f"claims {info.file_size} bytes, more than its {info.compress_size} compressed "
+            "bytes can hold; the file is corrupt"
+        )
     with archive.open(info) as member:
         if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
             return "is not an .npy array"
