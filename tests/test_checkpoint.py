@@ -689,10 +689,15 @@ array_changes = st.sampled_from(["drop", "reshape", "astype", "add", "nan", "kee
 def test_mutated_descriptions_and_arrays_load_right_or_raise_checkpoint_error(
     tmp_path_factory, mutations, changes, dtype, shape
 ):
-    """Whatever the description and the arrays say, load gives a CheckpointError or a model
-    whose parameters are the file's arrays, and allocates little on the way."""
+    """Whatever the description and the arrays of a training checkpoint say, load gives a
+    CheckpointError or a model whose parameters are the file's arrays; restore gives a
+    CheckpointError with the model and optimizer unchanged, or puts the file's arrays in them;
+    both allocate little on the way."""
     path = tmp_path_factory.mktemp("fuzz") / "m.npz"
-    checkpoint.save(path, fuzz_model())
+    trained = fuzz_model()
+    adam = xplstm.optim.Adam(trained.parameters(), lr=0.01)
+    adam_steps(trained, adam, 1)
+    checkpoint.save(path, trained, optimizer=adam, training={"step": 1})
 
     def change(arrays):
         header = json.loads(str(arrays.pop("__xplstm__")))
@@ -716,22 +721,40 @@ def test_mutated_descriptions_and_arrays_load_right_or_raise_checkpoint_error(
     rewrite(path, change)
     with np.load(path, allow_pickle=False) as archive:
         stored = {key: archive[key] for key in archive.files if key != "__xplstm__"}
+    parameters = {k: v for k, v in stored.items() if not k.startswith("optimizer.")}
+    model = fuzz_model()
+    optimizer = xplstm.optim.Adam(model.parameters(), lr=0.01)
+    adam_steps(model, optimizer, 1, seed=9)
+    before = state_of(model, optimizer)
     outcome = []
 
-    def load():
-        try:
-            outcome.append(checkpoint.load(path, backend="numpy"))
-        except CheckpointError as error:
-            outcome.append(error)
+    def load_and_restore():
+        for call in (
+            lambda: checkpoint.load(path, backend="numpy"),
+            lambda: checkpoint.restore(path, model, optimizer),
+        ):
+            try:
+                outcome.append(call())
+            except CheckpointError as error:
+                outcome.append(error)
 
-    assert peak_bytes(load) < SMALL_FILE_PEAK
-    assert outcome, "load raised something other than a CheckpointError"
-    if isinstance(outcome[0], CheckpointError):
-        return
-    _, found = checkpoint.model_arrays(outcome[0])
-    assert sorted(found) == sorted(stored)
-    for name, values in found.items():
-        np.testing.assert_array_equal(values, stored[name], err_msg=name)
+    assert peak_bytes(load_and_restore) < SMALL_FILE_PEAK
+    assert len(outcome) == 2, "load or restore raised something other than a CheckpointError"
+    loaded, restored = outcome
+    if not isinstance(loaded, CheckpointError):
+        _, found = checkpoint.model_arrays(loaded)
+        assert sorted(found) == sorted(parameters)
+        for name, values in found.items():
+            np.testing.assert_array_equal(values, parameters[name], err_msg=name)
+    if isinstance(restored, CheckpointError):
+        assert_same_state(state_of(model, optimizer), before)
+    else:
+        _, found = checkpoint.model_arrays(model)
+        for name, values in found.items():
+            np.testing.assert_array_equal(values, parameters[name], err_msg=name)
+        for index, buffers in enumerate(optimizer.state_dict()["buffers"]):
+            for key, values in buffers.items():
+                np.testing.assert_array_equal(values, stored[f"optimizer.{index}.{key}"])
 
 
 # -- failed writes leave no debris ----------------------------------------------------------
