@@ -92,11 +92,14 @@ def in_fresh_processes(
 def format_memory(results: list[dict[str, Any]]) -> str:
     """One table per configuration: peak MiB, against 5BTH per recurrence and against torch."""
     lines, current = [], None
+    width = max([len("row"), *(len(r["row"]) for r in results)])
     for r in results:
         if r["config"] != current:
             current = r["config"]
             lines += ["", f"(B,T,I,H) = {tuple(current)}  peak memory, fresh process"]
-            lines.append(f"{'row':44s} {'peak MiB':>9s} {'/5BTH':>6s} {'x torch':>8s}")
+            lines.append(f"{'row':{width}s} {'peak MiB':>9s} {'/5BTH':>6s} {'x torch':>8s}")
         ratio = "-" if r["ratio_to_torch"] is None else f"{r['ratio_to_torch']:.2f}x"
-        lines.append(f"{r['row']:44s} {r['peak_mib']:9.1f} {r['peak_over_5bth']:6.2f} {ratio:>8s}")
+        lines.append(
+            f"{r['row']:{width}s} {r['peak_mib']:9.1f} {r['peak_over_5bth']:6.2f} {ratio:>8s}"
+        )
     return "\n".join(lines)
