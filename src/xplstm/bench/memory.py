@@ -18,29 +18,22 @@ import sys
 from typing import Any
 
 from xplstm.bench.contenders import Row, Structure
+from xplstm.bench.timing import status_kb
 
 #: Forward+backward calls a row makes after its build.
 CALLS = 3
-
-
-def _status_kb(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field_name} missing from /proc/self/status")
 
 
 def measure_row(row: Row) -> int:
     """Bytes the resident high-water mark rose by over ``row``'s build and three calls."""
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # resets VmHWM to the current resident set
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     run = row.build()["forward+backward"]
     for _ in range(CALLS):
         out = run()
         row.backend.wait(*(out if isinstance(out, tuple) else (out,)))
-    return (_status_kb("VmHWM") - before) * 1024
+    return (status_kb("VmHWM") - before) * 1024
 
 
 def child_argv(args: argparse.Namespace, config: tuple[int, ...], index: int) -> list[str]:

@@ -109,7 +109,8 @@ def ceilings(
     )
 
 
-def _rss_kb(field_name: str) -> int:
+def status_kb(field_name: str) -> int:
+    """A memory figure of this process from ``/proc/self/status`` (``VmRSS``, ``VmHWM``), KiB."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith(field_name + ":"):
@@ -139,11 +140,11 @@ def peak_memory(row: Row) -> tuple[int | None, str]:
         finally:
             tracemalloc.stop()
     try:
-        before = _rss_kb("VmRSS")
+        before = status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")  # resets VmHWM to the current resident set
         _timed(row.backend, row.build()["forward+backward"])
-        return (_rss_kb("VmHWM") - before) * 1024, "rss high-water rise"
+        return (status_kb("VmHWM") - before) * 1024, "rss high-water rise"
     except OSError:
         return None, "unknown"
 
