@@ -251,7 +251,7 @@ def _ctrl_c_stops_after_the_step_and_keeps_the_model(
         (["--dropout", "0.3"], "dropout acts between stacked layers"),
         (["--hidden", "8", "--proj-size", "8"], "proj_size must be smaller than hidden_size (8)"),
         (["--layers", "0"], "num_layers must be a positive int, got 0"),
-        (["--seed", "-1"], "--seed must be None or an int >= 0, got -1"),
+        (["--seed", "-1"], "--seed must be an int of at least 0, got -1"),
         (
             ["--task", "text", "--seq-len", "18000"],
             "--seq-len 18000 is too long for the text task: its held-out text has",

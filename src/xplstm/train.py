@@ -143,7 +143,7 @@ def _checked(settings: Settings) -> tuple[int, int, int, float]:
         checks.positive_int(f"--{name}", value)
     checks.positive("--lr", lr)
     checks.positive("--clip", settings.clip)  # the largest gradient norm
-    checks.seed(settings.seed, "--seed")
+    checks.positive_int("--seed", settings.seed, minimum=0)
     if settings.threads < 0:
         raise ValueError(
             f"--threads must be 0 (the library's default) or more, got {settings.threads}"
