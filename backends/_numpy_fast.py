@@ -75,7 +75,8 @@ class _Workspace:
         self.gates = np.empty((*lead, 4 * hidden), dtype)
         self.cells = np.empty((*lead, hidden), dtype)
         self.dz = np.empty((*lead, 4 * hidden), dtype)
-        self.a = np.empty((*lead, hidden), dtype)
+        # The ufunc loop's backward factors, then h_0 .. h_{T-1}; the compiled loops need neither.
+        self.a = None if time_major else np.empty((*lead, hidden), dtype)
         self.z_h = np.empty((batch, 4 * hidden), dtype)
         self.tmp = np.empty((batch, hidden), dtype)
 
@@ -108,7 +109,8 @@ class _Workspace:
         # The per-step views must view the copy's buffers, not be copies of their own.
         copied = _Workspace(*self.key)
         for name in ("gates", "cells", "dz", "a", "z_h", "tmp"):
-            getattr(copied, name)[...] = getattr(self, name)
+            if getattr(self, name) is not None:
+                getattr(copied, name)[...] = getattr(self, name)
         memo[id(self)] = copied
         return copied
 
@@ -218,17 +220,24 @@ class NumPyFastPath:
             dh, dc = run(self._kernels, ws, w[inputs:], c0, dy, dh_n, dc_n, given, dh_out)
         # The products over all steps at once: the weight gradients and dx.
         dz_flat = ws.dz.reshape(batch * seq, 4 * hidden)
-        # h_0 .. h_{T-1}, in the workspace's order: in ws.a (free in both loops now) unless
-        # projected (then h has other features than the cells).
-        h_prev = ws.a if w_proj is None else np.empty((*ws.a.shape[:2], out), w.dtype)
-        steps = ws.steps(h_prev)
-        steps[0] = h0
-        steps[1:] = y.swapaxes(0, 1)[:-1]
-        if given.h_drop is not None:
-            steps *= given.h_drop
         d_w = np.empty_like(w)
         np.matmul(x_rows.T, dz_flat, out=d_w[:inputs])
-        np.matmul(h_prev.reshape(batch * seq, out).T, dz_flat, out=d_w[inputs:])
+        if ws.time_major and given.h_drop is None:
+            # h_1 .. h_{T-1} are the time-major rows the loop wrote: no copy of h_{t-1}.
+            hs, dz = y.swapaxes(0, 1), ws.dz
+            np.matmul(hs[:-1].reshape(-1, out).T, dz[1:].reshape(-1, 4 * hidden), out=d_w[inputs:])
+            d_w[inputs:] += h0.T @ dz[0]
+        else:
+            # h_0 .. h_{T-1} (times the dropout mask), in the workspace's order: in ws.a (free
+            # now) where the ufunc loop has it and h has the cells' features.
+            fits = ws.a is not None and w_proj is None
+            h_prev = ws.a if fits else np.empty((*ws.dz.shape[:2], out), w.dtype)
+            steps = ws.steps(h_prev)
+            steps[0] = h0
+            steps[1:] = y.swapaxes(0, 1)[:-1]
+            if given.h_drop is not None:
+                steps *= given.h_drop
+            np.matmul(h_prev.reshape(batch * seq, out).T, dz_flat, out=d_w[inputs:])
         dx = (dz_flat @ w[:inputs].T).reshape((*ws.dz.shape[:2], inputs))
         d_proj = None if w_proj is None else _projection_gradient(ws, given.held, dh_out)
         return ws.steps(dx).swapaxes(0, 1), dh, dc, d_w, dz_flat.sum(axis=0), d_proj
