@@ -68,6 +68,11 @@ GUARDS = {
         "tests/test_stacked.py",
         "tests/test_dropout.py",
     ],
+    "src/xplstm/steps.py": [
+        "tests/test_stacked.py",
+        "tests/test_padding.py",
+        "tests/test_keras.py",
+    ],
     "src/xplstm/distributed.py": ["tests/test_distributed.py"],
     "src/xplstm/checkpoint.py": ["tests/test_checkpoint.py"],
     "src/xplstm/sampling.py": ["tests/test_tasks.py"],
@@ -104,6 +109,7 @@ CELL, SEQ, FAST = "src/xplstm/cell.py", "src/xplstm/sequence.py", "backends/_num
 JIT = "backends/_numpy_jit.py"
 OPTIM, LOSSES, LINEAR = "src/xplstm/optim.py", "src/xplstm/losses.py", "src/xplstm/linear.py"
 STACK, LSTM, DIST = "src/xplstm/stack.py", "src/xplstm/lstm.py", "src/xplstm/distributed.py"
+STEPS = "src/xplstm/steps.py"
 CHECKPOINT, SAMPLING = "src/xplstm/checkpoint.py", "src/xplstm/sampling.py"
 TRAIN, CLI, BATCHED = "src/xplstm/train.py", "src/xplstm/cli.py", "src/xplstm/batched.py"
 INTEROP, ONNX, LOOP = "src/xplstm/interop.py", "src/xplstm/onnx.py", "src/xplstm/loop.py"
@@ -237,6 +243,20 @@ MUTATIONS = [
         "self.bias.deltas = xp.mean(dy_flat, axis=0)",
     ),
     _m(LINEAR, "dy_flat @ self.weights.values.T", "dy_flat @ self.weights.deltas.T"),
+    # -- the stack: directions, lengths and masks, padding never read --------------------------
+    _m(
+        STEPS,
+        "within = xp.where(valid, n - 1 - t, t) + rows * seq",
+        "within = xp.where(valid, seq - 1 - t, t) + rows * seq",
+    ),
+    _m(STEPS, "flipped = xp.flip(mask, axis=1)", "flipped = mask"),
+    _m(
+        STEPS,
+        "return xp.where(where, a, xp.zeros((), dtype=a.dtype, device=array_api_compat.device(a)))",
+        "return a * xp.astype(where, a.dtype)",
+    ),
+    _m(STACK, "entry = (partial(select, where=valid),) if valid is not None else ()", "entry = ()"),
+    _m(STACK, "into = flip if direction else ()", "into = ()"),
     # -- the periphery: dropout ---------------------------------------------------------------
     _m(STACK, '"h_drop": plan.recurrent[index],', '"h_drop": plan.recurrent[layer * directions],'),
     _m(
