@@ -63,6 +63,7 @@ GUARDS = {
     "src/xplstm/linear.py": ["tests/test_linear.py"],
     # -- the periphery: what is built around the math -----------------------------------------
     "src/xplstm/stack.py": [
+        "tests/test_padding.py",
         "tests/test_reference.py",
         "tests/test_gradients.py",
         "tests/test_stacked.py",

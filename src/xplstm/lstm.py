@@ -158,35 +158,15 @@ class LSTM(Layer, interop.Interop):
         seed: int | None = None,
         fast_path: bool = True,
     ) -> None:
-        self.input_size = checks.positive_int("input_size", input_size)
-        self.hidden_size = checks.positive_int("hidden_size", hidden_size)
-        self.num_layers = checks.positive_int("num_layers", num_layers)
-        self.bidirectional = checks.flag("bidirectional", bidirectional)
-        self.use_bias = checks.flag("use_bias", use_bias)
-        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
-            raise ValueError(f"proj_size must be an int >= 0 (0: no projection), got {proj_size!r}")
-        if proj_size >= hidden_size:
-            raise ValueError(
-                f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}; "
-                "use proj_size=0 for no projection"
-            )
-        self.proj_size = proj_size
-        self.dropout = checks.probability("dropout", dropout)
-        self.recurrent_dropout = checks.probability("recurrent_dropout", recurrent_dropout)
-        if self.dropout and num_layers == 1:
-            raise ValueError(
-                "dropout acts between stacked layers (on the outputs of all but the last), so "
-                "it needs num_layers > 1; for dropout on the outputs of a single layer add it "
-                "after the layer, or use recurrent_dropout"
-            )
-        if init not in _init.LSTM_SCHEMES:
-            schemes = sorted(_init.LSTM_SCHEMES)
-            raise ValueError(f"init must be one of {schemes}, got {init!r}")
+        options = _checked_options(
+            input_size, hidden_size, num_layers, bidirectional, proj_size, use_bias, dropout,
+            recurrent_dropout, init,
+        )  # fmt: skip
+        vars(self).update(options)
         if not use_bias and bias is not None:
             raise ValueError("bias values were given but use_bias=False: drop one of the two")
         if not proj_size and projection is not None:
             raise ValueError("projection values were given but proj_size=0: set proj_size")
-        self.init = init
         count = num_layers * self.directions
         given = {
             name: _per_recurrence(name, values, count)
@@ -451,6 +431,39 @@ _OPTIONS = {
 
 def _values(weights: Weights | None) -> Array | None:
     return None if weights is None else weights.values
+
+
+def _checked_options(
+    input_size: Any, hidden_size: Any, num_layers: Any, bidirectional: Any, proj_size: Any,
+    use_bias: Any, dropout: Any, recurrent_dropout: Any, init: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The constructor's sizes and options, each checked, by attribute name."""
+    options = {
+        "input_size": checks.positive_int("input_size", input_size),
+        "hidden_size": checks.positive_int("hidden_size", hidden_size),
+        "num_layers": checks.positive_int("num_layers", num_layers),
+        "bidirectional": checks.flag("bidirectional", bidirectional),
+        "use_bias": checks.flag("use_bias", use_bias),
+        "dropout": checks.probability("dropout", dropout),
+        "recurrent_dropout": checks.probability("recurrent_dropout", recurrent_dropout),
+    }
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(f"proj_size must be an int >= 0 (0: no projection), got {proj_size!r}")
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}; "
+            "use proj_size=0 for no projection"
+        )
+    if options["dropout"] and num_layers == 1:
+        raise ValueError(
+            "dropout acts between stacked layers (on the outputs of all but the last), so "
+            "it needs num_layers > 1; for dropout on the outputs of a single layer add it "
+            "after the layer, or use recurrent_dropout"
+        )
+    if init not in _init.LSTM_SCHEMES:
+        schemes = sorted(_init.LSTM_SCHEMES)
+        raise ValueError(f"init must be one of {schemes}, got {init!r}")
+    return options | {"proj_size": proj_size, "init": init}
 
 
 def _parameter_specs(
