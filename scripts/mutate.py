@@ -75,6 +75,7 @@ GUARDS = {
         "tests/test_keras.py",
     ],
     "src/xplstm/distributed.py": ["tests/test_distributed.py"],
+    "src/xplstm/replica.py": ["tests/test_distributed.py"],
     "src/xplstm/checkpoint.py": ["tests/test_checkpoint.py"],
     "src/xplstm/sampling.py": ["tests/test_tasks.py"],
     "src/xplstm/train.py": ["tests/test_cli.py"],
@@ -110,7 +111,7 @@ CELL, SEQ, FAST = "src/xplstm/cell.py", "src/xplstm/sequence.py", "backends/_num
 JIT = "backends/_numpy_jit.py"
 OPTIM, LOSSES, LINEAR = "src/xplstm/optim.py", "src/xplstm/losses.py", "src/xplstm/linear.py"
 STACK, LSTM, DIST = "src/xplstm/stack.py", "src/xplstm/lstm.py", "src/xplstm/distributed.py"
-STEPS = "src/xplstm/steps.py"
+STEPS, REPLICA = "src/xplstm/steps.py", "src/xplstm/replica.py"
 CHECKPOINT, SAMPLING = "src/xplstm/checkpoint.py", "src/xplstm/sampling.py"
 TRAIN, CLI, BATCHED = "src/xplstm/train.py", "src/xplstm/cli.py", "src/xplstm/batched.py"
 INTEROP, ONNX, LOOP = "src/xplstm/interop.py", "src/xplstm/onnx.py", "src/xplstm/loop.py"
@@ -273,7 +274,7 @@ MUTATIONS = [
         "weights = [(stop - start) / batch for start, stop in bounds]",
         "weights = [1 / len(bounds) for start, stop in bounds]",
     ),
-    _m(DIST, "layer.train(replica.training)", "layer.train(True)"),
+    _m(REPLICA, "layer.train(replica.training)", "layer.train(True)"),
     _m(
         DIST,
         "return np.random.default_rng([seed, epoch])",

@@ -132,7 +132,7 @@ def test_the_task_stream_shows_work_on_both_workers_and_the_parameters_sent_once
     assert len({task["worker"] for task in stream.data}) == 2
     with get_task_stream(client) as stream:
         distributed.predict(small_model(), data(40)[0], client=client, batch_size=4)
-    blocks = [t for t in stream.data if t["key"].startswith("_predict_block")]
+    blocks = [t for t in stream.data if t["key"].startswith("predict_block")]
     assert len(blocks) == 10 and len({t["worker"] for t in blocks}) == 2
     # One task holds the parameters; each block reads them where they are or fetches them
     # once per worker, never once per task.
@@ -465,7 +465,7 @@ def silent_server():
             connection.close()
 
 
-#: What a timeout may be overrun by: distributed.HANDSHAKE_MARGIN and the time to give up.
+#: What a timeout may be overrun by: cluster.HANDSHAKE_MARGIN and the time to give up.
 MARGIN = 2.0
 
 

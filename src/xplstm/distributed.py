@@ -17,7 +17,8 @@ on the model's backend, on their first device of the kind the model is on (see
 :meth:`Replica.build`): under ``LocalCUDACluster`` each worker's own GPU, where its shards go
 too; gradients come back to the host for the sum. Everything a worker
 needs travels through the task graph, never only by ``scatter``, so a task lost with its worker
-is recomputed elsewhere from its lineage.
+is recomputed elsewhere from its lineage. The model on the workers is :mod:`xplstm.replica`;
+starting a cluster, connecting to one and checking its workers is :mod:`xplstm.cluster`.
 
 Scripts that start a ``LocalCluster`` (any of these functions without ``client=``) need
 ``if __name__ == "__main__":``: its worker processes import the main module again.
@@ -25,268 +26,38 @@ Scripts that start a ``LocalCluster`` (any of these functions without ``client=`
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
+# First, alone: when Dask is missing, or a file hides it, it says what to do.
+from xplstm.cluster import (
+    CONNECT_TIMEOUT,
+    HANDSHAKE_MARGIN,
+    ClusterError,
+    client_for,
+    cluster,
+    connect,
+)
+
+# isort: split
 import functools
-import importlib.util
 import os
-import re
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
+import dask
+import dask.array as da
 import numpy as np
+from dask.distributed import Client
 from tqdm import tqdm
 
-from xplstm import backends, batched, checkpoint, loop, optim
+from xplstm import batched, loop, optim
 from xplstm.checks import flag, positive, positive_int
-from xplstm.resolver import to_numpy
-from xplstm.sequential import Sequential
-from xplstm.types import Array
-
-try:
-    import dask
-    import dask.array as da
-    from dask.distributed import Client, LocalCluster, WorkerPlugin, default_client
-    from distributed.comm import connect as dask_connect
-except ImportError as error:  # the extra is not installed, or a file hides it
-    found = importlib.util.find_spec("distributed")
-    if found is not None and found.submodule_search_locations is None:
-        raise ImportError(
-            f"{found.origin} hides Dask's distributed package (it is imported as "
-            "'distributed'); rename that file"
-        ) from error
-    raise ImportError(
-        f"xplstm.distributed needs Dask distributed ({error}); install it with "
-        "pip install 'xplstm[distributed]'"
-    ) from error
+from xplstm.cluster import check_workers, using
+from xplstm.replica import Loss, Replica, predict_block, shard_gradients
 
 Model = Any
-#: A loss as in :mod:`xplstm.losses`: ``(prediction, target) -> (loss, d_prediction)``.
-Loss = Callable[[Array, Array], tuple[Array, Array]]
-
-#: Seconds to wait for a scheduler (and for its first worker) before giving up.
-CONNECT_TIMEOUT = 10.0
 #: Rows per forward pass in :func:`predict`, unless told otherwise.
 PREDICT_BATCH = 256
-
-
-class ClusterError(ValueError):
-    """No usable cluster: no scheduler at an address, no workers, or workers that cannot run
-    the model's backend."""
-
-
-# -- the cluster ----------------------------------------------------------------------------
-@contextlib.contextmanager
-def cluster(workers: int = 2, threads_per_worker: int = 1, **options: Any) -> Iterator[Client]:
-    """A ``LocalCluster`` of ``workers`` processes on this machine, and its ``Client``.
-
-    ``options`` go to ``dask.distributed.LocalCluster`` (``memory_limit``, ...). The client is
-    the default one while the block runs, so ``client=`` may be left out inside it. Each worker
-    runs ``threads_per_worker`` tasks at once, with one BLAS thread each (Dask's default)::
-
-        with xplstm.distributed.cluster(workers=4) as client:
-            y = xplstm.distributed.predict(model, x)
-    """
-    count = positive_int("workers", workers)
-    threads = positive_int("threads_per_worker", threads_per_worker)
-    options = {"processes": True, "dashboard_address": ":0"} | options
-    with (
-        LocalCluster(n_workers=count, threads_per_worker=threads, **options) as lc,
-        Client(lc) as client,
-    ):
-        if options["processes"]:
-            client.register_plugin(_IgnoreCtrlC())
-        yield client
-
-
-class _IgnoreCtrlC(WorkerPlugin):
-    """Worker processes of a LocalCluster share the terminal's process group with the driver,
-    so a Ctrl-C meant for the driver (``xplstm train`` stops after the step) would kill them
-    mid-step. They ignore it; the driver stops them when it leaves :func:`cluster`. Applied to
-    every worker, restarted ones too."""
-
-    name = "xplstm-ignore-ctrl-c"
-
-    def setup(self, worker: Any) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Client:
-    """A ``Client`` of the scheduler at ``address`` (``tcp://host:8786``), or a
-    :class:`ClusterError` after ``timeout`` seconds when none answers there.
-
-    The scheduler's handshake is awaited here first, within ``timeout``: Dask's ``Client``
-    waits for it without a limit, so a port that accepts connections but never answers would
-    hold it forever.
-    """
-    try:
-        _handshake(address, timeout)
-        return Client(address, timeout=timeout)
-    except (OSError, TimeoutError) as error:
-        reason = str(error) or "something accepted the connection but never answered"
-        raise ClusterError(
-            f"no Dask scheduler answered at {address!r} within {timeout:g} s ({reason}); check "
-            "the address, or start one there with `dask scheduler` and workers with "
-            f"`dask worker {address}`"
-        ) from None
-
-
-#: Seconds given to a scheduler's handshake beyond the connection's own timeout (after which
-#: Dask says why it could not connect, if it could not).
-HANDSHAKE_MARGIN = 0.5
-
-
-def _handshake(address: str, timeout: float) -> None:
-    """Connect to ``address`` and wait for its handshake, at most ``timeout`` seconds and
-    :data:`HANDSHAKE_MARGIN` in all (``TimeoutError`` then), in an event loop of a thread of its
-    own: the caller's thread may already run one."""
-
-    async def greet() -> None:
-        connecting = dask_connect(address, timeout=timeout)
-        comm = await asyncio.wait_for(connecting, timeout + HANDSHAKE_MARGIN)
-        await comm.close()
-
-    with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, greet()).result()
-
-
-@contextlib.contextmanager
-def client_for(
-    workers: int | None = None, scheduler: str | None = None, timeout: float = CONNECT_TIMEOUT
-) -> Iterator[Client]:
-    """A client of a ``LocalCluster`` of ``workers`` processes, or of the scheduler at the
-    address ``scheduler`` (closed at the end, the cluster left running): one, not both."""
-    if (workers is None) == (scheduler is None):
-        raise ValueError(
-            "give either workers (a LocalCluster here) or scheduler (an address), exactly one; "
-            f"got workers={workers!r}, scheduler={scheduler!r}"
-        )
-    if scheduler is None:
-        with cluster(workers=workers) as client:
-            yield client
-    else:
-        with contextlib.closing(connect(scheduler, timeout)) as client:
-            yield client
-
-
-@contextlib.contextmanager
-def _using(client: Client | None) -> Iterator[Client]:
-    """``client``; else the default client; else a ``LocalCluster`` for the block."""
-    if client is None:
-        try:
-            client = default_client()
-        except ValueError:  # no client in this process
-            with cluster() as local:
-                yield local
-            return
-    yield client
-
-
-def _check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT) -> list[str]:
-    """The workers' addresses, once every one of them can run ``backend``."""
-    try:
-        client.wait_for_workers(1, timeout=timeout)
-    except TimeoutError:
-        raise ClusterError(
-            f"the scheduler at {client.scheduler.address} has no workers after {timeout:g} s; "
-            f"start some with `dask worker {client.scheduler.address}`"
-        ) from None
-    problems = client.run(_backend_problem, backend)
-    missing = {worker: reason for worker, reason in problems.items() if reason}
-    if missing:
-        said = "; ".join(f"{worker}: {reason}" for worker, reason in sorted(missing.items()))
-        raise ClusterError(
-            f"{len(missing)} of {len(problems)} workers cannot run the model's backend "
-            f"{backend!r} ({said}); install it where the workers run, or move the model "
-            "with model.to('numpy')"
-        )
-    return sorted(problems)
-
-
-def _backend_problem(name: str) -> str | None:
-    """On a worker: why it cannot run the backend ``name``, or ``None`` when it can."""
-    return backends.unavailable_reason(name)
-
-
-# -- the model on the workers ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Replica:
-    """What a worker needs to rebuild a model: its description and host parameters (as in a
-    checkpoint), its backend's name, and the kind of device it lives on (see :meth:`build`)."""
-
-    description: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-    backend: str
-    device_kind: str
-    training: bool  # any layer in training mode: dropout acts in the shards' forward
-
-    @classmethod
-    def of(cls, model: Model) -> Replica:
-        """The replica of ``model`` as it stands now."""
-        if model.backend == "dask":
-            raise ValueError(
-                "the model is on the dask backend; xplstm.distributed runs its own Dask tasks "
-                "over NumPy (or CuPy) models: move the model with model.to('numpy')"
-            )
-        description, arrays = checkpoint.model_arrays(model)
-        layers = model.layers if isinstance(model, Sequential) else [model]
-        training = any(getattr(layer, "training", False) for layer in layers)
-        return cls(description, arrays, model.backend, _kind(model.device), training)
-
-    def build(self) -> Model:
-        """The model, here, on the first device of the kind the original lives on: a GPU
-        for a model on a GPU (under ``dask_cuda.LocalCUDACluster`` a worker's first GPU is its
-        own), the host for one on the host; the backend's default device if there is none."""
-        backend = backends.get(self.backend)
-        same = [d for d in backend.devices() if _kind(d) == self.device_kind]
-        device = same[0] if same else backend.default_device()
-        return checkpoint.model_from_arrays(self.description, self.arrays, backend, device)
-
-
-def _kind(device: Any) -> str:
-    """A device's name without its numbers: ``cuda:1`` -> ``cuda:``; ``<CUDA Device 1>`` ->
-    ``<CUDA Device >``; ``cpu`` stays ``cpu``."""
-    return re.sub(r"\d+", "", str(device))
-
-
-def _predict_block(
-    replica: Replica, block: Any, batch_size: int, steps: dict[str, np.ndarray]
-) -> np.ndarray:
-    """On a worker: the model's output for ``block`` with its rows' ``lengths`` or ``mask``
-    (``steps``), run ``batch_size`` rows at a time."""
-    return batched.predict(replica.build(), block, batch_size, **steps)
-
-
-def _shard_gradients(
-    replica: Replica, loss: Loss, x: Any, y: Any, dropout_seed: int, per_row: dict[str, Any]
-) -> tuple[float, list[np.ndarray]]:
-    """On a worker: the loss of one shard (with its rows' ``lengths`` or ``mask`` in
-    ``per_row``) and its parameter gradients, on the host. Dropout masks (in training mode) are
-    drawn from ``dropout_seed``, so a recomputed shard draws the same ones."""
-    model = replica.build()
-    for layer in model.layers if isinstance(model, Sequential) else [model]:
-        if hasattr(layer, "dropout_seed"):
-            layer.train(replica.training)
-            layer.dropout_seed(dropout_seed)
-    prediction = batched.output(model(batched.on_model(model, x), **_on_model(model, per_row)))
-    value, d_prediction = loss(prediction, batched.on_model(model, y))
-    model.backward(d_prediction)
-    return float(value), [to_numpy(param.deltas) for param in model.parameters()]
-
-
-def _on_model(model: Model, per_row: dict[str, Any]) -> dict[str, Any]:
-    """``lengths`` as host NumPy (read on the host anyway), ``mask`` on the model's device."""
-    return {
-        name: np.asarray(values) if name == "lengths" else batched.on_model(model, values)
-        for name, values in per_row.items()
-    }
 
 
 # -- predict --------------------------------------------------------------------------------
@@ -334,13 +105,13 @@ def predict(
     starts = [0, *stops[:-1]]
     replica = dask.delayed(Replica.of(model), pure=False, traverse=False)
     tasks = [
-        dask.delayed(_predict_block, pure=False)(
+        dask.delayed(predict_block, pure=False)(
             replica, block, batch_size, {k: v[start:stop] for k, v in steps.items()}
         )
         for block, start, stop in zip(blocks, starts, stops, strict=True)
     ]
-    with _using(client) as active:
-        _check_workers(active, model.backend)
+    with using(client) as active:
+        check_workers(active, model.backend)
         outputs = active.gather(active.compute(tasks))
     return np.concatenate(outputs)
 
@@ -405,7 +176,7 @@ class DataParallel:
         self.seed = seed
         #: The next step's index: part of the dropout masks' seed.
         self.step = 0
-        self.workers = _check_workers(client, model.backend)
+        self.workers = check_workers(client, model.backend)
         self._seen = time.monotonic()
         #: Shards per global batch: by default one per worker at the start.
         self.shards = len(self.workers) if shards is None else positive_int("shards", shards)
@@ -421,7 +192,7 @@ class DataParallel:
         per_row = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
         futures = [
             self.client.compute(
-                dask.delayed(_shard_gradients, pure=False)(
+                dask.delayed(shard_gradients, pure=False)(
                     replica,
                     self.loss,
                     x[start:stop],
@@ -543,7 +314,7 @@ def fit(
         raise ValueError(f"batch_size {batch_size} is larger than the {rows} rows of x")
     _check_targets(model, loss, x, y, per_row)
     position = {"seed": seed, "batch_size": batch_size, "rows": rows}
-    with _using(client) as active:
+    with using(client) as active:
         engine = DataParallel(model, loss, active, shards, seed=seed)
         engine.bounds(batch_size)  # refuse too many shards before anything is restored
         history: list[float] = []
@@ -615,6 +386,7 @@ def _check_inputs(model: Model, x: Any, name: str, **steps: Any) -> None:
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "HANDSHAKE_MARGIN",
     "ClusterError",
     "DataParallel",
     "Replica",
