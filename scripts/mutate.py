@@ -83,6 +83,7 @@ GUARDS = {
     "src/xplstm/cli.py": ["tests/test_cli.py", "tests/test_distributed.py"],
     "src/xplstm/batched.py": ["tests/test_batched.py", "tests/test_distributed.py"],
     "src/xplstm/interop.py": ["tests/test_interop.py", "tests/test_keras.py", "tests/test_onnx.py"],
+    "src/xplstm/interop_keras.py": ["tests/test_interop.py", "tests/test_keras.py"],
     "src/xplstm/onnx.py": ["tests/test_onnx.py"],
 }
 #: Checks shared by every mutation of a module, after its own guards: whole-model tests.
@@ -115,6 +116,7 @@ STEPS, REPLICA = "src/xplstm/steps.py", "src/xplstm/replica.py"
 CHECKPOINT, SAMPLING = "src/xplstm/checkpoint.py", "src/xplstm/sampling.py"
 TRAIN, CLI, BATCHED = "src/xplstm/train.py", "src/xplstm/cli.py", "src/xplstm/batched.py"
 INTEROP, ONNX, LOOP = "src/xplstm/interop.py", "src/xplstm/onnx.py", "src/xplstm/loop.py"
+KERAS = "src/xplstm/interop_keras.py"
 
 MUTATIONS = [
     # -- the cell: forward ---------------------------------------------------------------
@@ -311,7 +313,7 @@ MUTATIONS = [
         'state[f"bias_ih{suffix}"] = np.ascontiguousarray(bias[gates])',
         'state[f"bias_ih{suffix}"] = np.ascontiguousarray(bias)',
     ),
-    _m(INTEROP, "gates = gate_order(units)", "gates = gate_order(units, (0, 1, 2, 3))"),
+    _m(KERAS, "gates = gate_order(units)", "gates = gate_order(units, (0, 1, 2, 3))"),
     _m(INTEROP, "(bias.shape[0] // 4, (0, 2, 1, 3))", "(bias.shape[0] // 4, (0, 1, 3, 2))"),
     _m(
         ONNX,

@@ -65,8 +65,8 @@ def test_core_math_names_no_array_library_and_no_backend_module(module):
 FLOORS = {
     "stack": {"xplstm", "xplstm.steps", "xplstm.steps.Steps", "xplstm.types", "xplstm.types.Array"},
     "steps": {"xplstm.resolver", "xplstm.resolver.to_numpy", "xplstm.types", "xplstm.types.Array"},
-    # The initialisation schemes draw on the host; Keras's gate order comes from interop.
-    "init": {"xplstm", "xplstm.interop"},
+    # The initialisation schemes draw on the host; Keras's gate order comes from the layout.
+    "init": {"xplstm.layout", "xplstm.layout.gate_order"},
 }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from xplstm import interop
+from xplstm.layout import gate_order
 
 Draw = Callable[[np.random.Generator, str, tuple[int, ...]], np.ndarray]
 
@@ -48,7 +48,7 @@ def keras_lstm(hidden: int, out: int) -> Draw:
             return glorot(rng, shape)
         kernel = glorot(rng, (shape[0] - out, shape[1]))
         recurrent = orthogonal(rng, (out, shape[1]))
-        return np.concatenate([kernel, recurrent])[:, interop.gate_order(hidden)]
+        return np.concatenate([kernel, recurrent])[:, gate_order(hidden)]
 
     return draw
 
