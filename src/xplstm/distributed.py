@@ -53,9 +53,8 @@ from tqdm import tqdm
 from xplstm import batched, loop, optim
 from xplstm.checks import flag, positive, positive_int
 from xplstm.cluster import check_workers, using
-from xplstm.replica import Loss, Replica, predict_block, shard_gradients
+from xplstm.replica import Loss, Model, Replica, predict_block, shard_gradients
 
-Model = Any
 #: Rows per forward pass in :func:`predict`, unless told otherwise.
 PREDICT_BATCH = 256
 
