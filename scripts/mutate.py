@@ -42,6 +42,12 @@ GUARDS = {
         "tests/test_gradients.py",
         "tests/test_dropout.py",
     ],
+    "src/xplstm/states.py": ["tests/test_reference.py", "tests/test_gradients.py"],
+    "src/xplstm/dropout.py": [
+        "tests/test_reference.py",
+        "tests/test_gradients.py",
+        "tests/test_dropout.py",
+    ],
     "backends/_numpy_fast.py": [
         "tests/test_reference.py",
         "tests/test_gradients.py",
@@ -111,8 +117,8 @@ def _m(path: str, old: str, new: str, backends: str = "numpy") -> Mutation:
 CELL, SEQ, FAST = "src/xplstm/cell.py", "src/xplstm/sequence.py", "backends/_numpy_fast.py"
 JIT = "backends/_numpy_jit.py"
 OPTIM, LOSSES, LINEAR = "src/xplstm/optim.py", "src/xplstm/losses.py", "src/xplstm/linear.py"
-STACK, LSTM, DIST = "src/xplstm/stack.py", "src/xplstm/lstm.py", "src/xplstm/distributed.py"
-STEPS, REPLICA = "src/xplstm/steps.py", "src/xplstm/replica.py"
+STACK, DIST = "src/xplstm/stack.py", "src/xplstm/distributed.py"
+STEPS, REPLICA, DROPOUT = "src/xplstm/steps.py", "src/xplstm/replica.py", "src/xplstm/dropout.py"
 CHECKPOINT, SAMPLING = "src/xplstm/checkpoint.py", "src/xplstm/sampling.py"
 TRAIN, CLI, BATCHED = "src/xplstm/train.py", "src/xplstm/cli.py", "src/xplstm/batched.py"
 INTEROP, ONNX, LOOP = "src/xplstm/interop.py", "src/xplstm/onnx.py", "src/xplstm/loop.py"
@@ -157,9 +163,9 @@ MUTATIONS = [
     _m(SEQ, "d_b = xp.sum(dz_flat, axis=0)", "d_b = xp.mean(dz_flat, axis=0)"),
     # -- the layer: omitted state must be zeros ------------------------------------------
     _m(
-        "src/xplstm/lstm.py",
-        "zeros = self.xp.zeros((batch, size), dtype=self.dtype, device=self.device)",
-        "zeros = self.xp.full((batch, size), 0.5, dtype=self.dtype, device=self.device)",
+        "src/xplstm/states.py",
+        "zeros = layer.xp.zeros((batch, size), dtype=layer.dtype, device=layer.device)",
+        "zeros = layer.xp.full((batch, size), 0.5, dtype=layer.dtype, device=layer.device)",
     ),
     # -- NumPy's fast path (a restatement of the math) -----------------------------------
     _m(FAST, "sign[: 3 * hidden] = -1.0", "sign[: 2 * hidden] = -1.0"),
@@ -268,7 +274,7 @@ MUTATIONS = [
         "between = plan.between[layer] if layer < len(plan.between) else None",
         "between = plan.between[0] if layer < len(plan.between) else None",
     ),
-    _m(LSTM, "host = (kept * (1.0 / (1.0 - p)))", "host = (kept * 1.0)"),
+    _m(DROPOUT, "host = (kept * (1.0 / (1.0 - p)))", "host = (kept * 1.0)"),
     # -- data-parallel fit ----------------------------------------------------------------------
     _m(DIST, "SeedSequence([self.seed, self.step, shard])", "SeedSequence([self.seed, 0, shard])"),
     _m(

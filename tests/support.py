@@ -221,19 +221,19 @@ def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
     layer.whole_stack = path == "stack"
     if path in numpy_loops():  # what $XPLSTM_NUMPY_LOOP=path would have made
         paths = [NumPyFastPath(cell.KERNELS, loop=path) for _ in layer.recurrences]
-        layer._fast = (layer._backend, paths)
+        layer._routes._fast = (layer._backend, paths)
     if path == "cupy-seam":  # what LSTM._fast_path() would have made on CuPy
         paths = [
             CuPyFastPath(STAND_IN_CUPY, layer.xp, sequence.forward, sequence.backward, cell.KERNELS)
             for _ in layer.recurrences
         ]
-        layer._fast = (layer._backend, paths)
+        layer._routes._fast = (layer._backend, paths)
     return layer
 
 
 def assert_route(layer: xplstm.LSTM, path: str) -> None:
     """The last forward of ``layer`` went by ``path``."""
-    whole = layer._cache.route is layer._whole
+    whole = layer._cache.route is layer._routes._whole
     assert whole == (path == "stack"), f"the whole-stack path ran: {whole}, for {path}"
     for taken, saved in layer._cache.runs:  # one (fast path or None, cache) per recurrence
         if path == "written-once":

@@ -10,7 +10,7 @@ import pytest
 import xplstm
 from tests.numerics import directional_derivative
 from tests.support import assert_close
-from xplstm import interop
+from xplstm import dropout, interop
 
 torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
 
@@ -92,7 +92,7 @@ def test_masks_are_drawn_as_documented():
         bidirectional=True,
         proj_size=5,
     )
-    masks = layer._draw_dropout(200, 30)
+    masks = dropout.draw(layer, 200, 30)
     assert len(masks.between) == 2 and len(masks.recurrent) == 6
     for mask in masks.between:
         assert mask.shape == (200, 30, 10)
@@ -100,7 +100,7 @@ def test_masks_are_drawn_as_documented():
         assert abs((mask == 0).mean() - 0.25) < 0.01
     for mask in masks.recurrent:
         assert mask.shape == (200, 5) and abs((mask == 0).mean() - 0.5) < 0.05
-    none = layer.eval()._draw_dropout(2, 3)
+    none = dropout.draw(layer.eval(), 2, 3)
     assert all(mask is None for mask in (*none.recurrent, *none.between))
 
 
@@ -189,7 +189,7 @@ def test_each_recurrence_uses_its_own_recurrent_mask():
     )
     p = host_problem(3)
     layer.dropout_seed(8)
-    masks = layer._draw_dropout(BATCH, SEQ)
+    masks = dropout.draw(layer, BATCH, SEQ)
     assert len({m.tobytes() for m in masks.recurrent}) == 6, "six distinct masks"
     x = torch.tensor(p["x"], requires_grad=True)
     y, h_n = _torch_stack_with_masks(module, x, masks)

@@ -316,7 +316,7 @@ def test_the_loop_is_chosen_by_size(monkeypatch):
     monkeypatch.setattr(path, "_numba", False)
     assert path.loop_for(1, 4) == "ufuncs"
     layer = xplstm.LSTM(3, 4, backend="numpy", seed=0)
-    layer._fast = (layer._backend, [path])  # one path per recurrence
+    layer._routes._fast = (layer._backend, [path])  # one path per recurrence
     layer.forward(np.zeros((2, 5, 3), "float32"))
     assert loop_that_ran(layer) == "ufuncs"
     with pytest.raises(ValueError, match="auto"):

@@ -15,13 +15,13 @@ BACKENDS = ROOT / "backends"
 
 #: The modules that hold the math, written once against ``xp``.
 CORE_MATH = (
-    "cell", "sequence", "stack", "steps", "init", "layer", "lstm", "sequential", "linear",
-    "embedding", "losses", "optim",
+    "cell", "sequence", "stack", "steps", "init", "layer", "lstm", "states", "dropout",
+    "sequential", "linear", "embedding", "losses", "optim",
 )  # fmt: skip
 ARRAY_LIBRARIES = ("numpy", "cupy", "torch", "jax", "jaxlib", "dask", "array_api_strict")
 #: Host-side NumPy for seeded initialisation, dropout masks, lengths and token ids: the one
 #: exception the architecture allows.
-HOST_NUMPY = ("init", "layer", "lstm", "embedding")
+HOST_NUMPY = ("init", "layer", "dropout", "embedding")
 
 
 def imports(path: Path) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Collection
 from typing import Any
 
 
@@ -93,3 +94,47 @@ def sequences(
     """The one check of a batch of sequences: a ValueError unless ``got`` is (batch, seq,
     features), with ``features`` per step when given, and no empty axis."""
     shape(name, got, (None, None, features), meaning)
+
+
+#: ``LSTM``'s options beyond the sizes, with their defaults (for repr and checkpoints).
+LSTM_OPTIONS = {
+    "num_layers": 1,
+    "bidirectional": False,
+    "proj_size": 0,
+    "use_bias": True,
+    "dropout": 0.0,
+    "recurrent_dropout": 0.0,
+}
+
+
+def lstm_options(
+    input_size: Any, hidden_size: Any, num_layers: Any, bidirectional: Any, proj_size: Any,
+    use_bias: Any, dropout: Any, recurrent_dropout: Any, init: Any, schemes: Collection[str],
+) -> dict[str, Any]:  # fmt: skip
+    """``LSTM``'s sizes and options, each checked, by attribute name; ``init`` is one of
+    ``schemes``."""
+    options = {
+        "input_size": positive_int("input_size", input_size),
+        "hidden_size": positive_int("hidden_size", hidden_size),
+        "num_layers": positive_int("num_layers", num_layers),
+        "bidirectional": flag("bidirectional", bidirectional),
+        "use_bias": flag("use_bias", use_bias),
+        "dropout": probability("dropout", dropout),
+        "recurrent_dropout": probability("recurrent_dropout", recurrent_dropout),
+    }
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(f"proj_size must be an int >= 0 (0: no projection), got {proj_size!r}")
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}; "
+            "use proj_size=0 for no projection"
+        )
+    if options["dropout"] and num_layers == 1:
+        raise ValueError(
+            "dropout acts between stacked layers (on the outputs of all but the last), so "
+            "it needs num_layers > 1; for dropout on the outputs of a single layer add it "
+            "after the layer, or use recurrent_dropout"
+        )
+    if init not in schemes:
+        raise ValueError(f"init must be one of {sorted(schemes)}, got {init!r}")
+    return options | {"proj_size": proj_size, "init": init}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -69,3 +70,58 @@ def orthogonal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 #: The schemes of ``LSTM(init=...)``, each made from ``(hidden_size, out)``.
 LSTM_SCHEMES: dict[str, Callable[[int, int], Draw]] = {"torch": torch_lstm, "keras": keras_lstm}
+
+
+#: A parameter's registry name, and its given values (or None), shape and shape in words.
+Specs = dict[str, tuple[Any, tuple[int, ...], str]]
+
+
+def lstm_specs(config: dict[str, Any], weights: Any, bias: Any, projection: Any) -> Specs:
+    """Each parameter of an LSTM of ``config`` (see ``LSTM.config``) with its given values,
+    in ``parameters()`` order: per recurrence, weights, bias, projection."""
+    if not config["use_bias"] and bias is not None:
+        raise ValueError("bias values were given but use_bias=False: drop one of the two")
+    if not config["proj_size"] and projection is not None:
+        raise ValueError("projection values were given but proj_size=0: set proj_size")
+    directions = 2 if config["bidirectional"] else 1
+    count, hidden = config["num_layers"] * directions, config["hidden_size"]
+    out = config["proj_size"] or hidden
+    given = {
+        name: _per_recurrence(name, values, count)
+        for name, values in (("weights", weights), ("bias", bias), ("projection", projection))
+    }
+    kept = "proj_size" if config["proj_size"] else "hidden_size"
+    specs = {}
+    for index in range(count):
+        prefix = f"recurrences.{index}." if count > 1 else ""
+        rows = (config["input_size"] if index < directions else directions * out) + out
+        reads = "input_size" if index < directions else f"{directions} * {kept}"
+        reads = reads.replace("1 * ", "")
+        wanted = {
+            "weights": ((rows, 4 * hidden), f"({reads} + {kept}, 4 * hidden_size)"),
+            "bias": ((4 * hidden,), "(4 * hidden_size,)") if config["use_bias"] else None,
+            "projection": ((hidden, out), "(hidden_size, proj_size)") if out != hidden else None,
+        }
+        for name, spec in wanted.items():
+            if spec is not None:
+                specs[prefix + name] = (given[name][index], *spec)
+    return specs
+
+
+def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
+    """Given values as one entry per recurrence (``None`` where to draw)."""
+    if values is None:
+        return [None] * count
+    if isinstance(values, (list, tuple)):
+        if len(values) != count:
+            raise ValueError(
+                f"{name} must list one array per recurrence (num_layers * num_directions = "
+                f"{count}), got {len(values)}"
+            )
+        return list(values)
+    if count != 1:
+        raise ValueError(
+            f"this LSTM has {count} recurrences (num_layers * num_directions): pass {name} "
+            f"as a list of {count} arrays, in layer.recurrences order"
+        )
+    return [values]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _DTYPES = ("float32", "float64")
 
+ModeT = TypeVar("ModeT", bound="TrainingMode")
 LayerT = TypeVar("LayerT", bound="Layer")
 CacheT = TypeVar("CacheT")
 
@@ -115,6 +116,23 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """``self.forward(*args, **kwargs)``, as torch modules are called."""
         return self.forward(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+class TrainingMode:
+    """A training mode, for layers whose forward differs in training (dropout): ``training``,
+    recorded by checkpoints, and :meth:`train` and :meth:`eval` to switch it."""
+
+    #: Training mode (the default): dropout acts.
+    training = True
+
+    def train(self: ModeT, mode: bool = True) -> ModeT:
+        """Training mode (the default): dropout acts. Returns self."""
+        self.training = checks.flag("mode", mode)
+        return self
+
+    def eval(self: ModeT) -> ModeT:
+        """Evaluation mode: no dropout. Returns self."""
+        return self.train(False)
 
 
 class Layer(Module):

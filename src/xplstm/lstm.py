@@ -9,17 +9,15 @@ recurrence, the backend's fast path or the written-once one, and keeps what back
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
-
-from xplstm import checks, interop, paths, stack
+from xplstm import checks, interop, paths, stack, states, steps
+from xplstm import dropout as _dropout
 from xplstm import init as _init
-from xplstm.backends import Backend, FastPath, StackPath
-from xplstm.layer import Layer, Weights, dtype_name, last_forward
+from xplstm.backends import Backend
+from xplstm.layer import Layer, TrainingMode, Weights, last_forward
 from xplstm.paths import FAST_PATH_ENV as FAST_PATH_ENV  # where it was first
 from xplstm.paths import fast_path_of as fast_path_of  # where it was first
-from xplstm.steps import Steps, all_steps, check_lengths, from_lengths, from_mask, one_of
 from xplstm.types import Array
 
 __all__ = ["LSTM", "Recurrence", "Weights"]
@@ -38,12 +36,26 @@ class Recurrence:
     bias: Weights | None
     projection: Weights | None
 
+    @classmethod
+    def each(cls, made: dict[str, Weights], count: int) -> list[Recurrence]:
+        """The ``count`` recurrences in a layer's registry ``made``, in ``parameters()`` order."""
+        prefixes = [f"recurrences.{k}." for k in range(count)] if count > 1 else [""]
+        names = ("weights", "bias", "projection")
+        return [cls(*(made.get(prefix + name) for name in names)) for prefix in prefixes]
 
-class _Dropout(NamedTuple):
-    """Dropout masks of one forward (already scaled by 1 / (1 - p)), ``None`` where none acts."""
+    def params(self, no_bias: Array) -> stack.Params:
+        """The values as the stack takes them, with ``no_bias`` (zeros) without a bias."""
+        bias = no_bias if self.bias is None else self.bias.values
+        projection = None if self.projection is None else self.projection.values
+        return stack.Params(self.weights.values, bias, projection)
 
-    recurrent: tuple[Array | None, ...]  # per recurrence, (batch, out)
-    between: tuple[Array | None, ...]  # per layer but the last, (batch, seq, D * out)
+    def take(self, d_w: Array, d_b: Array, d_proj: Array | None) -> None:
+        """Store a backward's gradients in the ``deltas`` of the parameters it has."""
+        self.weights.deltas = d_w
+        if self.bias is not None:
+            self.bias.deltas = d_b
+        if self.projection is not None:
+            self.projection.deltas = d_proj
 
 
 @dataclass
@@ -61,7 +73,7 @@ class _Cache:
     torch_states: bool  # states given as torch's (1, batch, size): given back so
 
 
-class LSTM(Layer, interop.Interop):
+class LSTM(Layer, TrainingMode, interop.Interop):
     """An LSTM over batch-first sequences, written once against the array API: stacked,
     bidirectional, projected, with variable lengths, masks and dropout, as ``torch.nn.LSTM``.
 
@@ -158,37 +170,23 @@ class LSTM(Layer, interop.Interop):
         seed: int | None = None,
         fast_path: bool = True,
     ) -> None:
-        options = _checked_options(
+        options = checks.lstm_options(
             input_size, hidden_size, num_layers, bidirectional, proj_size, use_bias, dropout,
-            recurrent_dropout, init,
+            recurrent_dropout, init, _init.LSTM_SCHEMES,
         )  # fmt: skip
         vars(self).update(options)
-        if not use_bias and bias is not None:
-            raise ValueError("bias values were given but use_bias=False: drop one of the two")
-        if not proj_size and projection is not None:
-            raise ValueError("projection values were given but proj_size=0: set proj_size")
-        count = num_layers * self.directions
-        given = {
-            name: _per_recurrence(name, values, count)
-            for name, values in (("weights", weights), ("bias", bias), ("projection", projection))
-        }
         made = self._init_parameters(
-            _parameter_specs(self, given),
+            _init.lstm_specs(self.config(), weights, bias, projection),
             draw=_init.LSTM_SCHEMES[init](hidden_size, self.output_size),
             backend=backend,
             device=device,
             dtype=dtype,
             seed=seed,
         )
-        prefixes = [f"recurrences.{k}." for k in range(count)] if count > 1 else [""]
-        self.recurrences = [
-            Recurrence(*(made.get(prefix + name) for name in ("weights", "bias", "projection")))
-            for prefix in prefixes
-        ]
+        self.recurrences = Recurrence.each(made, num_layers * self.directions)
         self.fast_path = fast_path
         self.whole_stack = True
-        self._fast: tuple[Backend, list[FastPath | None]] | None = None
-        self._whole: StackPath | None = None
+        self._routes = paths.Routes()
         self.training = True
         self.dropout_seed(seed)
 
@@ -224,7 +222,7 @@ class LSTM(Layer, interop.Interop):
 
     def _sizes(self) -> str:
         sizes = f"input_size={self.input_size}, hidden_size={self.hidden_size}"
-        for name, default in _OPTIONS.items():
+        for name, default in checks.LSTM_OPTIONS.items():
             if getattr(self, name) != default:
                 sizes += f", {name}={getattr(self, name)!r}"
         return sizes
@@ -232,47 +230,14 @@ class LSTM(Layer, interop.Interop):
     def config(self) -> dict[str, Any]:
         """The constructor's size and structure arguments (what a checkpoint records)."""
         sizes = {"input_size": self.input_size, "hidden_size": self.hidden_size}
-        return sizes | {name: getattr(self, name) for name in _OPTIONS}
+        return sizes | {name: getattr(self, name) for name in checks.LSTM_OPTIONS}
 
-    # -- training mode and dropout ------------------------------------------------------
-    def train(self, mode: bool = True) -> LSTM:
-        """Training mode (the default): dropout acts. Returns self."""
-        self.training = checks.flag("mode", mode)
-        return self
-
-    def eval(self) -> LSTM:
-        """Evaluation mode: no dropout. Returns self."""
-        return self.train(False)
-
+    # -- dropout (on in training mode: see TrainingMode) -------------------------------
     def dropout_seed(self, seed: int | None) -> None:
         """Restart the dropout masks' generator from ``seed``: the same seed draws the same
         masks, on every backend and device (they are drawn on the host). ``LSTM(seed=s)``
         starts where ``dropout_seed(s)`` does."""
-        sequence_of_seeds = np.random.SeedSequence(checks.seed(seed), spawn_key=(1,))
-        self._dropout_rng = np.random.default_rng(sequence_of_seeds)
-
-    def _draw_dropout(self, batch: int, seq: int) -> _Dropout:
-        """This forward's masks, drawn in the order: per layer, each
-        direction's recurrent mask, then the mask between it and the next layer (``None``
-        where no dropout acts)."""
-        out, directions = self.output_size, self.directions
-        recurrent: list[Array | None] = []
-        between: list[Array | None] = []
-        acts = self.training and (self.dropout or self.recurrent_dropout)
-        for layer in range(self.num_layers):
-            for _ in range(directions):
-                recurrent.append(self._mask(self.recurrent_dropout, (batch, out)) if acts else None)
-            if layer < self.num_layers - 1:
-                shape = (batch, seq, directions * out)
-                between.append(self._mask(self.dropout, shape) if acts else None)
-        return _Dropout(tuple(recurrent), tuple(between))
-
-    def _mask(self, p: float, shape: tuple[int, ...]) -> Array | None:
-        if not p:
-            return None
-        kept = self._dropout_rng.random(shape) >= p
-        host = (kept * (1.0 / (1.0 - p))).astype(dtype_name(self.dtype))
-        return self._backend.from_numpy(host, self.device)
+        self._dropout_rng = _dropout.generator(seed)
 
     # -- forward and backward -----------------------------------------------------------
     def forward(
@@ -306,22 +271,24 @@ class LSTM(Layer, interop.Interop):
         """
         self._check("x", x, (None, None, self.input_size), "(batch, seq, input_size)")
         batch, seq, _ = x.shape
-        h0s = self._states("h0", h0, batch, self.output_size)
-        c0s = self._states("c0", c0, batch, self.hidden_size)
-        torch_states = len(self.recurrences) == 1 and any(
-            getattr(state, "ndim", 2) == 3 for state in (h0, c0)
-        )
-        plan = stack.Plan(self._steps(lengths, mask, batch, seq), *self._draw_dropout(batch, seq))
-        params = [
-            stack.Params(r.weights.values, self._bias(k), _values(r.projection))
-            for k, r in enumerate(self.recurrences)
-        ]
-        route = self._route(stack.uses(params, plan))
+        h0s = states.split(self, "h0", h0, batch, self.output_size)
+        c0s = states.split(self, "c0", c0, batch, self.hidden_size)
+        torch_states = states.torch_shaped(len(self.recurrences), h0, c0)
+        if mask is not None:
+            self._check("mask", mask, (batch, seq), "(batch, seq)", boolean=True)
+        read = steps.read(self.xp, lengths, mask, batch, seq, self.directions, self.device)
+        plan = stack.Plan(read, *_dropout.draw(self, batch, seq))
+        no_bias = self.xp.zeros((4 * self.hidden_size,), dtype=self.dtype, device=self.device)
+        params = [r.params(no_bias) for r in self.recurrences]
+        route = self._routes.choose(
+            self.xp, self._backend, len(params), stack.uses(params, plan),
+            fast=self.fast_path, whole=self.whole_stack,
+        )  # fmt: skip
         y, h_n, c_n, saved = route.forward(params, plan, x, h0s, c0s)
         taken = getattr(route, "taken", [route] * len(params))
         runs = list(zip(taken, saved, strict=True))
         self._cache = _Cache(route, runs, params, plan, batch, seq, torch_states)
-        return y, self._stacked(h_n, torch_states), self._stacked(c_n, torch_states)
+        return y, *(states.stacked(self.xp, s, torch_states) for s in (h_n, c_n))
 
     def backward(
         self, dy: Array | None, dh_n: Array | None = None, dc_n: Array | None = None
@@ -341,215 +308,14 @@ class LSTM(Layer, interop.Interop):
             if directions > 1 or self.proj_size:
                 meaning = "(batch, seq, num_directions * (proj_size or hidden_size)) like y"
             self._check("dy", dy, (batch, cache.seq, directions * out), meaning)
-        dh_ns = self._states("dh_n", dh_n, batch, out)
-        dc_ns = self._states("dc_n", dc_n, batch, self.hidden_size)
+        dh_ns = states.split(self, "dh_n", dh_n, batch, out)
+        dc_ns = states.split(self, "dc_n", dc_n, batch, self.hidden_size)
         saved = [saved for _, saved in cache.runs]
         dx, dh0s, dc0s, grads = cache.route.backward(
             cache.params, cache.plan, saved, dy, dh_ns, dc_ns
         )
-        for recurrence, (d_w, d_b, d_proj) in zip(self.recurrences, grads, strict=True):
-            recurrence.weights.deltas = d_w
-            if recurrence.bias is not None:
-                recurrence.bias.deltas = d_b
-            if recurrence.projection is not None:
-                recurrence.projection.deltas = d_proj
+        for recurrence, grad in zip(self.recurrences, grads, strict=True):
+            recurrence.take(*grad)
         given = cache.torch_states
-        return dx, self._stacked(dh0s, given), self._stacked(dc0s, given)
-
-    def _route(self, uses: frozenset[str]) -> Any:
-        """The backend's whole-stack path when it covers what this call ``uses`` (see
-        :func:`xplstm.stack.uses`), else the stack recurrence by recurrence (see
-        :mod:`xplstm.paths`); the backend's paths are made once per backend."""
-        on = paths.switched_on(self.fast_path)
-        if on and (self._fast is None or self._fast[0] is not self._backend):
-            made = [paths.fast_path_of(self._backend) for _ in self.recurrences]
-            self._fast = (self._backend, made)
-            self._whole = paths.stack_path_of(self._backend)
-        whole = self._whole if on and self.whole_stack else None
-        if whole is not None and uses <= whole.features:
-            return whole
-        fast = self._fast[1] if on and self._fast else [None] * len(self.recurrences)
-        return paths.PerRecurrence(self.xp, self._backend, fast)
-
-    def _bias(self, index: int) -> Array:
-        """The recurrence's bias, or zeros without biases (whose gradient is dropped)."""
-        bias = self.recurrences[index].bias
-        if bias is not None:
-            return bias.values
-        return self.xp.zeros((4 * self.hidden_size,), dtype=self.dtype, device=self.device)
-
-    # -- lengths and masks --------------------------------------------------------------
-    def _steps(self, lengths: Any, mask: Array | None, batch: int, seq: int) -> Steps:
-        """Which steps count, from ``lengths`` or ``mask`` (see :mod:`xplstm.steps`)."""
-        one_of(lengths, mask)
-        if mask is not None:
-            self._check("mask", mask, (batch, seq), "(batch, seq)", boolean=True)
-            return from_mask(self.xp, mask, self.directions)
-        if lengths is None:
-            return all_steps(self.directions)
-        valid = check_lengths(lengths, batch, seq)
-        return from_lengths(self.xp, valid, seq, self.directions, self.device)
-
-    # -- input state --------------------------------------------------------------------
-    def _states(self, name: str, state: Array | None, batch: int, size: int) -> list[Array]:
-        """Per recurrence a (batch, size) state or gradient: checked when given (one recurrence
-        also takes torch's (1, batch, size)), zeros when omitted."""
-        count = len(self.recurrences)
-        if state is None:
-            zeros = self.xp.zeros((batch, size), dtype=self.dtype, device=self.device)
-            return [zeros] * count
-        what = "proj_size" if size != self.hidden_size else "hidden_size"
-        if count == 1 and getattr(state, "ndim", None) == 3:
-            self._check(name, state, (1, batch, size), f"(1, batch, {what}), torch's")
-            return [state[0, ...]]
-        if count == 1:
-            self._check(name, state, (batch, size), f"(batch, {what})")
-            return [state]
-        self._check(
-            name, state, (count, batch, size), f"(num_layers * num_directions, batch, {what})"
-        )
-        return [state[k, ...] for k in range(count)]
-
-    def _stacked(self, states: list[Array], torch_states: bool = False) -> Array:
-        """Per-recurrence states as one array: (batch, size) for one recurrence (torch's
-        (1, batch, size) when ``torch_states``), else (count, batch, size)."""
-        if len(states) == 1 and not torch_states:
-            return states[0]
-        return self.xp.stack(states, axis=0)
-
-
-#: Constructor options beyond the sizes, with their defaults (for repr and checkpoints).
-_OPTIONS = {
-    "num_layers": 1,
-    "bidirectional": False,
-    "proj_size": 0,
-    "use_bias": True,
-    "dropout": 0.0,
-    "recurrent_dropout": 0.0,
-}
-
-
-def _values(weights: Weights | None) -> Array | None:
-    return None if weights is None else weights.values
-
-
-def _checked_options(
-    input_size: Any, hidden_size: Any, num_layers: Any, bidirectional: Any, proj_size: Any,
-    use_bias: Any, dropout: Any, recurrent_dropout: Any, init: Any,
-) -> dict[str, Any]:  # fmt: skip
-    """The constructor's sizes and options, each checked, by attribute name."""
-    options = {
-        "input_size": checks.positive_int("input_size", input_size),
-        "hidden_size": checks.positive_int("hidden_size", hidden_size),
-        "num_layers": checks.positive_int("num_layers", num_layers),
-        "bidirectional": checks.flag("bidirectional", bidirectional),
-        "use_bias": checks.flag("use_bias", use_bias),
-        "dropout": checks.probability("dropout", dropout),
-        "recurrent_dropout": checks.probability("recurrent_dropout", recurrent_dropout),
-    }
-    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
-        raise ValueError(f"proj_size must be an int >= 0 (0: no projection), got {proj_size!r}")
-    if proj_size >= hidden_size:
-        raise ValueError(
-            f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}; "
-            "use proj_size=0 for no projection"
-        )
-    if options["dropout"] and num_layers == 1:
-        raise ValueError(
-            "dropout acts between stacked layers (on the outputs of all but the last), so "
-            "it needs num_layers > 1; for dropout on the outputs of a single layer add it "
-            "after the layer, or use recurrent_dropout"
-        )
-    if init not in _init.LSTM_SCHEMES:
-        schemes = sorted(_init.LSTM_SCHEMES)
-        raise ValueError(f"init must be one of {schemes}, got {init!r}")
-    return options | {"proj_size": proj_size, "init": init}
-
-
-def _parameter_specs(
-    layer: LSTM, given: dict[str, list[Any]]
-) -> dict[str, tuple[Any, tuple[int, ...], str]]:
-    """Each parameter's registry name, given values (or None), shape and shape in words, in
-    ``parameters()`` order: per recurrence, weights, bias, projection."""
-    count, directions, out = len(given["weights"]), layer.directions, layer.output_size
-    hidden = layer.hidden_size
-    kept = "proj_size" if layer.proj_size else "hidden_size"
-    specs = {}
-    for index in range(count):
-        prefix = f"recurrences.{index}." if count > 1 else ""
-        rows = (layer.input_size if index < directions else directions * out) + out
-        reads = "input_size" if index < directions else f"{directions} * {kept}"
-        reads = reads.replace("1 * ", "")
-        wanted = {
-            "weights": ((rows, 4 * hidden), f"({reads} + {kept}, 4 * hidden_size)"),
-            "bias": ((4 * hidden,), "(4 * hidden_size,)") if layer.use_bias else None,
-            "projection": ((hidden, out), "(hidden_size, proj_size)") if layer.proj_size else None,
-        }
-        for name, spec in wanted.items():
-            if spec is not None:
-                specs[prefix + name] = (given[name][index], *spec)
-    return specs
-
-
-def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
-    """Given values as one entry per recurrence (``None`` where to draw)."""
-    if values is None:
-        return [None] * count
-    if isinstance(values, (list, tuple)):
-        if len(values) != count:
-            raise ValueError(
-                f"{name} must list one array per recurrence (num_layers * num_directions = "
-                f"{count}), got {len(values)}"
-            )
-        return list(values)
-    if count != 1:
-        raise ValueError(
-            f"this LSTM has {count} recurrences (num_layers * num_directions): pass {name} "
-            f"as a list of {count} arrays, in layer.recurrences order"
-        )
-    return [values]
-
-
-def _parameter_specs(
-    layer: LSTM, given: dict[str, list[Any]]
-) -> dict[str, tuple[Any, tuple[int, ...], str]]:
-    """Each parameter's registry name, given values (or None), shape and shape in words, in
-    ``parameters()`` order: per recurrence, weights, bias, projection."""
-    count, directions, out = len(given["weights"]), layer.directions, layer.output_size
-    hidden = layer.hidden_size
-    kept = "proj_size" if layer.proj_size else "hidden_size"
-    specs = {}
-    for index in range(count):
-        prefix = f"recurrences.{index}." if count > 1 else ""
-        rows = (layer.input_size if index < directions else directions * out) + out
-        reads = "input_size" if index < directions else f"{directions} * {kept}"
-        reads = reads.replace("1 * ", "")
-        wanted = {
-            "weights": ((rows, 4 * hidden), f"({reads} + {kept}, 4 * hidden_size)"),
-            "bias": ((4 * hidden,), "(4 * hidden_size,)") if layer.use_bias else None,
-            "projection": ((hidden, out), "(hidden_size, proj_size)") if layer.proj_size else None,
-        }
-        for name, spec in wanted.items():
-            if spec is not None:
-                specs[prefix + name] = (given[name][index], *spec)
-    return specs
-
-
-def _per_recurrence(name: str, values: Any, count: int) -> list[Any]:
-    """Given values as one entry per recurrence (``None`` where to draw)."""
-    if values is None:
-        return [None] * count
-    if isinstance(values, (list, tuple)):
-        if len(values) != count:
-            raise ValueError(
-                f"{name} must list one array per recurrence (num_layers * num_directions = "
-                f"{count}), got {len(values)}"
-            )
-        return list(values)
-    if count != 1:
-        raise ValueError(
-            f"this LSTM has {count} recurrences (num_layers * num_directions): pass {name} "
-            f"as a list of {count} arrays, in layer.recurrences order"
-        )
-    return [values]
+        return dx, states.stacked(self.xp, dh0s, given), states.stacked(self.xp, dc0s, given)
 

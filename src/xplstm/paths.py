@@ -42,6 +42,37 @@ def stack_path_of(backend: Backend) -> StackPath | None:
     return backend.stack_path((stack.forward, stack.backward), recurrence)
 
 
+class Routes:
+    """A layer's choice of route per call, over its backend's paths, made once per backend."""
+
+    def __init__(self) -> None:
+        self._fast: tuple[Backend, list[FastPath | None]] | None = None
+        self._whole: StackPath | None = None
+
+    def choose(
+        self,
+        xp: Any,
+        backend: Backend,
+        count: int,
+        uses: frozenset[str],
+        *,
+        fast: bool,
+        whole: bool,
+    ) -> Any:
+        """For a stack of ``count`` recurrences on ``backend``: its whole-stack path when
+        ``whole`` and it covers what the call ``uses`` (see :func:`xplstm.stack.uses`), else
+        :class:`PerRecurrence`; no fast path at all unless ``fast`` (see :func:`switched_on`)."""
+        on = switched_on(fast)
+        if on and (self._fast is None or self._fast[0] is not backend):
+            self._fast = (backend, [fast_path_of(backend) for _ in range(count)])
+            self._whole = stack_path_of(backend)
+        stack_path = self._whole if on and whole else None
+        if stack_path is not None and uses <= stack_path.features:
+            return stack_path
+        per = self._fast[1] if on and self._fast else [None] * count
+        return PerRecurrence(xp, backend, per)
+
+
 class PerRecurrence:
     """The stack run recurrence by recurrence, each on its fast path (``fast[index]``) where
     that covers what the call gives it, else on the written-once functions; one object per

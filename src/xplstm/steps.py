@@ -77,6 +77,19 @@ def _time_major(xp: Any, kept: Array) -> Array:
     return xp.expand_dims(xp.permute_dims(kept, (1, 0)), axis=2)
 
 
+def read(
+    xp: Any, lengths: Any, mask: Array | None, batch: int, seq: int, directions: int, device: Any
+) -> Steps:
+    """Which steps count, from ``lengths`` or ``mask`` (checked by the caller against the
+    layer's backend and ``(batch, seq)``), or every step when neither is given."""
+    one_of(lengths, mask)
+    if mask is not None:
+        return from_mask(xp, mask, directions)
+    if lengths is None:
+        return all_steps(directions)
+    return from_lengths(xp, check_lengths(lengths, batch, seq), seq, directions, device)
+
+
 def all_steps(directions: int) -> Steps:
     """Every step counts (no ``lengths``, no ``mask``)."""
     return Steps(None, (None,) * directions, (None,) * directions, None)
