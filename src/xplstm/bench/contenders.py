@@ -171,13 +171,17 @@ def xplstm_runs(layer: xplstm.LSTM, x: Any, dy: Any, target: Any, lengths: Any =
 def torch_runs(
     hidden: int, x: Any, dy: Any, target: Any, structure: Structure = PLAIN, lengths: Any = None
 ) -> Runs:
-    """torch.nn.LSTM (cuDNN on CUDA) with autograd, on the device and dtype of the tensor ``x``,
-    with ``lengths`` through ``pack_padded_sequence(enforce_sorted=False)`` and back; the train
-    step as xplstm's: nn.LSTM, nn.Linear on the last (valid) step, MSE, clip_grad_norm_,
-    torch.optim.Adam."""
+    """torch.nn.LSTM (cuDNN on CUDA, TF32 off) with autograd, on the device and dtype of the
+    tensor ``x``, with ``lengths`` through ``pack_padded_sequence(enforce_sorted=False)`` and
+    back; the train step as xplstm's: nn.LSTM, nn.Linear on the last (valid) step, MSE,
+    clip_grad_norm_, torch.optim.Adam."""
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+    if x.is_cuda:
+        # torch lets cuDNN compute float32 in TF32 unless told not to; xplstm's products on a GPU
+        # do not (CuPy's and cuBLAS's defaults): both sides compute in full float32.
+        torch.backends.cudnn.allow_tf32 = False
     module = torch.nn.LSTM(
         x.shape[-1],
         hidden,
