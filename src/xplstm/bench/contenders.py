@@ -70,9 +70,10 @@ class Structure:
 PLAIN = Structure()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Row:
-    """One contender: how to build its runs, and where it runs."""
+    """One contender: how to build its runs, and where it runs. Hashed by identity: a device
+    need not be hashable (CuPy's is not)."""
 
     name: str
     backend: Backend
