@@ -1,13 +1,12 @@
-"""Where xplstm's GPU time goes: the host's share of a forward+backward, and the same written-once
-math replayed from a CUDA graph, beside cuDNN.
+"""Where xplstm's GPU time goes: a forward+backward run eagerly, and the same written-once math
+replayed from a CUDA graph, beside cuDNN.
 
 For each shape: cuDNN (torch.nn.LSTM with autograd, TF32 off); xplstm on CuPy's fast path and on
-torch, run eagerly, with the host CPU time each call takes (a call whose CPU time is close to its
-wall time is bound by Python and kernel launches, not by the GPU); and xplstm on torch captured
-once into a ``torch.cuda.CUDAGraph`` and replayed, which removes the Python and launch cost and
-leaves the GPU's own time for the same kernels. The graph goes through torch because CuPy
-refuses cuBLAS calls while a stream is captured (cupy/cupy#6290). The replay's outputs are
-checked against the eager call's.
+torch, run eagerly (Python and a kernel launch for every operation of every step); and xplstm on
+torch captured once into a ``torch.cuda.CUDAGraph`` and replayed, which removes the Python and
+launch cost and leaves the GPU's own time for the same kernels. The graph goes through torch
+because CuPy refuses cuBLAS calls while a stream is captured (cupy/cupy#6290). The replay's
+outputs are checked against the eager call's.
 
     python benchmarks/gpu_graph.py                          # on a machine with a CUDA GPU
     python benchmarks/gpu_graph.py --device cpu --configs 4,10,8,8   # the eager rows only
@@ -29,18 +28,16 @@ import xplstm
 CONFIGS = ("64,100,128,128", "64,100,512,512", "256,100,1024,1024")
 
 
-def timed(run: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> tuple[float, float]:
-    """Median wall milliseconds of ``run`` and the median share of it the host's CPU was busy."""
-    walls, shares = [], []
+def timed(run: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+    """Median wall milliseconds of ``run``, the device synchronised around each call."""
+    walls = []
     for _ in range(repeats + 1):  # the first call warms up
         sync()
-        wall, cpu = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         run()
         sync()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        walls.append(wall * 1e3)
-        shares.append(cpu / wall)
-    return statistics.median(walls[1:]), statistics.median(shares[1:])
+        walls.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(walls[1:])
 
 
 def cudnn(x: torch.Tensor, dy: torch.Tensor, hidden: int) -> Callable[[], Any]:
@@ -88,18 +85,18 @@ def measure(config: tuple[int, int, int, int], device: str, repeats: int) -> lis
     host_dy = rng.standard_normal((batch, seq, hidden), dtype=np.float32)
     x, dy = (torch.from_numpy(a).to(device) for a in (host_x, host_dy))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    rows = [("cuDNN (torch.nn.LSTM)" if device == "cuda" else "torch.nn.LSTM",
-             *timed(cudnn(x, dy, hidden), repeats, sync))]  # fmt: skip
+    peer = "cuDNN (torch.nn.LSTM)" if device == "cuda" else "torch.nn.LSTM"
+    rows = [(peer, timed(cudnn(x, dy, hidden), repeats, sync))]
     on_torch = xplstm.LSTM(inputs, hidden, backend="torch", device=device, seed=0)
     eager = ours(on_torch, x, dy)
-    rows.append(("xplstm torch, eager", *timed(eager, repeats, sync)))
+    rows.append(("xplstm torch, eager", timed(eager, repeats, sync)))
     if device == "cuda":
         import cupy
 
         on_cupy = xplstm.LSTM(inputs, hidden, backend="cupy", seed=0)
         cupy_run = ours(on_cupy, cupy.asarray(host_x), cupy.asarray(host_dy))
         cupy_sync = cupy.cuda.Device().synchronize
-        rows.append(("xplstm cupy fast, eager", *timed(cupy_run, repeats, cupy_sync)))
+        rows.append(("xplstm cupy fast, eager", timed(cupy_run, repeats, cupy_sync)))
         expected = [t.clone() for t in eager()]
         replay, outputs = graphed(eager)
         replay()
@@ -107,7 +104,7 @@ def measure(config: tuple[int, int, int, int], device: str, repeats: int) -> lis
         pairs = zip(outputs, expected, strict=True)
         worst = max(float((a - e).abs().max() / e.abs().max()) for a, e in pairs)
         name = f"xplstm torch, CUDA graph (vs eager {worst:.1e})"
-        rows.append((name, *timed(replay, repeats, sync)))
+        rows.append((name, timed(replay, repeats, sync)))
     return rows
 
 
@@ -122,10 +119,10 @@ def main() -> None:
     for text in args.configs:
         config = tuple(int(v) for v in text.split(","))
         print(f"\n(B,T,I,H) = {config}  forward+backward, float32, median of {args.repeats}")
-        print(f"{'row':58} {'ms':>9} {'x first':>8} {'host CPU share':>15}")
+        print(f"{'row':58} {'ms':>9} {'x first':>8}")
         rows = measure(config, args.device, args.repeats)
-        for name, ms, share in rows:
-            print(f"{name:58} {ms:9.2f} {ms / rows[0][1]:7.2f}x {share:15.2f}", flush=True)
+        for name, ms in rows:
+            print(f"{name:58} {ms:9.2f} {ms / rows[0][1]:7.2f}x", flush=True)
 
 
 if __name__ == "__main__":
