@@ -38,10 +38,10 @@ import numpy as np
 #: loops) runs batches of at most this many rows at any hidden size, ...
 COMPILED_MAX_BATCH = 2
 #: ... and of at most this many at up to this hidden size; above, the BLAS loop (a BLAS product
-#: and a compiled element-wise call a step each way) wins: its blocked products outrun plain
-#: loops from batch 4 on, which pays for its two calls a step (measured: docs/benchmarks.md,
-#: ``benchmarks/profile_large.py``).
-COMPILED_MAX_BATCH_SMALL_HIDDEN, COMPILED_MAX_SMALL_HIDDEN = 8, 32
+#: and a compiled element-wise call a step each way) wins or ties: its products outrun the
+#: compiled loop's (blocked four rows by four) from batch 16-32 on, which pays for its two calls
+#: a step (measured: docs/benchmarks.md, ``benchmarks/profile_large.py``).
+COMPILED_MAX_BATCH_SMALL_HIDDEN, COMPILED_MAX_SMALL_HIDDEN = 16, 128
 #: Which loop to run: "auto" (by the thresholds), "compiled" (one numba call for the whole
 #: loop), "blas" (a BLAS product a step each way, and one numba call a step for the element-wise
 #: work) or "ufuncs"; the environment variable overrides "auto" for new layers (for benchmarks

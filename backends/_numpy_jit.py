@@ -18,14 +18,16 @@ What is compiled and what is restated:
   power of two made from its bits) that LLVM vectorises, in the argument's precision; ``_tanh``
   is built from it. ``tests/test_fast_paths.py`` holds both to NumPy's within 4 ulps.
 - The two products inside the loop (``h @ W_h`` forward, ``dz @ W_h.T`` backward) are plain
-  loops that LLVM vectorises (numba's ``np.dot`` would call BLAS through SciPy, which the core
+  loops that LLVM vectorises, blocked by hand four rows by four (:func:`_add_product`,
+  :func:`_product_transposed`; numba's ``np.dot`` would call BLAS through SciPy, which the core
   does not install); where BLAS's blocked products win (batches of more than a few rows),
   ``_numpy_fast`` runs its BLAS loop instead: a BLAS product a step from Python, and the step's
   element-wise work as one compiled call (``forward_step``, ``backward_step`` below, the same
   row functions as the whole loops). The products over all steps at once stay NumPy's (BLAS).
 
-No ``parallel=True``, and ``fastmath`` only to let one dot product sum in vector lanes: one
-thread, the same order of operations on every call, so results are deterministic.
+No ``parallel=True``, and ``fastmath`` only in the products: ``contract`` (fused multiply-adds,
+as BLAS uses), and ``reassoc`` to let a dot product sum in vector lanes: one thread, the same
+order of operations on every call, so results are deterministic.
 
 The loops are cached on disk (``cache=True``): the first process compiles them (seconds), the
 next loads them. numba keys its cache on this file and on the loops' closures, which hold a
@@ -230,56 +232,112 @@ def loops(kernels: Any) -> tuple[Callable, Callable, Callable, Callable]:
     return _compiled[key]
 
 
-@_jit
+#: The products inside the loops may fuse a multiplication and an addition into one rounding
+#: (``contract``, as BLAS's kernels do): without it LLVM emitted no FMA at all, and a (32,32) @
+#: (32,128) product took 4.8 µs instead of 3.8 (measured while building it).
+_PRODUCT_OPTIONS = {**_OPTIONS, "fastmath": {"contract"}}
+
+
+@njit(**_PRODUCT_OPTIONS)
 def _add_row_product(z, h, w):
-    """z += h @ w for one row: z (4H,), h (H,), w (H,4H). Four rows of w per pass over z (a
+    """z += h @ w for one row: z (N,), h (K,), w (K,N). Four rows of w per pass over z (a
     pass per row spent most of its time loading and storing z)."""
-    hidden, four_h = w.shape
-    k = 0
-    while k + 4 <= hidden:
-        h0, h1, h2, h3, w0, w1, w2, w3 = (
-            h[k],
-            h[k + 1],
-            h[k + 2],
-            h[k + 3],
-            w[k],
-            w[k + 1],
-            w[k + 2],
-            w[k + 3],
-        )
-        for j in range(four_h):
+    depth, n = w.shape
+    for k in range(0, depth - depth % 4, 4):
+        h0, h1, h2, h3 = h[k], h[k + 1], h[k + 2], h[k + 3]
+        w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
+        for j in range(n):
             z[j] += h0 * w0[j] + h1 * w1[j] + h2 * w2[j] + h3 * w3[j]
-        k += 4
-    for k in range(hidden - hidden % 4, hidden):
+    for k in range(depth - depth % 4, depth):
         h_k, w_k = h[k], w[k]
-        for j in range(four_h):
+        for j in range(n):
             z[j] += h_k * w_k[j]
 
 
-@njit(fastmath={"reassoc"}, **_OPTIONS)
+@njit(**_PRODUCT_OPTIONS)
+def _add_product(z, a, w):
+    """z += a @ w: z (B,N), a (B,K), w (K,N). Four rows of z and four of w a pass: each value
+    of w loaded serves four rows, 16 multiply-adds for 4 loads of w and 4 of z (one row a pass
+    made the product 1.4x slower at (32,32) @ (32,128), the demo's step)."""
+    rows, depth = a.shape
+    n = w.shape[1]
+    full_rows, full_depth = rows - rows % 4, depth - depth % 4
+    for b in range(0, full_rows, 4):
+        z0, z1, z2, z3 = z[b], z[b + 1], z[b + 2], z[b + 3]
+        a0, a1, a2, a3 = a[b], a[b + 1], a[b + 2], a[b + 3]
+        for k in range(0, full_depth, 4):
+            w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
+            a00, a01, a02, a03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+            a10, a11, a12, a13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
+            a20, a21, a22, a23 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
+            a30, a31, a32, a33 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
+            for j in range(n):
+                x0, x1, x2, x3 = w0[j], w1[j], w2[j], w3[j]
+                z0[j] += a00 * x0 + a01 * x1 + a02 * x2 + a03 * x3
+                z1[j] += a10 * x0 + a11 * x1 + a12 * x2 + a13 * x3
+                z2[j] += a20 * x0 + a21 * x1 + a22 * x2 + a23 * x3
+                z3[j] += a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3
+    for b in range(full_rows):  # the rest of the depth for those rows
+        _add_row_product(z[b], a[b, full_depth:], w[full_depth:])
+    for b in range(full_rows, rows):
+        _add_row_product(z[b], a[b], w)
+
+
+@njit(**{**_OPTIONS, "fastmath": {"reassoc", "contract"}})
 def _row_product_transposed(out, d, w):
-    """out = d @ w.T for one row: out (H,), d (4H,), w (H,4H): dot products of d with rows of
-    w, four at a time (one load of d for four rows). The one place where numba may reorder
-    additions, to sum in vector lanes: the same order on every call, so deterministic."""
-    hidden, four_h = w.shape
-    zero = d[0] - d[0]
-    j = 0
-    while j + 4 <= hidden:
+    """out = d @ w.T for one row: out (M,), d (N,), w (M,N): dot products of d with rows of
+    w, four at a time (one load of d for four rows). With the tiles of :func:`_product_
+    transposed`, the one place where numba may reorder additions, to sum in vector lanes: the
+    same order on every call, so deterministic."""
+    m, n = w.shape
+    zero = _typed(d[0], 0.0, 0.0)
+    for j in range(0, m - m % 4, 4):
         s0 = s1 = s2 = s3 = zero
         w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
-        for k in range(four_h):
+        for k in range(n):
             d_k = d[k]
             s0 += d_k * w0[k]
             s1 += d_k * w1[k]
             s2 += d_k * w2[k]
             s3 += d_k * w3[k]
         out[j], out[j + 1], out[j + 2], out[j + 3] = s0, s1, s2, s3
-        j += 4
-    for j in range(hidden - hidden % 4, hidden):
+    for j in range(m - m % 4, m):
         total, w_j = zero, w[j]
-        for k in range(four_h):
+        for k in range(n):
             total += d[k] * w_j[k]
         out[j] = total
+
+
+@njit(**{**_OPTIONS, "fastmath": {"reassoc", "contract"}})
+def _product_transposed(out, d, w):
+    """out = d @ w.T: out (B,M), d (B,N), w (M,N). Tiles of four rows of d by four of w: 16
+    dot products summed together, 16 multiply-adds for 8 loads (one row at a time: 1.9x slower
+    at (32,128) @ (128,32), the demo's step back)."""
+    rows, m = d.shape[0], w.shape[0]
+    full_rows, full_m = rows - rows % 4, m - m % 4
+    zero = _typed(d[0, 0], 0.0, 0.0)
+    for b in range(0, full_rows, 4):
+        d0, d1, d2, d3 = d[b], d[b + 1], d[b + 2], d[b + 3]
+        o0, o1, o2, o3 = out[b], out[b + 1], out[b + 2], out[b + 3]
+        for j in range(0, full_m, 4):
+            w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+            for k in range(d.shape[1]):
+                x0, x1, x2, x3 = d0[k], d1[k], d2[k], d3[k]
+                y0, y1, y2, y3 = w0[k], w1[k], w2[k], w3[k]
+                s00, s01, s02, s03 = s00 + x0 * y0, s01 + x0 * y1, s02 + x0 * y2, s03 + x0 * y3
+                s10, s11, s12, s13 = s10 + x1 * y0, s11 + x1 * y1, s12 + x1 * y2, s13 + x1 * y3
+                s20, s21, s22, s23 = s20 + x2 * y0, s21 + x2 * y1, s22 + x2 * y2, s23 + x2 * y3
+                s30, s31, s32, s33 = s30 + x3 * y0, s31 + x3 * y1, s32 + x3 * y2, s33 + x3 * y3
+            o0[j], o0[j + 1], o0[j + 2], o0[j + 3] = s00, s01, s02, s03
+            o1[j], o1[j + 1], o1[j + 2], o1[j + 3] = s10, s11, s12, s13
+            o2[j], o2[j + 1], o2[j + 2], o2[j + 3] = s20, s21, s22, s23
+            o3[j], o3[j + 1], o3[j + 2], o3[j + 3] = s30, s31, s32, s33
+    for b in range(full_rows):  # the rest of the columns for those rows
+        _row_product_transposed(out[b, full_m:], d[b], w[full_m:])
+    for b in range(full_rows, rows):
+        _row_product_transposed(out[b], d[b], w)
 
 
 # The loops below are laid out for LLVM's vectoriser (measured: a loop it leaves scalar is
@@ -340,25 +398,27 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
         hidden, out = four_h // 4, h.shape[1]
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
             return
-        unprojected, dropped = np.empty(hidden, gates.dtype), np.empty(out, gates.dtype)
+        unprojected, dropped = np.empty(hidden, gates.dtype), np.empty((batch, out), gates.dtype)
         for t in range(seq):
+            z_t = gates[t]
+            if has_drop:
+                for b in range(batch):
+                    h_b, drop_b, dropped_b = h[b], drop[b], dropped[b]
+                    for j in range(out):
+                        dropped_b[j] = h_b[j] * drop_b[j]
+                _add_product(z_t, dropped, w_h)  # z_t += (h_{t-1} * drop) @ W_h
+            else:
+                _add_product(z_t, h, w_h)  # z_t += h_{t-1} @ W_h (held rows' z_t is not read)
             for b in range(batch):
-                z, h_b, c_b = gates[t, b], h[b], c[b]
+                h_b, c_b = h[b], c[b]
                 if not (has_held and held[t, b]):
-                    if has_drop:
-                        drop_b = drop[b]
-                        for j in range(out):
-                            dropped[j] = h_b[j] * drop_b[j]
-                        _add_row_product(z, dropped, w_h)  # z += (h_{t-1} * drop) @ W_h
-                    else:
-                        _add_row_product(z, h_b, w_h)  # z += h_{t-1} @ W_h, row b
                     if has_proj:
-                        _forward_row(z, c_b, unprojected)
+                        _forward_row(z_t[b], c_b, unprojected)
                         for j in range(out):
                             h_b[j] = 0
                         _add_row_product(h_b, unprojected, w_proj)
                     else:
-                        _forward_row(z, c_b, h_b)
+                        _forward_row(z_t[b], c_b, h_b)
                 c_out, h_out = cells[t, b], y[t, b]
                 for j in range(hidden):
                     c_out[j] = c_b[j]
@@ -380,15 +440,16 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
         hidden, out = four_h // 4, dh.shape[1]
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
             return
-        projected = np.empty(hidden, gates.dtype)
+        projected, dh_prev = np.empty(hidden, gates.dtype), np.empty((batch, out), gates.dtype)
         for t in range(seq - 1, -1, -1):
+            d_t = dz[t]
             for b in range(batch):
-                d, dh_b = dz[t, b], dh[b]
+                d, dh_b = d_t[b], dh[b]
                 if has_dy:
                     dy_b = dy[t, b]
                     for j in range(out):
                         dh_b[j] += dy_b[j]
-                if has_held and held[t, b]:  # dh and dc pass on as they are
+                if has_held and held[t, b]:
                     for j in range(four_h):
                         d[j] = 0
                     continue
@@ -401,11 +462,13 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
                     _row_product_transposed(projected, dh_b, w_proj)  # dh_t @ w_proj.T
                     dh_cell = projected
                 _backward_row(d, gates[t, b], cells[t, b], c_prev, dh_cell, dc[b])
-                _row_product_transposed(dh_b, d, w_h)  # dh_{t-1} = dz_t @ W_h.T, row b
-                if has_drop:
-                    drop_b = drop[b]
-                    for j in range(out):
-                        dh_b[j] *= drop_b[j]
+            _product_transposed(dh_prev, d_t, w_h)  # dh_{t-1} = dz_t @ W_h.T
+            for b in range(batch):
+                if has_held and held[t, b]:  # dh and dc pass on as they are
+                    continue
+                dh_b, dh_prev_b, drop_b = dh[b], dh_prev[b], drop[b if has_drop else 0]
+                for j in range(out):
+                    dh_b[j] = dh_prev_b[j] * drop_b[j] if has_drop else dh_prev_b[j]
 
     @_cached_jit
     def forward_step(gates_t, z_h, c, cells_t, h_out, held_t, has_held):

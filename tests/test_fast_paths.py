@@ -274,6 +274,27 @@ def test_compiled_exp_and_tanh_match_numpy(dtype):
     assert_close(tanh[1:], np.array([1, -1, -1, 1], dtype), like=x, level="exact", name="tanh")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_compiled_products_match_numpy(dtype):
+    """The compiled loops' products (four rows at a time, four of the weights a pass, the rest
+    one by one) give NumPy's products, at every remainder of rows, depth and columns."""
+    _compiled_or_skip()
+    from xplstm.backends import _numpy_jit
+
+    rng = np.random.default_rng(0)
+    for rows, depth, columns in [(1, 3, 5), (4, 4, 8), (5, 7, 6), (8, 9, 4), (11, 13, 17)]:
+        a = rng.standard_normal((rows, depth)).astype(dtype)
+        w = rng.standard_normal((depth, columns)).astype(dtype)
+        z = rng.standard_normal((rows, columns)).astype(dtype)
+        found = z.copy()
+        _numpy_jit._add_product(found, a, w)
+        assert_close(found, z + a @ w, like=z, level="ulps", name=f"z + a @ w, {a.shape}")
+        d = rng.standard_normal((rows, columns)).astype(dtype)
+        found = np.full((rows, depth), np.nan, dtype)
+        _numpy_jit._product_transposed(found, d, w)
+        assert_close(found, d @ w.T, like=z, level="ulps", name=f"d @ w.T, {d.shape}")
+
+
 def test_compiled_kernels_compute_in_the_arrays_precision():
     """The cell's kernels, compiled, return float32 for float32 units and float64 for float64:
     their literals (``1.0 - i``) are typed like their arguments, so float32 work is not done in
@@ -311,8 +332,8 @@ def test_the_loop_is_chosen_by_size(monkeypatch):
     monkeypatch.delenv(LOOP_ENV, raising=False)
     path = _numpy_fast.NumPyFastPath(cell.KERNELS)
     small, large = ("compiled", "blas") if numba_installed() else ("ufuncs", "ufuncs")
-    assert path.loop_for(1, 1024) == path.loop_for(2, 64) == path.loop_for(8, 32) == small
-    assert path.loop_for(4, 64) == path.loop_for(16, 32) == path.loop_for(64, 256) == large
+    assert path.loop_for(1, 1024) == path.loop_for(2, 256) == path.loop_for(16, 128) == small
+    assert path.loop_for(4, 256) == path.loop_for(17, 32) == path.loop_for(64, 256) == large
     monkeypatch.setattr(path, "_numba", False)
     assert path.loop_for(1, 4) == "ufuncs"
     layer = xplstm.LSTM(3, 4, backend="numpy", seed=0)
