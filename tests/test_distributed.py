@@ -126,19 +126,76 @@ def test_predict_with_a_ragged_last_chunk_equals_the_forward(client):
     assert_close(outputs, lstm(x)[0], like=x, level="ulps")
 
 
-def test_the_task_stream_shows_work_on_both_workers_and_the_parameters_sent_once(client):
+def test_the_task_stream_shows_fit_working_on_both_workers(client):
     with get_task_stream(client) as stream:
         run_fit(client, steps=2, shards=2)
     assert len({task["worker"] for task in stream.data}) == 2
-    with get_task_stream(client) as stream:
-        distributed.predict(small_model(), data(40)[0], client=client, batch_size=4)
-    blocks = [t for t in stream.data if t["key"].startswith("predict_block")]
-    assert len(blocks) == 10 and len({t["worker"] for t in blocks}) == 2
-    # One task holds the parameters; each block reads them where they are or fetches them
-    # once per worker, never once per task.
-    assert [t["key"].split("-")[0] for t in stream.data].count("Replica") == 1
+
+
+def test_predict_spreads_its_blocks_and_sends_the_parameters_once(client, monkeypatch):
+    """Every block depends on the replica, so the scheduler would put them all on the one
+    worker that holds it: block i goes to worker i mod 2 instead. A second call with the model
+    unchanged sends no replica, and a changed model a new one, whose outputs the workers give."""
+    x = data(40)[0]
+    distributed.predict(small_model(), x, client=client)  # both workers warm: no slow first
+    # call, whose block the scheduler would move to the idle worker
+    sent = []  # the keys of the replicas the driver sends
+    compute = client.compute
+    monkeypatch.setattr(
+        client, "compute", lambda c, **kw: sent.append(getattr(c, "key", "")) or compute(c, **kw)
+    )
+    model = small_model()
+    model.parameters()[-1].values[...] = 0.25  # a model no other test placed on the cluster
+
+    def run(**options):
+        with get_task_stream(client) as stream:
+            outputs = distributed.predict(model, x[: options.pop("rows", 40)], client=client,
+                                          **options)  # fmt: skip
+        blocks = [t for t in stream.data if t["key"].startswith("predict_block")]
+        replicas = [key for key in sent if key.startswith("xplstm-replica")]
+        sent.clear()
+        return outputs, blocks, len(replicas)
+
+    # 8 rows at the default batch_size, the replica on one worker: 2 blocks of 4, one on each.
+    outputs, blocks, replicas = run(rows=8)
+    assert_close(outputs, model(x[:8]), like=x, level="ulps")
+    assert (len(blocks), len({t["worker"] for t in blocks}), replicas) == (2, 2, 1)
+    outputs, blocks, replicas = run(batch_size=4)
+    assert_close(outputs, model(x), like=x, level="ulps")
+    assert (len(blocks), len({t["worker"] for t in blocks}), replicas) == (10, 2, 0)
+    # Each block reads the replica where it is, or fetches it once per worker, never per task.
     fetched = [t for t in blocks if any(s["action"] == "transfer" for s in t["startstops"])]
     assert len(fetched) <= 1, fetched
+    model.parameters()[-1].values[...] = -0.5
+    outputs, blocks, replicas = run()
+    assert_close(outputs, model(x), like=x, level="ulps")
+    assert replicas == 1
+
+
+def test_predict_blocks_give_every_worker_the_same_share():
+    """At most batch_size rows a block, a multiple of the workers' count of blocks (at most
+    one a row), sizes differing by at most one."""
+    assert distributed.block_bounds(256, 256, 2) == [(0, 128), (128, 256)]
+    assert distributed.block_bounds(40, 4, 2) == [(i, i + 4) for i in range(0, 40, 4)]
+    assert distributed.block_bounds(10, 4, 2) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert distributed.block_bounds(3, 256, 4) == [(0, 1), (1, 2), (2, 3)]
+    assert distributed.block_bounds(7, 256, 1) == [(0, 7)]
+
+
+def test_a_worker_keeps_the_model_of_a_replica_until_another_comes():
+    """Built once per worker thread and token (with the workspaces its layers keep), rebuilt
+    for another token."""
+    from xplstm.replica import kept
+
+    replica = distributed.Replica.of(small_model())
+    first = kept(replica, "a")
+    assert kept(replica, "a") is first
+    assert kept(replica, "b") is not first
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(kept(replica, "b")))
+    thread.start()
+    thread.join()
+    assert seen[0] is not kept(replica, "b")  # one per thread: workspaces are not shared
 
 
 def test_fit_and_predict_with_the_model_on_each_backend(client, target):

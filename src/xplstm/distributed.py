@@ -47,7 +47,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from dask.distributed import Client
+from dask.distributed import Client, Future
 from tqdm import tqdm
 
 from xplstm import batched, loop, optim
@@ -73,11 +73,14 @@ def predict(
     equal to ``model.eval()(x, lengths=lengths, mask=mask)`` on one machine (an LSTM's ``y``):
     predictions run in evaluation mode, without dropout.
 
-    ``x`` (rows, seq, features) is a host NumPy array, cut into blocks of ``batch_size`` rows,
-    or a Dask array chunked along the rows only (its chunks are the blocks, run ``batch_size``
-    rows at a time): the recurrence cannot cross chunks along time. ``lengths`` (rows,) or
-    ``mask`` (rows, seq), host or Dask arrays, travel with the blocks of ``x``. The parameters
-    travel once per call, as one key of the task graph. ``client``: see :func:`fit`.
+    ``x`` (rows, seq, features) is a host NumPy array, cut into blocks of at most
+    ``batch_size`` rows, the same share for every worker (:func:`block_bounds`; block ``i`` on
+    worker ``i mod W``), or a Dask array chunked along the rows only (its chunks are the blocks,
+    run ``batch_size`` rows at a time): the recurrence cannot cross chunks along time.
+    ``lengths`` (rows,) or ``mask`` (rows, seq), host or Dask arrays, travel with the blocks of
+    ``x``. The parameters travel as one key of the task graph, and only when they changed since
+    the last call on this client; each worker keeps the model it built from them, and its
+    workspaces, until other parameters come. ``client``: see :func:`fit`.
 
     Example, on an in-process cluster (pass the client of a real one):
 
@@ -94,25 +97,64 @@ def predict(
     batch_size = positive_int("batch_size", batch_size)
     steps = {k: np.asarray(v) for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
     _check_inputs(model, x, "x", **steps)
-    blocks: Sequence[Any]
-    if isinstance(x, da.Array):
-        blocks = list(x.to_delayed().ravel())
-        stops = np.cumsum(x.chunks[0])
-    else:
-        stops = np.arange(batch_size, x.shape[0] + batch_size, batch_size)
-        blocks = [x[stop - batch_size : stop] for stop in stops]
-    starts = [0, *stops[:-1]]
-    replica = dask.delayed(Replica.of(model), pure=False, traverse=False)
-    tasks = [
-        dask.delayed(predict_block, pure=False)(
-            replica, block, batch_size, {k: v[start:stop] for k, v in steps.items()}
-        )
-        for block, start, stop in zip(blocks, starts, stops, strict=True)
-    ]
     with using(client) as active:
-        check_workers(active, model.backend)
-        outputs = active.gather(active.compute(tasks))
+        workers = check_workers(active, model.backend)
+        replica, token = _replica_on(active, model)
+        places: list[dict[str, Any]]
+        if isinstance(x, da.Array):  # its chunks' tasks place the blocks
+            blocks = list(x.to_delayed().ravel())
+            stops = np.cumsum(x.chunks[0])
+            bounds = list(zip([0, *stops[:-1]], stops, strict=True))
+            places = [{}] * len(blocks)
+        else:  # block i on worker i mod W; else all would go where the replica is
+            bounds = block_bounds(x.shape[0], batch_size, len(workers))
+            blocks = [x[start:stop] for start, stop in bounds]
+            places = [
+                {"workers": [workers[i % len(workers)]], "allow_other_workers": True}
+                for i in range(len(blocks))
+            ]
+        tasks = []
+        for block, (start, stop), place in zip(blocks, bounds, places, strict=True):
+            rows = {k: v[start:stop] for k, v in steps.items()}
+            with dask.annotate(**place):
+                task = dask.delayed(predict_block, pure=False)
+                tasks.append(task(replica, token, block, batch_size, rows))
+        futures = active.compute(tasks)  # one message to the scheduler
+        outputs = active.gather(futures)
     return np.concatenate(outputs)
+
+
+def block_bounds(rows: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """Where each of :func:`predict`'s blocks of a host array starts and stops: blocks of at
+    most ``batch_size`` rows, as many as the fewest such blocks rounded up to a multiple of
+    ``workers`` (at most one a row), sizes differing by at most one (:func:`shard_bounds`):
+    every worker gets the same share, and 256 rows at ``batch_size=256`` on 2 workers are 2
+    blocks of 128, not 1 block that leaves a worker idle."""
+    fewest = -(-rows // batch_size)
+    return shard_bounds(rows, min(rows, -(-fewest // workers) * workers))
+
+
+#: Per client (by id), the replica last placed on its cluster by :func:`predict`, under a key
+#: made of its content: predicting again with an unchanged model sends nothing.
+_PLACED: dict[str, Future] = {}
+#: The states of a future that cannot be used again.
+FAILED = ("cancelled", "error", "lost")
+
+
+def _replica_on(client: Client, model: Model) -> tuple[Future, str]:
+    """The future of ``model``'s :class:`Replica` on ``client``'s cluster, and the hash of its
+    content (description, parameters, backend, device kind, mode): the one placed by an earlier
+    call when that hash is unchanged, else a new one, sent once, replacing the old. A computed
+    task, not scattered data: if its worker dies, the scheduler computes it again."""
+    replica = Replica.of(model)
+    token = dask.base.tokenize(replica)
+    key = f"xplstm-replica-{token}"
+    held = _PLACED.get(client.id)
+    if held is None or held.key != key or held.status in FAILED:
+        for closed in [c for c, f in _PLACED.items() if f.client.status != "running"]:
+            del _PLACED[closed]  # and with it the client
+        held = _PLACED[client.id] = client.compute(dask.delayed(replica, name=key, traverse=False))
+    return held, token
 
 
 # -- fit ------------------------------------------------------------------------------------
@@ -390,6 +432,7 @@ __all__ = [
     "DataParallel",
     "Replica",
     "batch_rows",
+    "block_bounds",
     "client_for",
     "cluster",
     "connect",

@@ -10,6 +10,7 @@ backend, on its first device of the kind the model is on (see :meth:`Replica.bui
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,12 +67,30 @@ def _kind(device: Any) -> str:
     return re.sub(r"\d+", "", str(device))
 
 
+#: Per worker thread, the model :func:`predict_block` last built, and its replica's token.
+_kept = threading.local()
+
+
+def kept(replica: Replica, token: str) -> Model:
+    """On a worker: the model of ``replica``, whose content hashes to ``token``, built once per
+    worker thread and kept until a replica of another token comes (the last one stays, with its
+    memory). Predicting again with an unchanged model reuses it and the workspaces its layers
+    keep: a fresh model's first forward touches fresh memory, a page fault per 4 KiB, and
+    Dask's workers hand freed memory back to the system at once (``MALLOC_TRIM_THRESHOLD_``):
+    at LSTM(64, 256) over 256 x 100 steps, a fresh model's forward took 1.5x the CPU time of a
+    kept one's (docs/distributed.md). One per thread: a layer's workspaces are not shared."""
+    if getattr(_kept, "token", None) != token:
+        _kept.model = None  # free the old model's memory before building the new one
+        _kept.model, _kept.token = replica.build(), token
+    return _kept.model
+
+
 def predict_block(
-    replica: Replica, block: Any, batch_size: int, steps: dict[str, np.ndarray]
+    replica: Replica, token: str, block: Any, batch_size: int, steps: dict[str, np.ndarray]
 ) -> np.ndarray:
     """On a worker: the model's output for ``block`` with its rows' ``lengths`` or ``mask``
-    (``steps``), run ``batch_size`` rows at a time."""
-    return batched.predict(replica.build(), block, batch_size, **steps)
+    (``steps``), run ``batch_size`` rows at a time, on the model :func:`kept` for ``token``."""
+    return batched.predict(kept(replica, token), block, batch_size, **steps)
 
 
 def shard_gradients(
@@ -99,4 +118,4 @@ def _on_model(model: Model, per_row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["Loss", "Replica", "predict_block", "shard_gradients"]
+__all__ = ["Loss", "Replica", "kept", "predict_block", "shard_gradients"]
