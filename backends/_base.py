@@ -52,11 +52,14 @@ class StackPath(Protocol):
     dc_ns)`` take and return what :func:`xplstm.stack.forward` and :func:`xplstm.stack.backward`
     do, less their ``xp`` and ``path`` arguments. ``features`` names what it covers, any of
     ``"bidirectional"``, ``"lengths"``, ``"mask"``, ``"w_proj"`` (a projection), ``"h_drop"``
-    (recurrent dropout), ``"dropout"`` (between layers); a call that uses anything else runs
-    recurrence by recurrence (each on its :class:`FastPath` where it has one).
+    (recurrent dropout), ``"dropout"`` (between layers); ``requires`` names what a call must
+    use for it to run (NumPy's packs the rows of their own lengths: without lengths it has
+    nothing to gain). A call that uses anything else, or not all it requires, runs recurrence
+    by recurrence (each on its :class:`FastPath` where it has one).
     """
 
     features: frozenset[str]
+    requires: frozenset[str]
 
     def forward(
         self, params: Any, plan: Any, x: Any, h0s: Any, c0s: Any
@@ -193,13 +196,14 @@ class Backend:
         return None
 
     def stack_path(
-        self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable]
+        self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable], kernels: Any
     ) -> StackPath | None:
         """A :class:`StackPath` for one layer, or ``None`` when this backend has none.
 
         ``stack`` holds :func:`xplstm.stack.forward` and :func:`xplstm.stack.backward`,
-        ``recurrence`` :func:`xplstm.sequence.forward` and :func:`xplstm.sequence.backward`: a
-        whole-stack path transforms them (JAX compiles the stack into one program) rather
-        than restate them.
+        ``recurrence`` :func:`xplstm.sequence.forward` and :func:`xplstm.sequence.backward`,
+        ``kernels`` the cell's element-wise functions: a whole-stack path transforms them (JAX
+        compiles the stack into one program) rather than restate them; NumPy's, as its
+        :meth:`fast_path`, restates the stack over packed rows and compiles the kernels.
         """
         return None

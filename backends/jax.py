@@ -114,7 +114,7 @@ class JaxBackend(Backend):
         return f"XLA_FLAGS={os.environ['XLA_FLAGS']}, started on {count} of {len(cpus)} CPUs"
 
     def stack_path(
-        self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable]
+        self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable], kernels: Any
     ) -> _JitStack:
         return _jit_stack(stack, recurrence)
 
@@ -181,6 +181,7 @@ class _JitStack:
     scans and the steps between them dispatched one by one."""
 
     features = frozenset({"bidirectional", "lengths", "mask", "w_proj", "h_drop", "dropout"})
+    requires: frozenset[str] = frozenset()
 
     def __init__(self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable]):
         import jax

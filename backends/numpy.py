@@ -26,9 +26,26 @@ class NumPyBackend(Backend):
     def fast_path(self, forward: Callable, backward: Callable, kernels: Any) -> Any:
         """Reused workspaces and a compiled time loop (numba) or one of in-place ufuncs, by
         size: see ``_numpy_fast``. ``$XPLSTM_NUMPY_LOOP`` (auto, compiled, ufuncs) forces one."""
-        from xplstm.backends._numpy_fast import LOOP_ENV, NumPyFastPath
+        from xplstm.backends._numpy_fast import NumPyFastPath
 
-        return NumPyFastPath(kernels, os.environ.get(LOOP_ENV, "auto").strip().lower() or "auto")
+        return NumPyFastPath(kernels, _loop())
+
+    def stack_path(
+        self, stack: tuple[Callable, Callable], recurrence: tuple[Callable, Callable], kernels: Any
+    ) -> Any:
+        """Rows of their own lengths packed, every recurrence over the steps that count (see
+        ``_numpy_stack``); none without numba, or where ``$XPLSTM_NUMPY_LOOP`` forces a loop."""
+        from xplstm.backends._numpy_fast import numba_installed
+        from xplstm.backends._numpy_stack import NumPyStackPath
+
+        return NumPyStackPath(kernels) if numba_installed() and _loop() == "auto" else None
+
+
+def _loop() -> str:
+    """The loop ``$XPLSTM_NUMPY_LOOP`` asks for: "auto" unless set."""
+    from xplstm.backends._numpy_fast import LOOP_ENV
+
+    return os.environ.get(LOOP_ENV, "auto").strip().lower() or "auto"
 
 
 BACKEND = NumPyBackend()

@@ -204,9 +204,9 @@ def paths_of(backend: str) -> list[str]:
     ``"cupy-seam"``: CuPy's fast path with :data:`STAND_IN_CUPY`."""
     from xplstm.paths import fast_path_of, stack_path_of
 
-    if backend == "numpy":
-        return [*numpy_loops(), "written-once", "cupy-seam"]
     whole = ["stack"] if stack_path_of(backends.get(backend)) is not None else []
+    if backend == "numpy":
+        return [*whole, *numpy_loops(), "written-once", "cupy-seam"]
     fast = ["fast"] if fast_path_of(backends.get(backend)) is not None else []
     return [*whole, *fast, "written-once"]
 
@@ -232,9 +232,15 @@ def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
 
 
 def assert_route(layer: xplstm.LSTM, path: str) -> None:
-    """The last forward of ``layer`` went by ``path``."""
-    whole = layer._cache.route is layer._routes._whole
-    assert whole == (path == "stack"), f"the whole-stack path ran: {whole}, for {path}"
+    """The last forward of ``layer`` went by ``path``: with ``"stack"``, the whole-stack path
+    where it covers the call (see ``paths.Routes.choose``), else the default per recurrence."""
+    from xplstm import stack
+
+    cache, whole_path = layer._cache, layer._routes._whole
+    uses = stack.uses(cache.params, cache.plan)
+    covers = whole_path is not None and whole_path.requires <= uses <= whole_path.features
+    whole = cache.route is whole_path
+    assert whole == (path == "stack" and covers), f"the whole-stack path ran: {whole}, for {path}"
     for taken, saved in layer._cache.runs:  # one (fast path or None, cache) per recurrence
         if path == "written-once":
             assert taken is None, "the fast path ran, not the written-once one"

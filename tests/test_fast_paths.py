@@ -30,6 +30,7 @@ from tests.support import (
 from xplstm import backends, cell, sequence
 from xplstm.backends._numpy_fast import LOOP_ENV, NumPyFastPath, numba_installed
 from xplstm.lstm import FAST_PATH_ENV, fast_path_of
+from xplstm.paths import stack_path_of
 
 SHAPES = {
     "small": (3, 5, 4, 6),
@@ -500,3 +501,83 @@ def test_numpy_loops_never_read_held_steps(loop):
     expected["d_w"], found["d_w"] = expected["d_w"][inputs:], found["d_w"][inputs:]
     for name, value in expected.items():
         assert_close(found[name], value, like=value, level="exact", name=name)
+
+
+# -- NumPy's whole-stack path: rows of their own lengths, packed ------------------------------
+#: Layer options the packed stack covers, alone and together.
+STACKS = {
+    "one-layer": {},
+    "2-layers-bidirectional": {"num_layers": 2, "bidirectional": True},
+    "bidirectional-proj": {"bidirectional": True, "proj_size": 2},
+    "3-layers-bi-proj-dropouts": {
+        "num_layers": 3, "bidirectional": True, "proj_size": 3, "dropout": 0.4,
+        "recurrent_dropout": 0.3,
+    },
+    "2-layers-dropout-no-bias": {"num_layers": 2, "dropout": 0.5, "use_bias": False},
+}  # fmt: skip
+
+
+def _numpy_stack_or_skip() -> None:
+    if stack_path_of(backends.get("numpy")) is None:
+        pytest.skip("NumPy's whole-stack path needs numba: pip install 'xplstm[fast]'")
+
+
+def run_stack(layer: xplstm.LSTM, x: np.ndarray, dy: np.ndarray | None, **steps) -> list:
+    """Forward and backward of ``layer`` from set states, the dropout masks drawn anew from one
+    seed: every output, state and gradient, copied."""
+    rng = np.random.default_rng(5)
+    count, out = len(layer.recurrences), layer.output_size
+    h0, c0 = (rng.standard_normal((count, len(x), size)) for size in (out, layer.hidden_size))
+    dh_n, dc_n = (rng.standard_normal(a.shape) for a in (h0, c0))
+    cast = [a.astype(layer.dtype) for a in (h0, c0, dh_n, dc_n)]
+    layer.dropout_seed(1)
+    found = [*layer(x, *cast[:2], **steps), *layer.backward(dy, *cast[2:])]
+    return [np.array(a) for a in [*found, *(p.deltas for p in layer.parameters())]]
+
+
+@pytest.mark.parametrize("dy", [True, False], ids=["dy", "no-dy"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("options", STACKS.values(), ids=STACKS.keys())
+def test_numpy_stack_path_equals_the_written_once_stack(options, dtype, dy):
+    """NumPy's packed stack gives the written-once stack's outputs, states and gradients, with
+    unsorted lengths (a full row, a row of one step), projection and both dropouts."""
+    _numpy_stack_or_skip()
+    from xplstm.backends._numpy_stack import NumPyStackPath
+
+    rng = np.random.default_rng(0)
+    layer = xplstm.LSTM(3, 4, backend="numpy", dtype=dtype, seed=0, **options)
+    x = rng.standard_normal((5, 6, 3)).astype(dtype)
+    width = layer.directions * layer.output_size
+    grad = rng.standard_normal((5, 6, width)).astype(dtype) if dy else None
+    lengths = [4, 6, 1, 3, 6]
+    packed = run_stack(layer, x, grad, lengths=lengths)
+    assert isinstance(layer._cache.route, NumPyStackPath), "the packed stack did not run"
+    layer.fast_path = False
+    expected = run_stack(layer, x, grad, lengths=lengths)
+    assert ran_written_once(layer)
+    assert len(packed) == len(expected)
+    for k, (a, b) in enumerate(zip(packed, expected, strict=True)):
+        assert_close(a, b, like=b, level="ulps", name=f"output {k}")
+
+
+def test_numpy_stack_path_runs_where_it_covers_the_call(monkeypatch):
+    """The packed stack runs for calls with lengths, never without them (no padding to skip),
+    with a mask (nothing to pack), with ``whole_stack = False`` or with a forced NumPy loop."""
+    _numpy_stack_or_skip()
+    from xplstm.backends._numpy_stack import NumPyStackPath
+
+    x = np.ones((3, 4, 2), np.float32)
+    layer = xplstm.LSTM(2, 3, num_layers=2, bidirectional=True, backend="numpy", seed=0)
+
+    def packed(**steps) -> bool:
+        layer.forward(x, **steps)
+        return isinstance(layer._cache.route, NumPyStackPath)
+
+    assert packed(lengths=[4, 1, 2])
+    assert not packed(), "without lengths"
+    assert not packed(lengths=[4, 4, 4]), "every row full: no padding"
+    assert not packed(mask=np.ones((3, 4), bool))
+    layer.whole_stack = False
+    assert not packed(lengths=[4, 1, 2]) and ran_fast(layer), "per recurrence, each fast"
+    monkeypatch.setenv(LOOP_ENV, "ufuncs")
+    assert stack_path_of(backends.get("numpy")) is None

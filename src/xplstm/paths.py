@@ -39,7 +39,7 @@ def stack_path_of(backend: Backend) -> StackPath | None:
     """``backend``'s whole-stack path over the written-once stack and recurrence, or
     ``None``."""
     recurrence = (sequence.forward, sequence.backward)
-    return backend.stack_path((stack.forward, stack.backward), recurrence)
+    return backend.stack_path((stack.forward, stack.backward), recurrence, cell.KERNELS)
 
 
 class Routes:
@@ -60,14 +60,15 @@ class Routes:
         whole: bool,
     ) -> Any:
         """For a stack of ``count`` recurrences on ``backend``: its whole-stack path when
-        ``whole`` and it covers what the call ``uses`` (see :func:`xplstm.stack.uses`), else
-        :class:`PerRecurrence`; no fast path at all unless ``fast`` (see :func:`switched_on`)."""
+        ``whole`` and it covers what the call ``uses`` (see :func:`xplstm.stack.uses`) and the
+        call uses what it requires, else :class:`PerRecurrence`; no fast path at all unless
+        ``fast`` (see :func:`switched_on`)."""
         on = switched_on(fast)
         if on and (self._fast is None or self._fast[0] is not backend):
             self._fast = (backend, [fast_path_of(backend) for _ in range(count)])
             self._whole = stack_path_of(backend)
         stack_path = self._whole if on and whole else None
-        if stack_path is not None and uses <= stack_path.features:
+        if stack_path is not None and stack_path.requires <= uses <= stack_path.features:
             return stack_path
         per = self._fast[1] if on and self._fast else [None] * count
         return PerRecurrence(xp, backend, per)
