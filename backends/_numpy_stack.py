@@ -78,6 +78,9 @@ class NumPyStackPath:
 
         self._step_forward, self._step_backward = _numpy_jit.loops(kernels)[2:]
 
+    def __deepcopy__(self, memo: dict) -> NumPyStackPath:
+        return self  # stateless: compiled functions only, shared by every copy of a layer
+
     def forward(
         self, params: Any, plan: Any, x: np.ndarray, h0s: Any, c0s: Any
     ) -> tuple[np.ndarray, list, list, list]:
