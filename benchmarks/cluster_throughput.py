@@ -1,28 +1,36 @@
 """Throughput of xplstm.distributed against one process, side by side in one run.
 
-    .venv/bin/python benchmarks/cluster_throughput.py                 # hidden 256, 1 and 2 workers
+    .venv/bin/python benchmarks/cluster_throughput.py          # LSTM(64, 256), 1 and 2 workers
     .venv/bin/python benchmarks/cluster_throughput.py --workers 1,2,4 --batch 128
 
 Contenders, each timed in turn in every round (so that a busy machine slows them alike):
 ``local``, the model in this process with one BLAS thread (a Dask worker's setting), and
 ``Dask, N workers``, a LocalCluster of N processes with one thread each, all started before
-the first round. Rows: ``predict`` (sequences per second over ``--rows`` sequences cut into
-blocks of ``--block``) and ``fit step`` (one synchronous step on a global batch of
-``--batch``, one shard per worker: forward, backward, the gradients summed on the driver,
-clipping, Adam). ``round trip`` is a fit step of a model too small to compute anything
-(hidden 4, seq 2, one sequence per worker): the cost of Dask's scheduling and messages alone.
-``1 sequence per worker`` is a fit step at full size with one sequence per worker: the round
-trip plus sending the parameters out and the gradients back.
+the first round. Model: LSTM(``--features``, ``--hidden``), last step, Linear(hidden, 1),
+float32. Rows: ``predict`` (``--rows`` sequences of ``--seq`` steps, ``batch_size=--block``)
+and ``fit step`` (one synchronous step on a global batch of ``--batch``, one shard per
+worker: forward, backward, the gradients summed on the driver, clipping, Adam). ``round
+trip`` is a fit step of a model too small to compute anything (hidden 4, seq 2, one sequence
+per worker): the cost of Dask's scheduling and messages alone. ``1 sequence per worker`` is a
+fit step at full size with one sequence per worker: the round trip plus sending the
+parameters out and the gradients back. Each cell is the median over ``--rounds`` rounds;
+``vs 1 worker`` is the 1-worker cluster's time over this one's (2.0x is ideal for 2).
+
+Then where a predict call's time goes, from Dask's task stream (one more call per cluster,
+after the timed rounds): from the call to the first block's start, the blocks' compute
+summed, and from the last block's end to the call's return.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
+from dask.distributed import get_task_stream
 from threadpoolctl import threadpool_limits
 
 import xplstm
@@ -74,12 +82,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2", help="cluster sizes, comma-separated")
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--features", type=int, default=256)
-    parser.add_argument("--seq", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=64, help="global batch of a fit step")
-    parser.add_argument("--rows", type=int, default=512, help="sequences to predict")
-    parser.add_argument("--block", type=int, default=64, help="sequences per predict task")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--seq", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=256, help="global batch of a fit step")
+    parser.add_argument("--rows", type=int, default=256, help="sequences to predict")
+    parser.add_argument(
+        "--block", type=int, default=distributed.PREDICT_BATCH, help="predict's batch_size"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="fit steps timed per round")
     args = parser.parse_args()
     sizes = [int(n) for n in args.workers.split(",")]
@@ -89,6 +99,7 @@ def main() -> None:
     batch = (x[: args.batch], y[: args.batch])
     tiny_x = x[:, :2]
 
+    load = os.getloadavg()
     clusters = {n: distributed.cluster(workers=n) for n in sizes}
     clients = {n: cm.__enter__() for n, cm in clusters.items()}
     results: dict[str, dict[str, list[float]]] = {}
@@ -124,27 +135,72 @@ def main() -> None:
                         results.setdefault(name, {}).setdefault(row, []).append(
                             seconds(run, repeats)
                         )
+            phases = {n: predict_phases(contenders[f"Dask, {n} workers"]["predict"], c)
+                      for n, c in clients.items()}  # fmt: skip
     finally:
         for cm in clusters.values():
             cm.__exit__(None, None, None)
     report(args, results)
+    report_phases(phases)
+    print(f"load average (1, 5, 15 min): {load} before, {os.getloadavg()} after")
+
+
+def predict_phases(
+    run: Callable[[], object], client: distributed.Client, calls: int = 5
+) -> dict[str, float]:
+    """Where a call of ``run`` (a predict on ``client``) spends its time, in seconds, medians of
+    ``calls`` calls: before the first block starts on a worker, the blocks' compute summed, and
+    after the last block ends."""
+    phases: dict[str, list[float]] = {}
+    for _ in range(calls):
+        with get_task_stream(client) as stream:
+            started = time.time()  # the workers' clock: this machine's
+            run()
+            ended = time.time()
+        spans = [
+            (s["start"], s["stop"])
+            for task in stream.data
+            if str(task["key"]).startswith("predict_block")
+            for s in task["startstops"]
+            if s["action"] == "compute"
+        ]
+        for name, value in {
+            "call": ended - started,
+            "before the first block": min(start for start, _ in spans) - started,
+            "blocks' compute, summed": sum(stop - start for start, stop in spans),
+            "after the last block": ended - max(stop for _, stop in spans),
+            "blocks": len(spans),
+        }.items():
+            phases.setdefault(name, []).append(value)
+    return {name: statistics.median(values) for name, values in phases.items()}
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]]) -> None:
     params = 4 * args.hidden * (args.features + args.hidden + 1) + args.hidden + 1
     print(
-        f"hidden {args.hidden}, features {args.features}, seq {args.seq}, float32: "
-        f"{params} parameters ({params * 4 / 1e6:.2f} MB); medians of {args.rounds} rounds"
+        f"LSTM({args.features}, {args.hidden}), seq {args.seq}, float32: {params} parameters "
+        f"({params * 4 / 1e6:.2f} MB); medians of {args.rounds} rounds"
     )
     local = {row: statistics.median(v) for row, v in results["local"].items()}
-    print(f"| contender | row | ms | sequences/s | vs local |\n|{' --- |' * 5}")
+    one = {row: statistics.median(v) for row, v in results.get("Dask, 1 workers", {}).items()}
+    print(f"| contender | row | ms | sequences/s | vs local | vs 1 worker |\n|{' --- |' * 6}")
     for name, rows in results.items():
         for row, values in rows.items():
             ms = statistics.median(values) * 1e3
             count = {"predict": args.rows, "fit step": args.batch}.get(row)
             rate = f"{count / ms * 1e3:.0f}" if count else ""
             ratio = f"{local[row] * 1e3 / ms:.2f}x" if row in local else ""
-            print(f"| {name} | {row} | {ms:.1f} | {rate} | {ratio} |")
+            scale = f"{one[row] * 1e3 / ms:.2f}x" if row in one and name != "local" else ""
+            print(f"| {name} | {row} | {ms:.1f} | {rate} | {ratio} | {scale} |")
+
+
+def report_phases(phases: dict[int, dict[str, float]]) -> None:
+    print("\none predict call, from the task stream (ms):")
+    names = list(next(iter(phases.values())))
+    print(f"| workers | {' | '.join(names)} |\n|{' --- |' * (len(names) + 1)}")
+    for n, phase in phases.items():
+        cells = [f"{v:.0f}" if k == "blocks" else f"{v * 1e3:.1f}" for k, v in phase.items()]
+        print(f"| {n} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

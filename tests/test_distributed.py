@@ -182,20 +182,26 @@ def test_predict_blocks_give_every_worker_the_same_share():
     assert distributed.block_bounds(7, 256, 1) == [(0, 7)]
 
 
-def test_a_worker_keeps_the_model_of_a_replica_until_another_comes():
-    """Built once per worker thread and token (with the workspaces its layers keep), rebuilt
-    for another token."""
+def test_a_worker_keeps_its_model_and_loads_each_replicas_parameters():
+    """One model per worker thread and description (with the workspaces its layers keep),
+    holding the parameters of the replica it was last given; another description builds
+    another model."""
     from xplstm.replica import kept
 
-    replica = distributed.Replica.of(small_model())
-    first = kept(replica, "a")
-    assert kept(replica, "a") is first
-    assert kept(replica, "b") is not first
+    x = data(4)[0]
+    first, second = small_model(), small_model()
+    second.parameters()[0].values[...] = 0.5
+    model = kept(distributed.Replica.of(first))
+    assert_close(model(x), first(x), like=x, level="exact")
+    replica = distributed.Replica.of(second)
+    assert kept(replica) is model
+    assert_close(model(x), second(x), like=x, level="exact")
     seen = []
-    thread = threading.Thread(target=lambda: seen.append(kept(replica, "b")))
+    thread = threading.Thread(target=lambda: seen.append(kept(replica)))
     thread.start()
     thread.join()
-    assert seen[0] is not kept(replica, "b")  # one per thread: workspaces are not shared
+    assert seen[0] is not model  # one per thread: workspaces serve one call at a time
+    assert kept(distributed.Replica.of(dropout_model())) is not model
 
 
 def test_fit_and_predict_with_the_model_on_each_backend(client, target):

@@ -99,7 +99,7 @@ def predict(
     _check_inputs(model, x, "x", **steps)
     with using(client) as active:
         workers = check_workers(active, model.backend)
-        replica, token = _replica_on(active, model)
+        replica = _replica_on(active, model)
         places: list[dict[str, Any]]
         if isinstance(x, da.Array):  # its chunks' tasks place the blocks
             blocks = list(x.to_delayed().ravel())
@@ -118,7 +118,7 @@ def predict(
             rows = {k: v[start:stop] for k, v in steps.items()}
             with dask.annotate(**place):
                 task = dask.delayed(predict_block, pure=False)
-                tasks.append(task(replica, token, block, batch_size, rows))
+                tasks.append(task(replica, block, batch_size, rows))
         futures = active.compute(tasks)  # one message to the scheduler
         outputs = active.gather(futures)
     return np.concatenate(outputs)
@@ -141,20 +141,19 @@ _PLACED: dict[str, Future] = {}
 FAILED = ("cancelled", "error", "lost")
 
 
-def _replica_on(client: Client, model: Model) -> tuple[Future, str]:
-    """The future of ``model``'s :class:`Replica` on ``client``'s cluster, and the hash of its
-    content (description, parameters, backend, device kind, mode): the one placed by an earlier
-    call when that hash is unchanged, else a new one, sent once, replacing the old. A computed
-    task, not scattered data: if its worker dies, the scheduler computes it again."""
+def _replica_on(client: Client, model: Model) -> Future:
+    """The future of ``model``'s :class:`Replica` on ``client``'s cluster: the one placed by an
+    earlier call when the hash of its content (description, parameters, backend, device kind,
+    mode) is unchanged, else a new one, sent once, replacing the old. A computed task, not
+    scattered data: if its worker dies, the scheduler computes it again."""
     replica = Replica.of(model)
-    token = dask.base.tokenize(replica)
-    key = f"xplstm-replica-{token}"
+    key = f"xplstm-replica-{dask.base.tokenize(replica)}"
     held = _PLACED.get(client.id)
     if held is None or held.key != key or held.status in FAILED:
         for closed in [c for c, f in _PLACED.items() if f.client.status != "running"]:
             del _PLACED[closed]  # and with it the client
         held = _PLACED[client.id] = client.compute(dask.delayed(replica, name=key, traverse=False))
-    return held, token
+    return held
 
 
 # -- fit ------------------------------------------------------------------------------------

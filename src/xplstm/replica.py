@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,30 +68,40 @@ def _kind(device: Any) -> str:
     return re.sub(r"\d+", "", str(device))
 
 
-#: Per worker thread, the model :func:`predict_block` last built, and its replica's token.
+#: Per worker thread: the model :func:`kept` last built, what it was built from, and the replica
+#: whose parameters it holds.
 _kept = threading.local()
 
 
-def kept(replica: Replica, token: str) -> Model:
-    """On a worker: the model of ``replica``, whose content hashes to ``token``, built once per
-    worker thread and kept until a replica of another token comes (the last one stays, with its
-    memory). Predicting again with an unchanged model reuses it and the workspaces its layers
-    keep: a fresh model's first forward touches fresh memory, a page fault per 4 KiB, and
-    Dask's workers hand freed memory back to the system at once (``MALLOC_TRIM_THRESHOLD_``):
-    at LSTM(64, 256) over 256 x 100 steps, a fresh model's forward took 1.5x the CPU time of a
-    kept one's (docs/distributed.md). One per thread: a layer's workspaces are not shared."""
-    if getattr(_kept, "token", None) != token:
+def kept(replica: Replica) -> Model:
+    """On a worker: a model of ``replica``'s description, built once per worker thread and kept
+    while the description (and backend, device kind) stays the same, with ``replica``'s
+    parameters (loaded again only when another replica comes: a fit step's, or a predict's of
+    changed parameters). So the workspaces its layers keep are reused from task to task: a
+    fresh model's first forward touches fresh memory, a page fault per 4 KiB, and Dask's
+    workers hand freed memory back to the system at once (``MALLOC_TRIM_THRESHOLD_``); at
+    LSTM(64, 256) over 256 x 100 steps a fresh model's forward took 1.5x the CPU time of a kept
+    one's (docs/distributed.md). One model per thread (a layer's workspaces serve one call at a
+    time); the last one stays, with its memory, until the thread gets another description."""
+    built_from = (replica.description, replica.backend, replica.device_kind)
+    if getattr(_kept, "built_from", None) != built_from:
         _kept.model = None  # free the old model's memory before building the new one
-        _kept.model, _kept.token = replica.build(), token
+        _kept.model, _kept.built_from = replica.build(), built_from
+    elif _kept.holds() is not replica:
+        layers = _kept.model.layers if isinstance(_kept.model, Sequential) else [_kept.model]
+        for index, layer in enumerate(layers):
+            for name, param in layer.named_parameters() if layer.parameters() else ():
+                param.values = batched.on_model(layer, replica.arrays[f"layers.{index}.{name}"])
+    _kept.holds = weakref.ref(replica)
     return _kept.model
 
 
 def predict_block(
-    replica: Replica, token: str, block: Any, batch_size: int, steps: dict[str, np.ndarray]
+    replica: Replica, block: Any, batch_size: int, steps: dict[str, np.ndarray]
 ) -> np.ndarray:
     """On a worker: the model's output for ``block`` with its rows' ``lengths`` or ``mask``
-    (``steps``), run ``batch_size`` rows at a time, on the model :func:`kept` for ``token``."""
-    return batched.predict(kept(replica, token), block, batch_size, **steps)
+    (``steps``), run ``batch_size`` rows at a time, on the model :func:`kept` for ``replica``."""
+    return batched.predict(kept(replica), block, batch_size, **steps)
 
 
 def shard_gradients(
@@ -99,7 +110,7 @@ def shard_gradients(
     """On a worker: the loss of one shard (with its rows' ``lengths`` or ``mask`` in
     ``per_row``) and its parameter gradients, on the host. Dropout masks (in training mode) are
     drawn from ``dropout_seed``, so a recomputed shard draws the same ones."""
-    model = replica.build()
+    model = kept(replica)
     for layer in model.layers if isinstance(model, Sequential) else [model]:
         if hasattr(layer, "dropout_seed"):
             layer.train(replica.training)
@@ -107,6 +118,7 @@ def shard_gradients(
     prediction = batched.output(model(batched.on_model(model, x), **_on_model(model, per_row)))
     value, d_prediction = loss(prediction, batched.on_model(model, y))
     model.backward(d_prediction)
+    # Each backward replaces deltas (Weights): the next shard's on the kept model leaves these be.
     return float(value), [to_numpy(param.deltas) for param in model.parameters()]
 
 
