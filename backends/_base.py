@@ -54,12 +54,15 @@ class StackPath(Protocol):
     ``"bidirectional"``, ``"lengths"``, ``"mask"``, ``"w_proj"`` (a projection), ``"h_drop"``
     (recurrent dropout), ``"dropout"`` (between layers); ``requires`` names what a call must
     use for it to run (NumPy's packs the rows of their own lengths: without lengths it has
-    nothing to gain). A call that uses anything else, or not all it requires, runs recurrence
-    by recurrence (each on its :class:`FastPath` where it has one).
+    nothing to gain), and ``fits(batch, hidden)`` says whether it is the faster route at that
+    size. A call that uses anything else, or not all it requires, or does not fit, runs
+    recurrence by recurrence (each on its :class:`FastPath` where it has one).
     """
 
     features: frozenset[str]
     requires: frozenset[str]
+
+    def fits(self, batch: int, hidden: int) -> bool: ...
 
     def forward(
         self, params: Any, plan: Any, x: Any, h0s: Any, c0s: Any

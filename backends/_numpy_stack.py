@@ -18,7 +18,9 @@ to torch's ``pack_padded_sequence``.
 It covers calls with lengths (it ``requires`` them: without, there is no padding to skip and
 NumPy's per-recurrence loops are tuned for that case), bidirectional or not, any number of
 layers, projection, recurrent dropout and dropout between layers; not masks (any pattern:
-nothing to pack).
+nothing to pack). It ``fits`` steps of at least ``PACKED_MIN_CELLS`` rows times hidden units
+(and more than ``COMPILED_MAX_BATCH`` rows): below, NumPy's per-recurrence compiled loop, one
+call a recurrence, beats two calls a step even over the padding.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from xplstm.backends._numpy_fast import COMPILED_MAX_BATCH
+
+#: The fewest batch rows times hidden units a step for which the packed stack runs. Measured
+#: (forward+backward, float32, one thread, lengths seq/2..seq, packed / per recurrence): 2.0 at
+#: (B,T,I,H) = (2,100,32,32), 1.7 at (4,100,16,32), 1.2 at (8,100,32,32) 2 layers
+#: bidirectional, 1.18 at (16,100,16,16), 1.08 at (12,100,32,32), 1.07 at (16,100,32,32);
+#: 0.93 at (12,100,32,64), 0.91 at (8,100,32,128), 0.85 at (16,100,32,64) and (32,100,32,32),
+#: 0.79 at (16,100,32,128) 2 layers bidirectional.
+PACKED_MIN_CELLS = 768
 
 
 class Packing(NamedTuple):
@@ -68,15 +80,21 @@ def packing(lengths: np.ndarray, seq: int) -> Packing:
 class NumPyStackPath:
     """The stack over packed rows (see the module docstring): ``forward`` and ``backward``
     with the signatures of ``xplstm.stack.forward`` and ``backward`` less ``xp`` and
-    ``path``."""
+    ``path``. ``every_size`` runs it at every size (tests run it on small problems)."""
 
     features = frozenset({"bidirectional", "lengths", "w_proj", "h_drop", "dropout"})
     requires = frozenset({"lengths"})
 
-    def __init__(self, kernels: Any) -> None:
+    def __init__(self, kernels: Any, every_size: bool = False) -> None:
         from xplstm.backends import _numpy_jit
 
         self._step_forward, self._step_backward = _numpy_jit.loops(kernels)[2:]
+        self.every_size = every_size  # for tests: small batches too
+
+    def fits(self, batch: int, hidden: int) -> bool:
+        """Steps large enough for the packed stack (see ``PACKED_MIN_CELLS``)."""
+        large = batch > COMPILED_MAX_BATCH and batch * hidden >= PACKED_MIN_CELLS
+        return self.every_size or large
 
     def __deepcopy__(self, memo: dict) -> NumPyStackPath:
         return self  # stateless: compiled functions only, shared by every copy of a layer

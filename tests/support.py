@@ -222,6 +222,13 @@ def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
     if path in numpy_loops():  # what $XPLSTM_NUMPY_LOOP=path would have made
         paths = [NumPyFastPath(cell.KERNELS, loop=path) for _ in layer.recurrences]
         layer._routes._fast = (layer._backend, paths)
+    if path == "stack" and layer._backend.name == "numpy":  # packed at every size, tests' too
+        from xplstm.backends._numpy_stack import NumPyStackPath
+        from xplstm.paths import fast_path_of
+
+        per = [fast_path_of(layer._backend) for _ in layer.recurrences]
+        layer._routes._fast = (layer._backend, per)
+        layer._routes._whole = NumPyStackPath(cell.KERNELS, every_size=True)
     if path == "cupy-seam":  # what LSTM._fast_path() would have made on CuPy
         paths = [
             CuPyFastPath(STAND_IN_CUPY, layer.xp, sequence.forward, sequence.backward, cell.KERNELS)
@@ -234,11 +241,11 @@ def on_path(layer: xplstm.LSTM, path: str) -> xplstm.LSTM:
 def assert_route(layer: xplstm.LSTM, path: str) -> None:
     """The last forward of ``layer`` went by ``path``: with ``"stack"``, the whole-stack path
     where it covers the call (see ``paths.Routes.choose``), else the default per recurrence."""
-    from xplstm import stack
+    from xplstm import paths, stack
 
     cache, whole_path = layer._cache, layer._routes._whole
-    uses = stack.uses(cache.params, cache.plan)
-    covers = whole_path is not None and whole_path.requires <= uses <= whole_path.features
+    uses, size = stack.uses(cache.params, cache.plan), (cache.batch, layer.hidden_size)
+    covers = whole_path is not None and paths.covers(whole_path, uses, size)
     whole = cache.route is whole_path
     assert whole == (path == "stack" and covers), f"the whole-stack path ran: {whole}, for {path}"
     for taken, saved in layer._cache.runs:  # one (fast path or None, cache) per recurrence

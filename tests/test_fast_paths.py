@@ -25,6 +25,7 @@ from tests.support import (
     forward_backward,
     layer_for,
     numpy_loops,
+    on_path,
     random_problem,
 )
 from xplstm import backends, cell, sequence
@@ -545,7 +546,7 @@ def test_numpy_stack_path_equals_the_written_once_stack(options, dtype, dy):
     from xplstm.backends._numpy_stack import NumPyStackPath
 
     rng = np.random.default_rng(0)
-    layer = xplstm.LSTM(3, 4, backend="numpy", dtype=dtype, seed=0, **options)
+    layer = on_path(xplstm.LSTM(3, 4, backend="numpy", dtype=dtype, seed=0, **options), "stack")
     x = rng.standard_normal((5, 6, 3)).astype(dtype)
     width = layer.directions * layer.output_size
     grad = rng.standard_normal((5, 6, width)).astype(dtype) if dy else None
@@ -561,23 +562,27 @@ def test_numpy_stack_path_equals_the_written_once_stack(options, dtype, dy):
 
 
 def test_numpy_stack_path_runs_where_it_covers_the_call(monkeypatch):
-    """The packed stack runs for calls with lengths, never without them (no padding to skip),
-    with a mask (nothing to pack), with ``whole_stack = False`` or with a forced NumPy loop."""
+    """The packed stack runs for calls with lengths, with steps of at least PACKED_MIN_CELLS
+    rows times hidden units; never without lengths (no padding to skip), with a mask (nothing
+    to pack), on smaller steps, with ``whole_stack = False`` or with a forced NumPy loop."""
     _numpy_stack_or_skip()
-    from xplstm.backends._numpy_stack import NumPyStackPath
+    from xplstm.backends._numpy_stack import PACKED_MIN_CELLS, NumPyStackPath
 
-    x = np.ones((3, 4, 2), np.float32)
-    layer = xplstm.LSTM(2, 3, num_layers=2, bidirectional=True, backend="numpy", seed=0)
+    batch, hidden = 4, PACKED_MIN_CELLS // 4
+    lengths = [4, 1, 2, 3]
+    x = np.ones((batch, 4, 2), np.float32)
+    layer = xplstm.LSTM(2, hidden, num_layers=2, bidirectional=True, backend="numpy", seed=0)
 
-    def packed(**steps) -> bool:
+    def packed(x: np.ndarray = x, **steps) -> bool:
         layer.forward(x, **steps)
         return isinstance(layer._cache.route, NumPyStackPath)
 
-    assert packed(lengths=[4, 1, 2])
+    assert packed(lengths=lengths)
     assert not packed(), "without lengths"
-    assert not packed(lengths=[4, 4, 4]), "every row full: no padding"
-    assert not packed(mask=np.ones((3, 4), bool))
+    assert not packed(lengths=[4] * batch), "every row full: no padding"
+    assert not packed(mask=np.ones((batch, 4), bool))
+    assert not packed(x[:-1], lengths=lengths[:-1]), "steps too small"
     layer.whole_stack = False
-    assert not packed(lengths=[4, 1, 2]) and ran_fast(layer), "per recurrence, each fast"
+    assert not packed(lengths=lengths) and ran_fast(layer), "per recurrence, each fast"
     monkeypatch.setenv(LOOP_ENV, "ufuncs")
     assert stack_path_of(backends.get("numpy")) is None

@@ -282,7 +282,7 @@ class LSTM(Layer, TrainingMode, interop.Interop):
         params = [r.params(no_bias) for r in self.recurrences]
         route = self._routes.choose(
             self.xp, self._backend, len(params), stack.uses(params, plan),
-            fast=self.fast_path, whole=self.whole_stack,
+            (batch, self.hidden_size), fast=self.fast_path, whole=self.whole_stack,
         )  # fmt: skip
         y, h_n, c_n, saved = route.forward(params, plan, x, h0s, c0s)
         taken = getattr(route, "taken", [route] * len(params))

@@ -55,23 +55,31 @@ class Routes:
         backend: Backend,
         count: int,
         uses: frozenset[str],
+        size: tuple[int, int],
         *,
         fast: bool,
         whole: bool,
     ) -> Any:
         """For a stack of ``count`` recurrences on ``backend``: its whole-stack path when
-        ``whole`` and it covers what the call ``uses`` (see :func:`xplstm.stack.uses`) and the
-        call uses what it requires, else :class:`PerRecurrence`; no fast path at all unless
-        ``fast`` (see :func:`switched_on`)."""
+        ``whole``, it covers what the call ``uses`` (see :func:`xplstm.stack.uses`), the call
+        uses what it requires and it fits the call's ``size`` (batch, hidden), else
+        :class:`PerRecurrence`; no fast path at all unless ``fast`` (see
+        :func:`switched_on`)."""
         on = switched_on(fast)
         if on and (self._fast is None or self._fast[0] is not backend):
             self._fast = (backend, [fast_path_of(backend) for _ in range(count)])
             self._whole = stack_path_of(backend)
         stack_path = self._whole if on and whole else None
-        if stack_path is not None and stack_path.requires <= uses <= stack_path.features:
+        if stack_path is not None and covers(stack_path, uses, size):
             return stack_path
         per = self._fast[1] if on and self._fast else [None] * count
         return PerRecurrence(xp, backend, per)
+
+
+def covers(stack_path: StackPath, uses: frozenset[str], size: tuple[int, int]) -> bool:
+    """Whether ``stack_path`` runs a call that ``uses`` these features at this (batch,
+    hidden) ``size``."""
+    return stack_path.requires <= uses <= stack_path.features and stack_path.fits(*size)
 
 
 class PerRecurrence:
