@@ -16,9 +16,11 @@ fit step at full size with one sequence per worker: the round trip plus sending 
 parameters out and the gradients back. Each cell is the median over ``--rounds`` rounds;
 ``vs 1 worker`` is the 1-worker cluster's time over this one's (2.0x is ideal for 2).
 
-Then where a predict call's time goes, from Dask's task stream (one more call per cluster,
-after the timed rounds): from the call to the first block's start, the blocks' compute
-summed, and from the last block's end to the call's return.
+Then where a predict call's time goes (five more calls per cluster, after the timed rounds),
+from Dask's task stream: from the call to the first block's start, the blocks' compute
+summed, and from the last block's end to the call's return; and from the CPU clocks, which a
+busy machine does not inflate as it does wall time: the CPU time of the driver's process
+(with a LocalCluster's scheduler) and of the workers' processes, against the local predict's.
 """
 
 from __future__ import annotations
@@ -137,11 +139,12 @@ def main() -> None:
                         )
             phases = {n: predict_phases(contenders[f"Dask, {n} workers"]["predict"], c)
                       for n, c in clients.items()}  # fmt: skip
+            local_cpu = cpu_seconds(contenders["local"]["predict"])
     finally:
         for cm in clusters.values():
             cm.__exit__(None, None, None)
     report(args, results)
-    report_phases(phases)
+    report_phases(phases, local_cpu)
     print(f"load average (1, 5, 15 min): {load} before, {os.getloadavg()} after")
 
 
@@ -149,14 +152,18 @@ def predict_phases(
     run: Callable[[], object], client: distributed.Client, calls: int = 5
 ) -> dict[str, float]:
     """Where a call of ``run`` (a predict on ``client``) spends its time, in seconds, medians of
-    ``calls`` calls: before the first block starts on a worker, the blocks' compute summed, and
-    after the last block ends."""
+    ``calls`` calls: wall time before the first block starts on a worker, the blocks' compute
+    summed, and after the last block ends; and CPU time (which other processes on a busy
+    machine do not inflate as they do wall time) of this process (the driver, and a
+    LocalCluster's scheduler) and of the workers' processes, summed."""
     phases: dict[str, list[float]] = {}
     for _ in range(calls):
+        workers_before = client.run(time.process_time)
         with get_task_stream(client) as stream:
-            started = time.time()  # the workers' clock: this machine's
+            driver, started = time.process_time(), time.time()  # time(): the workers' clock
             run()
-            ended = time.time()
+            ended, driver = time.time(), time.process_time() - driver
+        workers = client.run(time.process_time)
         spans = [
             (s["start"], s["stop"])
             for task in stream.data
@@ -169,10 +176,22 @@ def predict_phases(
             "before the first block": min(start for start, _ in spans) - started,
             "blocks' compute, summed": sum(stop - start for start, stop in spans),
             "after the last block": ended - max(stop for _, stop in spans),
+            "CPU: driver": driver,
+            "CPU: workers": sum(workers[w] - workers_before[w] for w in workers),
             "blocks": len(spans),
         }.items():
             phases.setdefault(name, []).append(value)
     return {name: statistics.median(values) for name, values in phases.items()}
+
+
+def cpu_seconds(run: Callable[[], object], calls: int = 5) -> float:
+    """The median CPU time of this process over ``calls`` calls of ``run``."""
+    times = []
+    for _ in range(calls):
+        started = time.process_time()
+        run()
+        times.append(time.process_time() - started)
+    return statistics.median(times)
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]]) -> None:
@@ -194,8 +213,9 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]])
             print(f"| {name} | {row} | {ms:.1f} | {rate} | {ratio} | {scale} |")
 
 
-def report_phases(phases: dict[int, dict[str, float]]) -> None:
-    print("\none predict call, from the task stream (ms):")
+def report_phases(phases: dict[int, dict[str, float]], local_cpu: float) -> None:
+    print(f"\na predict call, from the task stream and CPU clocks (ms, medians of 5 calls; local: "
+          f"{local_cpu * 1e3:.1f} ms of CPU):")  # fmt: skip
     names = list(next(iter(phases.values())))
     print(f"| workers | {' | '.join(names)} |\n|{' --- |' * (len(names) + 1)}")
     for n, phase in phases.items():
