@@ -79,8 +79,8 @@ def predict(
     run ``batch_size`` rows at a time): the recurrence cannot cross chunks along time.
     ``lengths`` (rows,) or ``mask`` (rows, seq), host or Dask arrays, travel with the blocks of
     ``x``. The parameters travel as one key of the task graph, and only when they changed since
-    the last call on this client; each worker keeps the model it built from them, and its
-    workspaces, until other parameters come. ``client``: see :func:`fit`.
+    the last call on this client; each worker thread keeps the model it built, with its
+    workspaces, and loads other parameters into it when they come. ``client``: see :func:`fit`.
 
     Example, on an in-process cluster (pass the client of a real one):
 
@@ -138,7 +138,7 @@ def block_bounds(rows: int, batch_size: int, workers: int) -> list[tuple[int, in
 #: made of its content: predicting again with an unchanged model sends nothing.
 _PLACED: dict[str, Future] = {}
 #: The states of a future that cannot be used again.
-FAILED = ("cancelled", "error", "lost")
+_FAILED = ("cancelled", "error", "lost")
 
 
 def _replica_on(client: Client, model: Model) -> Future:
@@ -149,7 +149,7 @@ def _replica_on(client: Client, model: Model) -> Future:
     replica = Replica.of(model)
     key = f"xplstm-replica-{dask.base.tokenize(replica)}"
     held = _PLACED.get(client.id)
-    if held is None or held.key != key or held.status in FAILED:
+    if held is None or held.key != key or held.status in _FAILED:
         for closed in [c for c, f in _PLACED.items() if f.client.status != "running"]:
             del _PLACED[closed]  # and with it the client
         held = _PLACED[client.id] = client.compute(dask.delayed(replica, name=key, traverse=False))
