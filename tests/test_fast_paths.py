@@ -297,6 +297,28 @@ def test_compiled_products_match_numpy(dtype):
         assert_close(found, d @ w.T, like=z, level="ulps", name=f"d @ w.T, {d.shape}")
 
 
+@pytest.mark.parametrize("loop", ["compiled", "blas"])
+def test_compiled_backward_flushes_subnormals_inside_only(loop):
+    """The compiled backward treats subnormal gradients as 0 (they are 10-100x slower on x86
+    and reach a long sequence's early steps), and leaves the processor as it found it: NumPy
+    still computes subnormals after the call."""
+    _compiled_or_skip()
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the flush is x86-64's MXCSR flags")
+    p = recurrence_problem(set(), "float32")
+    subnormal = np.float32(1e-39)
+    p["dh_n"] = np.full_like(p["dh_n"], subnormal)
+    p["dc_n"] = np.zeros_like(p["dc_n"])
+    found = run_recurrence(*numpy_loop_path(loop), p, dy=False)
+    # Bit patterns, not comparisons: a leaked flush would read subnormals as 0 in them too.
+    after = np.array([subnormal]) * np.float32(1.0)
+    assert after.view(np.int32)[0] != 0, "the flush leaked out of the loop"
+    for name in ("d_b", "dh0"):
+        assert not np.abs(found[name]).view(np.int32).any(), f"subnormal {name} went through"
+
+
 def test_compiled_kernels_compute_in_the_arrays_precision():
     """The cell's kernels, compiled, return float32 for float32 units and float64 for float64:
     their literals (``1.0 - i``) are typed like their arguments, so float32 work is not done in
