@@ -74,7 +74,12 @@ class _Workspace:
         lead = (seq, batch) if time_major else (batch, seq)
         self.gates = np.empty((*lead, 4 * hidden), dtype)
         self.cells = np.empty((*lead, hidden), dtype)
-        self.dz = np.empty((*lead, 4 * hidden), dtype)
+        # The gradients of the pre-activations. The compiled loops write a step's over its
+        # gates, which the backward reads there only: 4·B·T·H values fewer, and ``spent`` says
+        # so (a second backward makes the gates again first). The ufunc loop forms the
+        # factors of every step at once, so it needs its own.
+        self.dz = self.gates if time_major else np.empty((*lead, 4 * hidden), dtype)
+        self.spent = False
         # The ufunc loop's backward factors, then h_0 .. h_{T-1}; the compiled loops need neither.
         self.a = None if time_major else np.empty((*lead, hidden), dtype)
         self.z_h = np.empty((batch, 4 * hidden), dtype)
@@ -108,9 +113,11 @@ class _Workspace:
     def __deepcopy__(self, memo: dict) -> _Workspace:
         # The per-step views must view the copy's buffers, not be copies of their own.
         copied = _Workspace(*self.key)
-        for name in ("gates", "cells", "dz", "a", "z_h", "tmp"):
+        own_dz = ("dz",) if self.dz is not self.gates else ()
+        for name in ("gates", "cells", "a", "z_h", "tmp", *own_dz):
             if getattr(self, name) is not None:
                 getattr(copied, name)[...] = getattr(self, name)
+        copied.spent = self.spent
         memo[id(self)] = copied
         return copied
 
@@ -189,13 +196,30 @@ class NumPyFastPath:
         held = None if keep is None else ~np.asarray(keep, bool).reshape(seq, batch)
         given = Optional(held, w_proj, h_drop)
         if time_major:
-            _project(ws, x_rows, w[:inputs], b)
-            run = _compiled_forward if loop == "compiled" else _blas_forward
-            y, h, c = run(self._kernels, ws, w[inputs:], h0, c0, given)
+            y, h, c = self._time_major_forward(loop, ws, w, b, x_rows, h0, c0, given)
         else:
             y = np.empty((batch, seq, h0.shape[1]), w.dtype)
             h, c = _ufunc_forward(ws, w, b, x_rows, h0, c0, y, given)
-        return y, h, c, (x_rows, h0, c0, y, ws, given, loop)
+        return y, h, c, (x_rows, b, h0, c0, y, ws, given, loop)
+
+    def _time_major_forward(
+        self,
+        loop: str,
+        ws: _Workspace,
+        w: np.ndarray,
+        b: np.ndarray,
+        x_rows: np.ndarray,
+        h0: np.ndarray,
+        c0: np.ndarray,
+        given: Optional,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The compiled or BLAS loop forward, into ``ws``: returns ``(y, h_T, c_T)``."""
+        inputs = x_rows.shape[1]
+        _project(ws, x_rows, w[:inputs], b)
+        run = _compiled_forward if loop == "compiled" else _blas_forward
+        found = run(self._kernels, ws, w[inputs:], h0, c0, given)
+        ws.spent = False
+        return found
 
     def backward(
         self,
@@ -206,18 +230,23 @@ class NumPyFastPath:
         dc_n: np.ndarray,
         w_proj: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        x_rows, h0, c0, y, ws, given, loop = cache
+        x_rows, b, h0, c0, y, ws, given, loop = cache
         batch, seq, hidden, _, _ = ws.key
         inputs, out = x_rows.shape[1], h0.shape[1]
+        if ws.spent:  # a backward of this forward wrote its gradients over the gates
+            self._time_major_forward(loop, ws, w, b, x_rows, h0, c0, given)
         given = given._replace(w_proj=w_proj)
         # With a projection: the gradient reaching each projected h_t, for d_proj (the loops
-        # may leave held steps as they are: zeros here, and d_proj never reads them).
+        # may leave held steps as they are: zeros here, and d_proj never reads them) ...
         dh_out = None if w_proj is None else np.zeros((seq, batch, out), w.dtype)
+        # ... and h_t before it, while the gates hold o_t.
+        unprojected = None if w_proj is None else _unprojected(ws, given.held)
         if loop == "ufuncs":
             dh, dc = _ufunc_backward(ws, w[inputs:], c0, dy, dh_n, dc_n, given, dh_out)
         else:
             run = _compiled_backward if loop == "compiled" else _blas_backward
             dh, dc = run(self._kernels, ws, w[inputs:], c0, dy, dh_n, dc_n, given, dh_out)
+            ws.spent = True
         # The products over all steps at once: the weight gradients and dx.
         dz_flat = ws.dz.reshape(batch * seq, 4 * hidden)
         d_w = np.empty_like(w)
@@ -239,7 +268,9 @@ class NumPyFastPath:
                 steps *= given.h_drop
             np.matmul(h_prev.reshape(batch * seq, out).T, dz_flat, out=d_w[inputs:])
         dx = (dz_flat @ w[:inputs].T).reshape((*ws.dz.shape[:2], inputs))
-        d_proj = None if w_proj is None else _projection_gradient(ws, given.held, dh_out)
+        d_proj = None
+        if unprojected is not None:  # the sum over steps of (o_t tanh c_t)^T dh_t
+            d_proj = unprojected.T @ dh_out.reshape(unprojected.shape[0], out)
         return ws.steps(dx).swapaxes(0, 1), dh, dc, d_w, dz_flat.sum(axis=0), d_proj
 
 
@@ -252,16 +283,15 @@ class Optional(NamedTuple):
     h_drop: np.ndarray | None
 
 
-def _projection_gradient(ws: _Workspace, held: Any, dh_out: np.ndarray) -> np.ndarray:
-    """d_proj = sum over kept steps of (o_t tanh c_t)^T dh_t, ``dh_out`` (seq, batch, proj)
-    time-major; a held step's gates are never read (selected away, not multiplied by 0)."""
+def _unprojected(ws: _Workspace, held: Any) -> np.ndarray:
+    """o_t tanh(c_t), the h_t before projection, of every step: (seq * batch, hidden), rows
+    time-major; 0 at held steps (selected: their gates are never read)."""
     hidden = ws.cells.shape[-1]
     unprojected = np.tanh(ws.steps(ws.cells))
     unprojected *= ws.steps(ws.gates)[..., 2 * hidden : 3 * hidden]
     if held is not None:
         np.copyto(unprojected, 0, where=held[..., None])
-    flat = unprojected.reshape(-1, hidden)
-    return flat.T @ dh_out.reshape(flat.shape[0], -1)
+    return unprojected.reshape(-1, hidden)
 
 
 def _project(ws: _Workspace, x_rows: np.ndarray, w_x: np.ndarray, b: np.ndarray) -> None:
@@ -311,8 +341,8 @@ def _compiled_backward(
     given: Optional,
     dh_out: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The compiled loop back: fills ``ws.dz`` (and ``dh_out`` with a projection), returns
-    ``(dh0, dc0)``."""
+    """The compiled loop back: fills ``ws.dz`` (the gates themselves, see ``_Workspace``; and
+    ``dh_out`` with a projection), returns ``(dh0, dc0)``."""
     from xplstm.backends import _numpy_jit
 
     backward_loop = _numpy_jit.loops(kernels)[1]
@@ -373,8 +403,8 @@ def _blas_backward(
     given: Optional,
     dh_out: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The BLAS loop back: fills ``ws.dz`` (and ``dh_out`` with a projection), returns
-    ``(dh0, dc0)``."""
+    """The BLAS loop back: fills ``ws.dz`` (the gates themselves, see ``_Workspace``; and
+    ``dh_out`` with a projection), returns ``(dh0, dc0)``."""
     from xplstm.backends import _numpy_jit
 
     backward_step = _numpy_jit.loops(kernels)[3]

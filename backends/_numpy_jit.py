@@ -488,15 +488,17 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
         enter as those of h_T, c_T and leave as those of h0, c0. ``dy`` (T,B,P) is added to
         ``dh`` at each step when ``has_dy``; with a projection ``dh_out`` (T,B,P) receives the
         gradient reaching each projected h_t (held steps are left as they are). The optional
-        inputs as in ``forward_loop``."""
+        inputs as in ``forward_loop``. ``dz`` may be ``gates`` itself: a step's gradients are
+        made in a buffer of their own (LLVM leaves a loop that writes the array it reads
+        scalar) and written over its gates once the step has read them."""
         seq, batch, four_h = gates.shape
         hidden, out = four_h // 4, dh.shape[1]
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
             return
         projected, dh_prev = np.empty(hidden, gates.dtype), np.empty((batch, out), gates.dtype)
+        d_t = np.empty((batch, four_h), gates.dtype)
         saved = _flush_subnormals()
         for t in range(seq - 1, -1, -1):
-            d_t = dz[t]
             for b in range(batch):
                 d, dh_b = d_t[b], dh[b]
                 if has_dy:
@@ -518,6 +520,9 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
                 _backward_row(d, gates[t, b], cells[t, b], c_prev, dh_cell, dc[b])
             _product_transposed(dh_prev, d_t, w_h)  # dh_{t-1} = dz_t @ W_h.T
             for b in range(batch):
+                d, dz_b = d_t[b], dz[t, b]
+                for j in range(four_h):
+                    dz_b[j] = d[j]
                 if has_held and held[t, b]:  # dh and dc pass on as they are
                     continue
                 dh_b, dh_prev_b, drop_b = dh[b], dh_prev[b], drop[b if has_drop else 0]
@@ -551,18 +556,22 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
     def backward_step(dz_t, gates_t, cells_t, c_prev, dh, dc, held_t, has_held):
         """One step's element-wise work back, in place: fills ``dz_t`` (B,4H) (0 in rows that
         ``held_t`` holds) from ``dh`` (B,H), the gradient reaching o_t tanh(c_t), and ``dc``
-        (B,H), which leaves as dc_{t-1} (unchanged in held rows)."""
+        (B,H), which leaves as dc_{t-1} (unchanged in held rows). ``dz_t`` may be ``gates_t``
+        itself (as in ``backward_loop``, each row is made in a buffer first)."""
         batch, four_h = gates_t.shape
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
             return
+        d = np.empty(four_h, gates_t.dtype)
         saved = _flush_subnormals()
         for b in range(batch):
-            d = dz_t[b]
+            dz_b = dz_t[b]
             if has_held and held_t[b]:
                 for j in range(four_h):
-                    d[j] = 0
+                    dz_b[j] = 0
                 continue
             _backward_row(d, gates_t[b], cells_t[b], c_prev[b], dh[b], dc[b])
+            for j in range(four_h):
+                dz_b[j] = d[j]
         _restore_subnormals(saved)
 
     return forward_loop, backward_loop, forward_step, backward_step

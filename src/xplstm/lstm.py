@@ -284,6 +284,7 @@ class LSTM(Layer, TrainingMode, interop.Interop):
             self.xp, self._backend, len(params), stack.uses(params, plan),
             (batch, self.hidden_size), fast=self.fast_path, whole=self.whole_stack,
         )  # fmt: skip
+        self._cache = None  # the last forward's arrays go before this one's are made
         y, h_n, c_n, saved = route.forward(params, plan, x, h0s, c0s)
         taken = getattr(route, "taken", [route] * len(params))
         runs = list(zip(taken, saved, strict=True))

@@ -176,7 +176,10 @@ def backward(
             )
             grads[k] = (d_w, d_b, d_proj)
             dx = _apply_adjoint(route.into, dx)
-            d_inputs = dx if d_inputs is None else d_inputs + dx
+            if d_inputs is None:
+                d_inputs = dx
+            else:  # in place where the library allows it (dx is each path's own new array)
+                d_inputs += dx
         grad = _apply_adjoint(level.entry, d_inputs)
     return grad, dh0s, dc0s, grads
 
