@@ -9,7 +9,7 @@ import pytest
 
 import xplstm
 from tests.numerics import directional_derivative
-from tests.support import assert_close
+from tests.support import assert_close, assert_route, on_path
 from xplstm import interop
 
 torch = pytest.importorskip("torch", reason="torch.nn.LSTM is the reference; pip install '.[test]'")
@@ -96,11 +96,14 @@ def as_layer_takes(layer: xplstm.LSTM, name: str, a: np.ndarray) -> np.ndarray:
     return a[0] if name in STATES and len(layer.recurrences) == 1 else a
 
 
-def run_ours(target, module, p: dict, dtype: str, lengths=None, **kwargs) -> tuple:
-    """Forward and backward through the layer converted from ``module``, on ``target``."""
+def run_ours(target, module, p: dict, dtype: str, lengths=None, path=None, **kwargs) -> tuple:
+    """Forward and backward through the layer converted from ``module``, on ``target`` (by
+    ``path``, one of ``support.paths_of``, when given)."""
     layer = xplstm.LSTM.from_torch(
         module, backend=target.backend, device=target.device, dtype=dtype, **kwargs
     )
+    if path is not None:
+        on_path(layer, path)
     cast = {k: target.asarray(as_layer_takes(layer, k, v).astype(dtype)) for k, v in p.items()}
     y, h_n, c_n = layer.forward(cast["x"], cast["h0"], cast["c0"], lengths=lengths)
     dx, dh0, dc0 = layer.backward(cast["dy"], cast["dh_n"], cast["dc_n"])
@@ -156,14 +159,17 @@ LENGTH_CASES = [(c, "float64") for c in LENGTH_CONFIGS] + [("3-layers-bi-proj", 
 
 
 @pytest.mark.parametrize(("name", "dtype"), LENGTH_CASES, ids=[f"{c}-{d}" for c, d in LENGTH_CASES])
-def test_lengths_match_pack_padded_sequence(target, name, dtype):
+def test_lengths_match_pack_padded_sequence(target, path, name, dtype):
+    """Every route of every target (NumPy's packed stack and its loops, JAX's compiled stack
+    and scans, the written-once stack) equals torch's packed sequences."""
     config = LENGTH_CONFIGS[name]
     too_slow_on_dask(target, config)
     module = torch_module(config, seed=2)
     p = problem(config, seed=3)
     expected = torch_reference(module, p, LENGTHS)
     lengths = target.asarray(np.array(LENGTHS)) if config[0] == 3 else LENGTHS
-    layer, actual = run_ours(target, module, p, dtype, lengths=lengths)
+    layer, actual = run_ours(target, module, p, dtype, lengths=lengths, path=path)
+    assert_route(layer, path)
     for name, value in actual.items():
         assert_close(value, as_layer_takes(layer, name, expected[name]), like=layer, name=name)
     for name, delta in torch_named_deltas(layer).items():
