@@ -183,10 +183,12 @@ MUTATIONS = [
     _m(JIT, "return t if x >= 0 else -t", "return t"),
     _m(
         JIT,
-        "for k in range(hidden - hidden % 4, hidden):",
-        "for k in range(hidden - hidden % 4, hidden - 1):",
+        "for k in range(depth - depth % 4, depth):",
+        "for k in range(depth - depth % 4, depth - 1):",
     ),
     _m(JIT, "s3 += d_k * w3[k]", "s3 += d_k * w2[k]"),
+    _m(JIT, "z2[j] += a20 * x0 + a21 * x1", "z2[j] += a20 * x0 + a12 * x1"),
+    _m(JIT, "s20 + x2 * y0, s21 + x2 * y1", "s20 + x2 * y0, s21 + x2 * y2"),
     # -- JAX's fast path: the loop direction ---------------------------------------------
     _m(
         "backends/jax.py",
