@@ -80,9 +80,10 @@ def kept(replica: Replica) -> Model:
     changed parameters). So the workspaces its layers keep are reused from task to task: a
     fresh model's first forward touches fresh memory, a page fault per 4 KiB, and Dask's
     workers hand freed memory back to the system at once (``MALLOC_TRIM_THRESHOLD_``); at
-    LSTM(64, 256) over 256 x 100 steps a fresh model's forward took 1.5x the CPU time of a kept
-    one's (docs/distributed.md). One model per thread (a layer's workspaces serve one call at a
-    time); the last one stays, with its memory, until the thread gets another description."""
+    LSTM(64, 256) over 256 x 100 steps a fresh model's predict took 1.05-1.5x the CPU time of
+    a kept one's, its forward and backward 1.4-1.75x (``benchmarks/kept_model.py``). One model
+    per thread (a layer's workspaces serve one call at a time); the last one stays, with its
+    memory, until the thread gets another description."""
     built_from = (replica.description, replica.backend, replica.device_kind)
     if getattr(_kept, "built_from", None) != built_from:
         _kept.model = None  # free the old model's memory before building the new one
