@@ -42,7 +42,7 @@ def pieces(batch: int, seq: int, hidden: int) -> dict:
     h, c = rng.standard_normal((2, batch, hidden)).astype(f32)
     z = rng.uniform(-3, 3, (batch, 4 * hidden)).astype(f32)
     a = rng.uniform(0, 1, (batch, 4 * hidden)).astype(f32)
-    z_h, d, gates = np.zeros_like(z), np.empty_like(z), z.copy()
+    z_h, z_sum, d, gates = np.zeros_like(z), np.zeros_like(z), np.empty_like(z), z.copy()
     c_t, cells, h_out, dh, dc = (np.empty_like(c) for _ in range(5))
     no_rows = np.zeros(1, bool)
     _, _, forward_step, backward_step = _numpy_jit.loops(cell.KERNELS)
@@ -73,7 +73,7 @@ def pieces(batch: int, seq: int, hidden: int) -> dict:
     return {
         "product forward, BLAS from Python": blas_forward,
         "product forward, compiled (blocked)": lambda: _repeat(
-            _numpy_jit._add_product, seq, z_h, h, w_h
+            _numpy_jit._add_product, seq, z_sum, h, w_h
         ),
         "product back, BLAS from Python": blas_backward,
         "product back, compiled (blocked)": lambda: _repeat(
