@@ -311,7 +311,7 @@ def _add_row_product(z, h, w):
 def _add_product(z, a, w):
     """z += a @ w: z (B,N), a (B,K), w (K,N). Four rows of z and four of w a pass: each value
     of w loaded serves four rows, 16 multiply-adds for 4 loads of w and 4 of z (one row a pass
-    made the product 1.4x slower at (32,32) @ (32,128), the demo's step)."""
+    made the product 1.5x slower at (32,32) @ (32,128), the demo's step: 5.8 against 3.8 µs)."""
     rows, depth = a.shape
     n = w.shape[1]
     full_rows, full_depth = rows - rows % 4, depth - depth % 4
@@ -364,8 +364,8 @@ def _row_product_transposed(out, d, w):
 @njit(**{**_OPTIONS, "fastmath": {"reassoc", "contract"}})
 def _product_transposed(out, d, w):
     """out = d @ w.T: out (B,M), d (B,N), w (M,N). Tiles of four rows of d by four of w: 16
-    dot products summed together, 16 multiply-adds for 8 loads (one row at a time: 1.9x slower
-    at (32,128) @ (128,32), the demo's step back)."""
+    dot products summed together, 16 multiply-adds for 8 loads (one row at a time: 1.25x slower
+    at (32,128) @ (128,32), the demo's step back: 5.5 against 4.4 µs on a loaded machine)."""
     rows, m = d.shape[0], w.shape[0]
     full_rows, full_m = rows - rows % 4, m - m % 4
     zero = _typed(d[0, 0], 0.0, 0.0)
