@@ -72,13 +72,15 @@ def step_times(batch: int, hidden: int, numexpr: Any) -> dict[str, float]:
         numexpr.evaluate("f * c + i * g", local_dict={"f": f, "c": c, "i": i, "g": g}, out=c_out)
         numexpr.evaluate("o * tanh(c)", local_dict={"o": o, "c": c_out}, out=h_out)
 
-    forward_loop, _ = _numpy_jit.loops(cell.KERNELS)
+    forward_loop = _numpy_jit.loops(cell.KERNELS)[0]
     gates = rng.standard_normal((STEPS, batch, four_h)).astype("float32")  # time-major
     cells = np.empty((STEPS, batch, hidden), "float32")
     y = np.empty_like(cells)
 
     def compiled() -> None:
-        forward_loop(gates, cells, y, h.copy(), c.copy(), w_h)
+        absent = np.zeros((1, 1), "float32")  # no mask, projection or dropout: stand-ins
+        forward_loop(gates, cells, y, h.copy(), c.copy(), w_h, absent.astype(bool), False,
+                     absent, False, absent, False)  # fmt: skip
 
     results = {"ufuncs": per_call_us(ufuncs)}
     if numexpr is not None:
