@@ -5,7 +5,12 @@ a shared machine count less): the whole forward+backward on each loop, and the s
 alone in the same layouts (the input projection, one (B,H)@(H,4H) product a step each way, the
 two weight-gradient products, dx). What is left is the element-wise work and the calls.
 
-    python benchmarks/profile_large.py --config 64,100,256,256 [--repeats 7]
+    python benchmarks/profile_large.py --config 64,100,256,256 [--repeats 7] [--torch]
+
+``--torch`` adds torch's per-step products in its own layout (``h @ W_hh.T`` forward,
+``dz @ W_hh`` back, W_hh (4H, H)), with its intra-op pool at one thread: on x86 its CPU wheels
+multiply with MKL, NumPy's with OpenBLAS, so the two rows compare the libraries on the one
+product a recurrence cannot batch.
 """
 
 from __future__ import annotations
@@ -60,6 +65,28 @@ def products(batch: int, seq: int, inputs: int, hidden: int, time_major: bool) -
     }
 
 
+def torch_steps(batch: int, seq: int, hidden: int) -> dict:
+    """torch's per-step products, one (B,H)@(H,4H) and one (B,4H)@(4H,H) a step."""
+    import torch
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    w_hh = torch.randn(4 * hidden, hidden, generator=gen)
+    hs = torch.randn(seq, batch, hidden, generator=gen)
+    dz = torch.randn(seq, batch, 4 * hidden, generator=gen)
+
+    def forward_steps() -> None:
+        for t in range(seq):
+            torch.mm(hs[t], w_hh.t())
+
+    def backward_steps() -> None:
+        for t in range(seq):
+            torch.mm(dz[t], w_hh)
+
+    return {"torch forward step products": forward_steps,
+            "torch backward step products": backward_steps}  # fmt: skip
+
+
 def layer_run(config: tuple[int, int, int, int], loop: str):
     """One layer's forward+backward held to ``loop`` (its fast path made at the first call)."""
     batch, seq, inputs, hidden = config
@@ -83,6 +110,7 @@ def main() -> None:
     parser.add_argument("--config", default="64,100,256,256", help="B,T,I,H")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--loops", default="ufuncs,compiled", help="NumPy loops to time")
+    parser.add_argument("--torch", action="store_true", help="torch's per-step products too")
     args = parser.parse_args()
     config = tuple(int(n) for n in args.config.split(","))
     batch, seq, inputs, hidden = config
@@ -90,6 +118,8 @@ def main() -> None:
     for layout in ("batch-major", "time-major"):
         for name, run in products(*config, layout == "time-major").items():
             runs[f"{name} ({layout})"] = run
+    if args.torch:
+        runs.update(torch_steps(batch, seq, hidden))
     times: dict[str, list[float]] = {name: [] for name in runs}
     with threadpool_limits(1):
         for run in runs.values():
@@ -104,7 +134,10 @@ def main() -> None:
     print(f"(B,T,I,H) = {config}: {flops / 1e9:.2f} GFLOP of products forward+backward")
     for name, found in times.items():
         median = statistics.median(found)
-        print(f"{name:48s} {median:9.2f} ms")
+        rate = ""
+        if "step products" in name:  # one (B,H)x(H,4H) product a step
+            rate = f" ({2.0 * batch * seq * hidden * 4 * hidden / median / 1e6:.1f} GFLOP/s)"
+        print(f"{name:48s} {median:9.2f} ms{rate}")
     for layout in ("batch-major", "time-major"):
         total = sum(statistics.median(times[f"{n} ({layout})"]) for n in products(1, 1, 1, 1, 1))
         print(f"{'all products (' + layout + ')':48s} {total:9.2f} ms "
