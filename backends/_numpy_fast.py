@@ -230,6 +230,25 @@ class NumPyFastPath:
         dc_n: np.ndarray,
         w_proj: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The backward of ``forward``'s call (its ``cache``); where numba is installed with
+        subnormal floats flushed to zero throughout, the loop, BLAS's products and the ufuncs
+        (``_numpy_jit.subnormals_flushed``: a decaying gradient is otherwise 10-100x slower)."""
+        if not self._numba:
+            return self._backward(w, cache, dy, dh_n, dc_n, w_proj)
+        from xplstm.backends import _numpy_jit
+
+        with _numpy_jit.subnormals_flushed():
+            return self._backward(w, cache, dy, dh_n, dc_n, w_proj)
+
+    def _backward(
+        self,
+        w: np.ndarray,
+        cache: tuple,
+        dy: np.ndarray | None,
+        dh_n: np.ndarray,
+        dc_n: np.ndarray,
+        w_proj: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         x_rows, b, h0, c0, y, ws, given, loop = cache
         batch, seq, hidden, _, _ = ws.key
         inputs, out = x_rows.shape[1], h0.shape[1]

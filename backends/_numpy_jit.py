@@ -43,7 +43,8 @@ import marshal
 import math
 import platform
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -93,11 +94,7 @@ def _mxcsr_call(builder, name: str, slot):
 @intrinsic
 def _flush_subnormals(typingctx):
     """Sets this thread's processor to flush subnormal floats to zero (x86-64; elsewhere nothing)
-    and returns the state to give :func:`_restore_subnormals` when the loop ends: the flags
-    stay inside the loop, never seen by the caller. A gradient that decays through a long
-    sequence reaches subnormal floats, 10-100x slower on x86 (XLA flushes them by default):
-    xplstm's train step at (1,1000,64,64) took 15.7 ms with them, 5.8 without (measured:
-    docs/benchmarks.md). Flushed values are below 1.2e-38 (float32) or 2.3e-308 (float64)."""
+    and returns the state to give :func:`_restore_subnormals` (see :func:`subnormals_flushed`)."""
 
     def codegen(context, builder, signature, args):
         i32 = ir.IntType(32)
@@ -126,6 +123,35 @@ def _restore_subnormals(typingctx, saved):
         return context.get_dummy_value()
 
     return types.none(saved), codegen
+
+
+@njit(cache=True)
+def _flush() -> int:
+    return _flush_subnormals()
+
+
+@njit(cache=True)
+def _restore(saved: int) -> None:
+    _restore_subnormals(saved)
+
+
+@contextmanager
+def subnormals_flushed() -> Iterator[None]:
+    """Runs its block with subnormal floats flushed to zero in this thread: every operation's
+    subnormal result is 0 (FTZ) and subnormal inputs are read as 0 (DAZ), in compiled code,
+    NumPy's ufuncs and BLAS's products alike (x86-64's MXCSR flags; elsewhere nothing). The
+    caller's flags come back on exit, an exception's too; other threads (BLAS's own, where it
+    runs more than one) are left as they are.
+
+    Why: a gradient that decays through a long sequence reaches subnormal floats, 10-100x
+    slower on x86 (XLA flushes them by default); NumPy's backward at (32,200,512,512) took
+    2-3 s a train step with them against 0.8 without (docs/benchmarks.md). Only values below
+    1.2e-38 (float32) or 2.3e-308 (float64) change."""
+    saved = _flush()
+    try:
+        yield
+    finally:
+        _restore(saved)
 
 
 _LOG2_E = 1.4426950408889634
@@ -497,7 +523,6 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
             return
         projected, dh_prev = np.empty(hidden, gates.dtype), np.empty((batch, out), gates.dtype)
         d_t = np.empty((batch, four_h), gates.dtype)
-        saved = _flush_subnormals()
         for t in range(seq - 1, -1, -1):
             for b in range(batch):
                 d, dh_b = d_t[b], dh[b]
@@ -528,7 +553,6 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
                 dh_b, dh_prev_b, drop_b = dh[b], dh_prev[b], drop[b if has_drop else 0]
                 for j in range(out):
                     dh_b[j] = dh_prev_b[j] * drop_b[j] if has_drop else dh_prev_b[j]
-        _restore_subnormals(saved)
 
     @_cached_jit
     def forward_step(gates_t, z_h, c, cells_t, h_out, held_t, has_held):
@@ -562,7 +586,6 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
         if kernels_hash < 0:  # never: the reference puts the hash into the closure
             return
         d = np.empty(four_h, gates_t.dtype)
-        saved = _flush_subnormals()
         for b in range(batch):
             dz_b = dz_t[b]
             if has_held and held_t[b]:
@@ -572,6 +595,5 @@ def _make_loops(kernels_hash: int) -> tuple[Callable, ...]:
             _backward_row(d, gates_t[b], cells_t[b], c_prev[b], dh[b], dc[b])
             for j in range(four_h):
                 dz_b[j] = d[j]
-        _restore_subnormals(saved)
 
     return forward_loop, backward_loop, forward_step, backward_step

@@ -89,6 +89,7 @@ class NumPyStackPath:
         from xplstm.backends import _numpy_jit
 
         self._step_forward, self._step_backward = _numpy_jit.loops(kernels)[2:]
+        self._subnormals_flushed = _numpy_jit.subnormals_flushed
         self.every_size = every_size  # for tests: small batches too
 
     def fits(self, batch: int, hidden: int) -> bool:
@@ -130,6 +131,14 @@ class NumPyStackPath:
         return y, h_n, c_n, saved
 
     def backward(
+        self, params: Any, plan: Any, saved: Any, dy: Any, dh_ns: Any, dc_ns: Any
+    ) -> tuple[np.ndarray, list, list, list]:
+        """The stack's backward with subnormal floats flushed to zero throughout, as NumPy's
+        per-recurrence backward (``_numpy_jit.subnormals_flushed``)."""
+        with self._subnormals_flushed():
+            return self._backward(params, plan, saved, dy, dh_ns, dc_ns)
+
+    def _backward(
         self, params: Any, plan: Any, saved: Any, dy: Any, dh_ns: Any, dc_ns: Any
     ) -> tuple[np.ndarray, list, list, list]:
         pk = saved[0][0]

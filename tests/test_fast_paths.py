@@ -298,26 +298,105 @@ def test_compiled_products_match_numpy(dtype):
         assert_close(found, d @ w.T, like=z, level="ulps", name=f"d @ w.T, {d.shape}")
 
 
-@pytest.mark.parametrize("loop", ["compiled", "blas"])
-def test_compiled_backward_flushes_subnormals_inside_only(loop):
-    """The compiled backward treats subnormal gradients as 0 (they are 10-100x slower on x86
-    and reach a long sequence's early steps), and leaves the processor as it found it: NumPy
-    still computes subnormals after the call."""
+def _flush_or_skip() -> None:
     _compiled_or_skip()
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the flush is x86-64's MXCSR flags")
+
+
+def _flushing() -> bool:
+    """Whether this thread flushes subnormal floats now: read from the bits of a product with
+    one in NumPy (a comparison would read a subnormal as 0 under the flush too)."""
+    product = np.array([np.float32(1e-39)]) * np.float32(1.0)
+    return not product.view(np.int32)[0]
+
+
+def _subnormals(a: np.ndarray) -> int:
+    """How many values of ``a`` are subnormal (bits, as :func:`_flushing`)."""
+    bits = np.abs(np.asarray(a, np.float32)).view(np.int32)
+    return int(np.count_nonzero((bits > 0) & (bits < np.finfo(np.float32).tiny.view(np.int32))))
+
+
+def test_subnormals_flushed_flushes_its_block_and_restores_the_callers_flags():
+    """Inside ``subnormals_flushed`` NumPy's ufuncs and BLAS products flush subnormals; on exit
+    the caller's flags come back: unflushed, flushed where an outer block flushes, and after an
+    exception too."""
+    _flush_or_skip()
+    from xplstm.backends._numpy_jit import subnormals_flushed
+
+    tiny = np.full((4, 4), np.float32(1e-20))
+    assert not _flushing() and _subnormals(tiny @ tiny), "unflushed before"
+    with subnormals_flushed():
+        assert _flushing() and not _subnormals(tiny @ tiny), "BLAS and ufuncs flush inside"
+        with subnormals_flushed():
+            pass
+        assert _flushing(), "an inner block gives back the outer block's flush"
+    assert not _flushing(), "the flush leaked out of the block"
+    with pytest.raises(RuntimeError), subnormals_flushed():
+        raise RuntimeError
+    assert not _flushing(), "the flush leaked out of a block that raised"
+
+
+@pytest.mark.parametrize("loop", numpy_loops())
+def test_numpy_backward_flushes_subnormals_inside_only(loop, monkeypatch):
+    """NumPy's backward treats subnormal gradients as 0 (they are 10-100x slower on x86 and
+    reach a long sequence's early steps), and leaves the processor as it found it: after the
+    call, inside a caller's own flush, and after a call that raised."""
+    _flush_or_skip()
+    from xplstm.backends._numpy_jit import subnormals_flushed
+
     p = recurrence_problem(set(), "float32")
-    subnormal = np.float32(1e-39)
-    p["dh_n"] = np.full_like(p["dh_n"], subnormal)
+    p["dh_n"] = np.full_like(p["dh_n"], np.float32(1e-39))
     p["dc_n"] = np.zeros_like(p["dc_n"])
     found = run_recurrence(*numpy_loop_path(loop), p, dy=False)
-    # Bit patterns, not comparisons: a leaked flush would read subnormals as 0 in them too.
-    after = np.array([subnormal]) * np.float32(1.0)
-    assert after.view(np.int32)[0] != 0, "the flush leaked out of the loop"
+    assert not _flushing(), "the flush leaked out of the backward"
     for name in ("d_b", "dh0"):
         assert not np.abs(found[name]).view(np.int32).any(), f"subnormal {name} went through"
+    with subnormals_flushed():
+        run_recurrence(*numpy_loop_path(loop), p, dy=False)
+        assert _flushing(), "the backward undid its caller's flush"
+
+    def failing(*args) -> None:
+        assert _flushing()
+        raise RuntimeError("a backward that fails")
+
+    monkeypatch.setattr(NumPyFastPath, "_backward", failing)
+    with pytest.raises(RuntimeError, match="fails"):
+        run_recurrence(*numpy_loop_path(loop), p, dy=False)
+    assert not _flushing(), "the flush leaked out of a backward that raised"
+
+
+@pytest.mark.parametrize("path", [*numpy_loops(), "stack"])
+def test_numpy_backward_flushes_a_gradient_decaying_into_subnormals(path):
+    """A train step's gradient, from the last step only, decays through a long sequence below
+    float32's normal range: NumPy's backward (every loop, and the packed stack) flushes it to 0
+    throughout, in BLAS's products too, per step and over all steps, and its gradients stay
+    within 1e-36 of the written-once path's, which computes the subnormals."""
+    _flush_or_skip()
+    rng = np.random.default_rng(0)
+    batch, seq, inputs, hidden = 8, 300, 3, 8
+    layer = on_path(xplstm.LSTM(inputs, hidden, backend="numpy", dtype="float32", seed=0), path)
+    x = rng.standard_normal((batch, seq, inputs)).astype(np.float32)
+    dy = np.zeros((batch, seq, hidden), np.float32)
+    dy[:, -1] = rng.standard_normal((batch, hidden)) * 1e-30
+    # The packed stack runs where there is padding to skip: one row a step shorter.
+    steps = {"lengths": [seq] * (batch - 1) + [seq - 1]} if path == "stack" else {}
+
+    def gradients() -> dict:
+        layer(x, **steps)
+        found = dict(zip(("dx", "dh0", "dc0"), layer.backward(dy), strict=True))
+        return {**found, **{f"d{k}": p.deltas for k, p in enumerate(layer.parameters())}}
+
+    found = gradients()
+    assert ran_fast(layer) if path != "stack" else layer._cache.route is layer._routes._whole
+    layer.fast_path = False
+    expected = gradients()
+    assert _subnormals(expected["dx"]), "the gradient did not reach the subnormal range"
+    for name, value in expected.items():
+        assert not _subnormals(found[name]), f"subnormal {name} went through"
+        assert_close(found[name], value, like=value, level="ulps", atol=1e-36, name=name)
 
 
 def test_compiled_kernels_compute_in_the_arrays_precision():
