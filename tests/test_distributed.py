@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -584,7 +585,8 @@ def _numpy_missing(missing: bool) -> None:
     xplstm.backends.unavailable_reason = reason if missing else BACKEND_PROBLEM
 
 
-def test_workers_without_the_models_backend_are_a_clear_error(client):
+def test_workers_without_the_models_backend_are_a_clear_error(client, monkeypatch):
+    monkeypatch.setattr(xplstm.cluster, "_CHECKED", weakref.WeakKeyDictionary())  # ask again
     client.run(_numpy_missing, True)
     try:
         with pytest.raises(
@@ -594,6 +596,30 @@ def test_workers_without_the_models_backend_are_a_clear_error(client):
             distributed.predict(small_model(), data()[0], client=client)
     finally:
         client.run(_numpy_missing, False)
+
+
+def test_the_workers_are_asked_about_the_backend_once_until_they_change(monkeypatch):
+    """A second predict on the same workers asks none of them whether it can run the backend
+    (one look at the scheduler's list instead); a worker that joins is asked at the next call,
+    and gets its share of the blocks."""
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        asked = []
+        run = client.run
+        monkeypatch.setattr(client, "run", lambda f, *a, **kw: asked.append(f) or run(f, *a, **kw))
+        model, x = small_model(), data(8)[0]
+        for _ in range(2):
+            assert_close(distributed.predict(model, x, client=client), model(x), like=x)
+        assert len(asked) == 1
+        cluster.scale(2)
+        client.wait_for_workers(2)
+        with get_task_stream(client) as stream:
+            distributed.predict(model, x, client=client)
+        assert len(asked) == 2
+        blocks = [t for t in stream.data if t["key"].startswith("predict_block")]
+        assert len({t["worker"] for t in blocks}) == 2
 
 
 @pytest.mark.parametrize(

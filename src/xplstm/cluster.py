@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import signal
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -151,8 +152,21 @@ def using(client: Client | None) -> Iterator[Client]:
     yield client
 
 
+#: Per client and backend name: the workers last found able to run that backend.
+_CHECKED: weakref.WeakKeyDictionary[Client, dict[str, list[str]]] = weakref.WeakKeyDictionary()
+
+
 def check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT) -> list[str]:
-    """The workers' addresses, once every one of them can run ``backend``."""
+    """The workers' addresses, once every one of them can run ``backend``.
+
+    Each worker is asked once per client and backend: while the scheduler lists the same
+    workers as at the last check, one look at that list (a round trip to the scheduler) is all
+    a call costs, not a message to every worker. A worker that joins, or restarts (a new
+    address), is asked at the next call."""
+    checked = _CHECKED.setdefault(client, {})
+    workers = sorted(client.scheduler_info()["workers"])
+    if workers and checked.get(backend) == workers:
+        return workers
     try:
         client.wait_for_workers(1, timeout=timeout)
     except TimeoutError:
@@ -169,7 +183,8 @@ def check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT
             f"{backend!r} ({said}); install it where the workers run, or move the model "
             "with model.to('numpy')"
         )
-    return sorted(problems)
+    checked[backend] = sorted(problems)
+    return checked[backend]
 
 
 def _backend_problem(name: str) -> str | None:
