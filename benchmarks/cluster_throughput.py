@@ -5,16 +5,19 @@
 
 Contenders, each timed in turn in every round (so that a busy machine slows them alike):
 ``local``, the model in this process with one BLAS thread (a Dask worker's setting), and
-``Dask, N workers``, a LocalCluster of N processes with one thread each, all started before
-the first round. Model: LSTM(``--features``, ``--hidden``), last step, Linear(hidden, 1),
-float32. Rows: ``predict`` (``--rows`` sequences of ``--seq`` steps, ``batch_size=--block``)
-and ``fit step`` (one synchronous step on a global batch of ``--batch``, one shard per
-worker: forward, backward, the gradients summed on the driver, clipping, Adam). ``round
-trip`` is a fit step of a model too small to compute anything (hidden 4, seq 2, one sequence
-per worker): the cost of Dask's scheduling and messages alone. ``1 sequence per worker`` is a
-fit step at full size with one sequence per worker: the round trip plus sending the
-parameters out and the gradients back. Each cell is the median over ``--rounds`` rounds;
-``vs 1 worker`` is the 1-worker cluster's time over this one's (2.0x is ideal for 2).
+``Dask, N workers``, a LocalCluster of N processes with one thread each, all started before the
+first round. Model: LSTM(``--features``, ``--hidden``), last step, Linear(hidden, 1), float32.
+Rows: ``predict`` (``--rows`` sequences of ``--seq`` steps, ``batch_size=--block``, of a model
+that nothing changes, so its parameters are on the workers from the warm-up on), ``predict, new
+parameters`` (the same, but a parameter changes before each call, as between fit steps: the
+call sends the model's parameters too) and ``fit step`` (one synchronous step on a global batch
+of ``--batch``, one shard per worker: forward, backward, the gradients summed on the driver,
+clipping, Adam). ``round trip`` is a fit step of a model too small to compute anything (hidden
+4, seq 2, one sequence per worker): the cost of Dask's scheduling and messages alone. ``1
+sequence per worker`` is a fit step at full size with one sequence per worker: the round trip
+plus sending the parameters out and the gradients back (``--predict-only`` leaves the fit rows
+out). Each cell is the median over ``--rounds`` rounds; ``vs 1 worker`` is the 1-worker
+cluster's time over this one's (2.0x is ideal for 2).
 
 Then where a predict call's time goes (five more calls per cluster, after the timed rounds),
 from Dask's task stream: from the call to the first block's start, the blocks' compute
@@ -70,6 +73,12 @@ def parallel_step(
     return step
 
 
+def nudged(model: xplstm.Sequential) -> xplstm.Sequential:
+    """``model`` with its output's bias changed: another replica for the workers."""
+    model.parameters()[-1].values[...] += 1e-3
+    return model
+
+
 def seconds(run: Callable[[], object], repeats: int) -> float:
     """The median wall time of ``run()`` over ``repeats`` calls."""
     times = []
@@ -93,6 +102,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="fit steps timed per round")
+    parser.add_argument("--predict-only", action="store_true", help="no fit rows")
     args = parser.parse_args()
     sizes = [int(n) for n in args.workers.split(",")]
     rng = np.random.default_rng(0)
@@ -107,25 +117,30 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     try:
         contenders: dict[str, dict[str, Callable[[], object]]] = {}
+        predicted, changed = build(args.features, args.hidden), build(args.features, args.hidden)
         model = build(args.features, args.hidden)
         step = local_step(model, optim.Adam(model.parameters()))
-        contenders["local"] = {
-            "predict": lambda: batched.predict(model, x, args.block),
-            "fit step": lambda: step(*batch),
-        }
+        contenders["local"] = {"predict": lambda: batched.predict(predicted, x, args.block)}
+        if not args.predict_only:
+            contenders["local"]["fit step"] = lambda: step(*batch)
         for n, client in clients.items():
+            rows = contenders[f"Dask, {n} workers"] = {
+                "predict": lambda c=client: distributed.predict(
+                    predicted, x, client=c, batch_size=args.block
+                ),
+                "predict, new parameters": lambda c=client: distributed.predict(
+                    nudged(changed), x, client=c, batch_size=args.block
+                ),
+            }
+            if args.predict_only:
+                continue
             full = build(args.features, args.hidden)
             small = build(args.features, 4)
             big_step = parallel_step(full, optim.Adam(full.parameters()), client)
             small_step = parallel_step(small, optim.Adam(small.parameters()), client)
-            contenders[f"Dask, {n} workers"] = {
-                "predict": lambda c=client, m=full: distributed.predict(
-                    m, x, client=c, batch_size=args.block
-                ),
-                "fit step": lambda s=big_step: s(*batch),
-                "1 sequence per worker": lambda s=big_step, n=n: s(x[:n], y[:n]),
-                "round trip": lambda s=small_step, n=n: s(tiny_x[:n], y[:n]),
-            }
+            rows["fit step"] = lambda s=big_step: s(*batch)
+            rows["1 sequence per worker"] = lambda s=big_step, n=n: s(x[:n], y[:n])
+            rows["round trip"] = lambda s=small_step, n=n: s(tiny_x[:n], y[:n])
         with threadpool_limits(limits=1, user_api="blas"):
             for rows in contenders.values():  # warm-up: imports, first allocations
                 for run in rows.values():
@@ -133,7 +148,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, rows in contenders.items():
                     for row, run in rows.items():
-                        repeats = 1 if row == "predict" else args.steps
+                        repeats = 1 if row.startswith("predict") else args.steps
                         results.setdefault(name, {}).setdefault(row, []).append(
                             seconds(run, repeats)
                         )
@@ -206,7 +221,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, list[float]]])
     for name, rows in results.items():
         for row, values in rows.items():
             ms = statistics.median(values) * 1e3
-            count = {"predict": args.rows, "fit step": args.batch}.get(row)
+            count = args.batch if row == "fit step" else args.rows * row.startswith("predict")
             rate = f"{count / ms * 1e3:.0f}" if count else ""
             ratio = f"{local[row] * 1e3 / ms:.2f}x" if row in local else ""
             scale = f"{one[row] * 1e3 / ms:.2f}x" if row in one and name != "local" else ""
