@@ -25,9 +25,9 @@ What is compiled and what is restated:
   element-wise work as one compiled call (``forward_step``, ``backward_step`` below, the same
   row functions as the whole loops). The products over all steps at once stay NumPy's (BLAS).
 
-No ``parallel=True``, and ``fastmath`` only in the products: ``contract`` (fused multiply-adds,
-as BLAS uses), and ``reassoc`` to let a dot product sum in vector lanes: one thread, the same
-order of operations on every call, so results are deterministic.
+No ``parallel=True``, and of ``fastmath`` only ``contract`` (fused multiply-adds, as BLAS uses),
+and ``reassoc`` in the transposed products to let a dot product sum in vector lanes: one
+thread, the same order of operations on every call, so results are deterministic.
 
 The loops are cached on disk (``cache=True``): the first process compiles them (seconds), the
 next loads them. numba keys its cache on this file and on the loops' closures, which hold a
@@ -54,8 +54,12 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 #: No division-by-zero checks (they stop LLVM from vectorising; the cell never divides by
-#: zero: 1 + e^-|z| >= 1), the GIL released while the loops run.
-_OPTIONS = {"error_model": "numpy", "nogil": True}
+#: zero: 1 + e^-|z| >= 1), the GIL released while the loops run, and a multiplication and an
+#: addition fused into one rounding where LLVM can (``contract``: without it LLVM emits no
+#: FMA at all). Fused, a step's element-wise work forward takes 0.7x the time (exp's
+#: polynomial is a chain of multiply-adds; docs/benchmarks.md), and a (32,32) @ (32,128)
+#: product 3.8 µs instead of 4.8 (measured while building it).
+_OPTIONS = {"error_model": "numpy", "nogil": True, "fastmath": {"contract"}}
 #: The scalar functions are inlined into the two loops, and only the loops are cached on disk
 #: (``cache=True``): a cached loop holds its callees' code, so the next process compiles nothing.
 _jit = njit(inline="always", **_OPTIONS)
@@ -311,13 +315,7 @@ def loops(kernels: Any) -> tuple[Callable, Callable, Callable, Callable]:
     return _compiled[key]
 
 
-#: The products inside the loops may fuse a multiplication and an addition into one rounding
-#: (``contract``, as BLAS's kernels do): without it LLVM emitted no FMA at all, and a (32,32) @
-#: (32,128) product took 4.8 µs instead of 3.8 (measured while building it).
-_PRODUCT_OPTIONS = {**_OPTIONS, "fastmath": {"contract"}}
-
-
-@njit(**_PRODUCT_OPTIONS)
+@njit(**_OPTIONS)
 def _add_row_product(z, h, w):
     """z += h @ w for one row: z (N,), h (K,), w (K,N). Four rows of w per pass over z (a
     pass per row spent most of its time loading and storing z)."""
@@ -333,7 +331,7 @@ def _add_row_product(z, h, w):
             z[j] += h_k * w_k[j]
 
 
-@njit(**_PRODUCT_OPTIONS)
+@njit(**_OPTIONS)
 def _add_product(z, a, w):
     """z += a @ w: z (B,N), a (B,K), w (K,N). Four rows of z and four of w a pass: each value
     of w loaded serves four rows, 16 multiply-adds for 4 loads of w and 4 of z (one row a pass

@@ -253,7 +253,7 @@ def test_compiled_exp_and_tanh_match_numpy(dtype):
 
     from xplstm.backends import _numpy_jit
 
-    @njit
+    @njit(**_numpy_jit._OPTIONS)  # as the loops compile them: with fused multiply-adds
     def apply(x, exp, tanh):
         for k in range(x.size):
             exp[k], tanh[k] = _numpy_jit._exp(x[k]), _numpy_jit._tanh(x[k])
