@@ -1,11 +1,13 @@
-"""NumPy's fast path: the written-once sequence with reused workspaces, and one of three loops.
+"""NumPy's fast path: the written-once sequence with reused workspaces, and one of four loops.
 
 Where numba is installed, the time loop is compiled (``_numpy_jit``: the core's own cell
 functions njit-ed), either whole, one call for the sequence with its products as plain loops
 (``"compiled"``: for the smallest batches, where a call a step would cost more than the step),
 or a step at a time between BLAS products (``"blas"``: one product and one compiled call for
-the step's element-wise work each way). Without numba it is made of in-place ufuncs and a BLAS
-call a step (``"ufuncs"``, below, restating the math of ``xplstm.cell``).
+the step's element-wise work each way), or as the BLAS loop with its per-step products made by
+``_numpy_gemm`` from W_h packed once a call into column panels (``"panels"``: OpenBLAS packs
+W_h anew on every call). Without numba it is made of in-place ufuncs and a BLAS call a step
+(``"ufuncs"``, below, restating the math of ``xplstm.cell``).
 :meth:`NumPyFastPath.loop_for` picks the loop (``COMPILED_MAX_*``, measured in
 docs/benchmarks.md). The first point holds for every loop, the others for the ufunc loop:
 
@@ -29,7 +31,8 @@ equal to the written-once path.
 from __future__ import annotations
 
 import importlib.util
-from functools import cached_property
+from collections.abc import Callable
+from functools import cache, cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -42,19 +45,37 @@ COMPILED_MAX_BATCH = 2
 #: compiled loop's (blocked four rows by four) from batch 16-32 on, which pays for its two calls
 #: a step (measured: docs/benchmarks.md, ``benchmarks/profile_large.py``).
 COMPILED_MAX_BATCH_SMALL_HIDDEN, COMPILED_MAX_SMALL_HIDDEN = 16, 128
+#: Above the compiled loop's sizes, the panel loop runs batches of at most this many rows
+#: where numba compiles for AVX-512 (its tiles hold 24 vectors of sums in AVX-512's 32
+#: registers), the BLAS loop the rest: the packed products took 0.4-0.9x OpenBLAS's time from
+#: batch 8 to 128 at hidden 128-1024, 0.9-1.1x at batch 256 (``benchmarks/step_products.py``,
+#: docs/benchmarks.md).
+PANELS_MAX_BATCH = 128
 #: Which loop to run: "auto" (by the thresholds), "compiled" (one numba call for the whole
 #: loop), "blas" (a BLAS product a step each way, and one numba call a step for the element-wise
-#: work) or "ufuncs"; the environment variable overrides "auto" for new layers (for benchmarks
-#: and tests, or to avoid numba).
-LOOPS = ("auto", "compiled", "blas", "ufuncs")
+#: work), "panels" (as "blas", its products compiled over W_h packed once a call) or "ufuncs";
+#: the environment variable overrides "auto" for new layers (for benchmarks and tests, or to
+#: avoid numba).
+LOOPS = ("auto", "compiled", "blas", "panels", "ufuncs")
 #: The loops that need numba.
-NUMBA_LOOPS = ("compiled", "blas")
+NUMBA_LOOPS = ("compiled", "blas", "panels")
 LOOP_ENV = "XPLSTM_NUMPY_LOOP"
 
 
 def numba_installed() -> bool:
     """Whether the compiled loop can run here (``pip install xplstm[fast]`` installs numba)."""
     return importlib.util.find_spec("numba") is not None
+
+
+@cache
+def numba_compiles_avx512() -> bool:
+    """Whether numba compiles for AVX-512 here: for this CPU (no ``NUMBA_CPU_NAME``) and this
+    CPU has it."""
+    from llvmlite import binding
+    from numba.core import config
+
+    host = config.CPU_NAME in (None, "host") and not config.CPU_FEATURES
+    return host and "+avx512f" in binding.get_host_cpu_features().flatten().split(",")
 
 
 class _Workspace:
@@ -151,12 +172,13 @@ class NumPyFastPath:
         self._workspace: _Workspace | None = None
 
     def loop_for(self, batch: int, hidden: int) -> str:
-        """The loop a sequence of this batch and hidden size runs: ``"compiled"``, ``"blas"``
-        or ``"ufuncs"``.
+        """The loop a sequence of this batch and hidden size runs: ``"compiled"``, ``"blas"``,
+        ``"panels"`` or ``"ufuncs"``.
 
         The one place that decides between NumPy's loops, for one recurrence (one direction of
         one layer), whatever optional inputs it has: without numba the ufunc loop; with it the
-        compiled loop for small steps, BLAS's products and compiled element-wise steps above.
+        compiled loop for small steps, above them per-step products (panels with AVX-512 up to
+        ``PANELS_MAX_BATCH`` rows, else BLAS's) and compiled element-wise steps.
         """
         if self.loop != "auto":
             return self.loop
@@ -165,7 +187,9 @@ class NumPyFastPath:
         small = batch <= COMPILED_MAX_BATCH or (
             batch <= COMPILED_MAX_BATCH_SMALL_HIDDEN and hidden <= COMPILED_MAX_SMALL_HIDDEN
         )
-        return "compiled" if small else "blas"
+        if small:
+            return "compiled"
+        return "panels" if batch <= PANELS_MAX_BATCH and numba_compiles_avx512() else "blas"
 
     def _get_workspace(self, *key: Any) -> _Workspace:
         """The workspace for (batch, seq, hidden, dtype, time_major), made anew only when the
@@ -216,8 +240,11 @@ class NumPyFastPath:
         """The compiled or BLAS loop forward, into ``ws``: returns ``(y, h_T, c_T)``."""
         inputs = x_rows.shape[1]
         _project(ws, x_rows, w[:inputs], b)
-        run = _compiled_forward if loop == "compiled" else _blas_forward
-        found = run(self._kernels, ws, w[inputs:], h0, c0, given)
+        if loop == "compiled":
+            found = _compiled_forward(self._kernels, ws, w[inputs:], h0, c0, given)
+        else:
+            product = _step_product(loop, w[inputs:])
+            found = _blas_forward(self._kernels, ws, product, h0, c0, given)
         ws.spent = False
         return found
 
@@ -263,8 +290,11 @@ class NumPyFastPath:
         if loop == "ufuncs":
             dh, dc = _ufunc_backward(ws, w[inputs:], c0, dy, dh_n, dc_n, given, dh_out)
         else:
-            run = _compiled_backward if loop == "compiled" else _blas_backward
-            dh, dc = run(self._kernels, ws, w[inputs:], c0, dy, dh_n, dc_n, given, dh_out)
+            if loop == "compiled":
+                run, w_h = _compiled_backward, w[inputs:]
+            else:  # dh_{t-1} = dz_t @ W_h.T
+                run, w_h = _blas_backward, _step_product(loop, w[inputs:].T)
+            dh, dc = run(self._kernels, ws, w_h, c0, dy, dh_n, dc_n, given, dh_out)
             ws.spent = True
         # The products over all steps at once: the weight gradients and dx.
         dz_flat = ws.dz.reshape(batch * seq, 4 * hidden)
@@ -377,13 +407,32 @@ def _compiled_backward(
     return dh, dc
 
 
+def _step_product(loop: str, b: np.ndarray) -> Callable[[np.ndarray, np.ndarray], None]:
+    """The product of one step of the BLAS or panel loop, ``product(a, out)``: out = a @ b,
+    a and out C-contiguous. BLAS's (on b made contiguous once), or for the panel loop
+    ``_numpy_gemm``'s on b packed once here, for every step of the call."""
+    if loop == "panels":
+        from xplstm.backends import _numpy_gemm
+
+        packed = _numpy_gemm.pack(b)
+        return lambda a, out: _numpy_gemm.product(out, a, packed)
+    b = np.ascontiguousarray(b)
+    return lambda a, out: np.dot(a, b, out=out)
+
+
 def _blas_forward(
-    kernels: Any, ws: _Workspace, w_h: np.ndarray, h0: Any, c0: Any, given: Optional
+    kernels: Any,
+    ws: _Workspace,
+    product: Callable[[np.ndarray, np.ndarray], None],
+    h0: Any,
+    c0: Any,
+    given: Optional,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The loop over the projected inputs in ``ws.gates`` with a BLAS product a step and the
-    step's element-wise work in one compiled call (in cache, one pass, where the ufunc loop
-    makes ten passes over the step or the sequence): returns ``(y, h_T, c_T)``, ``y`` a
-    (batch, seq, out) view of a fresh time-major array."""
+    """The loop over the projected inputs in ``ws.gates`` with a product a step (h_{t-1} @ W_h
+    by ``product``, see :func:`_step_product`) and the step's element-wise work in one
+    compiled call (in cache, one pass, where the ufunc loop makes ten passes over the step or
+    the sequence): returns ``(y, h_T, c_T)``, ``y`` a (batch, seq, out) view of a fresh
+    time-major array."""
     from xplstm.backends import _numpy_jit
 
     forward_step = _numpy_jit.loops(kernels)[2]
@@ -395,11 +444,11 @@ def _blas_forward(
     dropped = None if h_drop is None else np.empty_like(h_drop)
     any_held = np.zeros(seq, bool) if held is None else held.any(axis=1)
     no_rows = np.zeros(1, bool)
-    h = h0
+    h = np.ascontiguousarray(h0)
     for t in range(seq):
         if dropped is not None:
             h = np.multiply(h, h_drop, out=dropped)
-        np.dot(h, w_h, out=ws.z_h)
+        product(h, ws.z_h)
         out = hs[t] if unprojected is None else unprojected
         rows = no_rows if held is None else held[t]
         forward_step(ws.gates[t], ws.z_h, c, ws.cells[t], out, rows, held is not None)
@@ -414,7 +463,7 @@ def _blas_forward(
 def _blas_backward(
     kernels: Any,
     ws: _Workspace,
-    w_h: np.ndarray,
+    product: Callable[[np.ndarray, np.ndarray], None],
     c0: Any,
     dy: Any,
     dh_n: Any,
@@ -422,14 +471,14 @@ def _blas_backward(
     given: Optional,
     dh_out: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The BLAS loop back: fills ``ws.dz`` (the gates themselves, see ``_Workspace``; and
+    """The BLAS or panel loop back, ``product`` making dz_t @ W_h.T (see
+    :func:`_step_product`): fills ``ws.dz`` (the gates themselves, see ``_Workspace``; and
     ``dh_out`` with a projection), returns ``(dh0, dc0)``."""
     from xplstm.backends import _numpy_jit
 
     backward_step = _numpy_jit.loops(kernels)[3]
     seq, batch, hidden = ws.cells.shape
     held, w_proj, h_drop = given
-    w_h_t = np.ascontiguousarray(w_h.T)
     w_proj_t = None if w_proj is None else np.ascontiguousarray(w_proj.T)
     dh, dc = np.array(dh_n, order="C"), np.array(dc_n, order="C")
     dh_cell = dh if w_proj is None else np.empty((batch, hidden), ws.cells.dtype)
@@ -450,7 +499,7 @@ def _blas_backward(
         backward_step(
             ws.dz[t], ws.gates[t], ws.cells[t], c_prev, dh_cell, dc, rows, held is not None
         )
-        np.dot(ws.dz[t], w_h_t, out=dh)
+        product(ws.dz[t], dh)
         if h_drop is not None:
             dh *= h_drop
         if any_held[t]:

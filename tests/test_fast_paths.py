@@ -298,6 +298,87 @@ def test_compiled_products_match_numpy(dtype):
         assert_close(found, d @ w.T, like=z, level="ulps", name=f"d @ w.T, {d.shape}")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_packed_products_match_numpy(dtype):
+    """The panel loop's product gives NumPy's, from W_h (rows contiguous) and from W_h.T (a
+    transposed view) alike, at rows that fill no tile or leave a part of one (8 rows a tile),
+    columns that fill no panel or leave a part of one (48 float32, 24 float64), any depth; and
+    each row of the result is the same, bit for bit, whatever rows are beside it (every value
+    is one ordered sum, whatever tile it falls in)."""
+    _compiled_or_skip()
+    from xplstm.backends import _numpy_gemm
+
+    rng = np.random.default_rng(0)
+    width = _numpy_gemm.panel_width(np.dtype(dtype))
+    shapes = [(1, 1, 1), (3, 5, 7), (8, 16, width), (9, 13, width + 1), (17, 33, 3 * width - 5)]
+    for rows, depth, columns in [*shapes, (7, 0, 4), (0, 4, 5)]:
+        a = rng.standard_normal((rows, depth)).astype(dtype)
+        w = rng.standard_normal((depth, columns)).astype(dtype)
+        for b in (w, np.ascontiguousarray(w.T).T):
+            packed = _numpy_gemm.pack(b)
+            assert packed.shape == (-(-columns // width), depth, width)
+            found = np.full((rows, columns), np.nan, dtype)
+            _numpy_gemm.product(found, a, packed)
+            expected = a @ w
+            assert_close(found, expected, like=expected, level="ulps", name=f"a @ b, {a.shape}")
+            for row in range(rows):
+                alone = np.full((1, columns), np.nan, dtype)
+                _numpy_gemm.product(alone, a[row : row + 1], packed)
+                assert (alone[0] == found[row]).all(), f"row {row} depends on its neighbours"
+
+
+def test_packed_product_refuses_what_does_not_fit():
+    """Shapes that do not fit, other dtypes and rows that are not contiguous are errors, never
+    a read or a write out of bounds."""
+    _compiled_or_skip()
+    from numba.core.errors import TypingError
+
+    from xplstm.backends import _numpy_gemm
+
+    a, packed = np.ones((4, 5), "float32"), _numpy_gemm.pack(np.ones((5, 60), "float32"))
+    misfits = {
+        "more columns than the panels": (np.empty((4, 97), "float32"), a),
+        "a panel too many": (np.empty((4, 40), "float32"), a),
+        "rows": (np.empty((3, 60), "float32"), a),
+        "depth": (np.empty((4, 60), "float32"), np.ones((4, 4), "float32")),
+        "strided columns": (np.empty((4, 120), "float32")[:, ::2], a),
+    }
+    for name, (out, rows) in misfits.items():
+        with pytest.raises(ValueError, match="product"):
+            _numpy_gemm.product(out, rows, packed)
+            pytest.fail(f"{name}: no error")
+    with pytest.raises(TypingError):
+        _numpy_gemm.product(np.empty((4, 60), "float64"), a.astype("float64"), packed)
+    with pytest.raises(TypingError):
+        _numpy_gemm.product(np.empty((4, 60), "float32"), np.ones((5, 4), "float32").T, packed)
+
+
+_WITHOUT_AVX512 = """
+import numpy as np
+from xplstm.backends import _numpy_fast, _numpy_gemm
+rng = np.random.default_rng(0)
+a = rng.standard_normal((11, 37)).astype("float32")
+b = rng.standard_normal((37, 101)).astype("float32")
+out = np.empty((11, 101), "float32")
+_numpy_gemm.product(out, a, _numpy_gemm.pack(b))
+print(float(np.abs(out - a @ b).max()), _numpy_fast.numba_compiles_avx512())
+"""
+
+
+def test_packed_product_without_avx512(tmp_path):
+    """Compiled for a CPU without AVX-512 (``NUMBA_CPU_NAME=haswell``, 16 registers of 256
+    bits), the 64-byte vectors of the tiles split into narrower ones: the product stays right,
+    and ``auto`` does not pick the panel loop there."""
+    _compiled_or_skip()
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_AVX512], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    error, avx512 = done.stdout.split()
+    assert float(error) < 1e-5 and avx512 == "False", done.stdout
+
+
 def _flush_or_skip() -> None:
     _compiled_or_skip()
     import platform
@@ -430,14 +511,23 @@ def test_compiled_kernels_compute_in_the_arrays_precision():
 
 def test_the_loop_is_chosen_by_size(monkeypatch):
     """``auto`` compiles the whole loop for the smallest batches and leaves the products of
-    larger ones to BLAS, and without numba it runs the ufunc loop by itself."""
+    larger ones to the panel loop up to 128 rows where numba compiles for AVX-512, to BLAS
+    above (and without AVX-512), and without numba it runs the ufunc loop by itself."""
     from xplstm.backends import _numpy_fast
 
     monkeypatch.delenv(LOOP_ENV, raising=False)
     path = _numpy_fast.NumPyFastPath(cell.KERNELS)
-    small, large = ("compiled", "blas") if numba_installed() else ("ufuncs", "ufuncs")
+    if numba_installed():
+        panels = "panels" if _numpy_fast.numba_compiles_avx512() else "blas"
+        small, large, largest = "compiled", panels, "blas"
+    else:
+        small = large = largest = "ufuncs"
     assert path.loop_for(1, 1024) == path.loop_for(2, 256) == path.loop_for(16, 128) == small
-    assert path.loop_for(4, 256) == path.loop_for(17, 32) == path.loop_for(64, 256) == large
+    assert path.loop_for(4, 256) == path.loop_for(17, 32) == path.loop_for(128, 512) == large
+    assert path.loop_for(129, 512) == path.loop_for(256, 1024) == largest
+    if numba_installed():
+        monkeypatch.setattr(_numpy_fast, "numba_compiles_avx512", lambda: False)
+        assert path.loop_for(32, 512) == "blas"
     monkeypatch.setattr(path, "_numba", False)
     assert path.loop_for(1, 4) == "ufuncs"
     layer = xplstm.LSTM(3, 4, backend="numpy", seed=0)
@@ -613,7 +703,7 @@ def test_numpy_loops_never_read_held_steps(loop):
 #: must keep (the parameters and their gradients add 0.04x of it at this size). Measured when
 #: this was written: 1.37, 1.51 (the compiled loop copies dy into time-major order) and 1.72;
 #: with a separate gradient of the gates, 2.35, 2.35 and 2.80.
-MEMORY_BOUNDS = [("blas", 1, 1.6), ("compiled", 1, 1.6), ("blas", 2, 1.9)]
+MEMORY_BOUNDS = [("blas", 1, 1.6), ("panels", 1, 1.6), ("compiled", 1, 1.6), ("blas", 2, 1.9)]
 
 
 @pytest.mark.skipif(not numba_installed(), reason="the compiled loops need numba")

@@ -33,8 +33,8 @@ CPU_CONFIGS = (
 )
 GPU_CONFIGS = (*CPU_CONFIGS, (64, 100, 512, 512), (256, 100, 1024, 1024))
 MODES = ("forward", "forward+backward", "train-step")
-#: ``compiled`` and ``ufuncs``: NumPy's fast path held to one of its two time loops.
-PATHS = ("fast", "written-once", "compiled", "blas", "ufuncs")
+#: ``compiled``, ``blas``, ``panels`` and ``ufuncs``: NumPy's fast path held to one of its loops.
+PATHS = ("fast", "written-once", "compiled", "blas", "panels", "ufuncs")
 #: Backends that exist for correctness (lazy graphs, a strict checker), not speed.
 NOT_BY_DEFAULT = ("array_api_strict", "dask")
 
@@ -231,7 +231,7 @@ def add_bench_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--paths", type=_names, default=list(PATHS[:2]),
         help="xplstm paths: fast (where a backend has one), written-once; for NumPy also the fast "
-        "path's compiled or ufuncs loop alone (default: fast,written-once)",
+        "path's compiled, blas, panels or ufuncs loop alone (default: fast,written-once)",
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per row first")

@@ -20,7 +20,7 @@ import xplstm
 from xplstm import backends, losses, optim
 from xplstm.backends import Backend
 from xplstm.backends._numpy_fast import LOOP_ENV as NUMPY_LOOP_ENV
-from xplstm.backends._numpy_fast import numba_installed
+from xplstm.backends._numpy_fast import NUMBA_LOOPS, numba_installed
 from xplstm.cell import step_backward, step_forward
 from xplstm.lstm import fast_path_of
 
@@ -119,7 +119,7 @@ def naive_runs(xp: Any, w: Any, b: Any, x: Any, dy: Any) -> Runs:
 
 
 #: NumPy's fast path held to one of its loops (``$XPLSTM_NUMPY_LOOP``), as ``--paths`` names them.
-NUMPY_LOOPS = ("compiled", "blas", "ufuncs")
+NUMPY_LOOPS = ("compiled", "blas", "panels", "ufuncs")
 
 
 @contextmanager
@@ -300,8 +300,8 @@ def build_rows(
         for path in paths:
             if (path == "fast" and not has_fast) or (path in NUMPY_LOOPS and name != "numpy"):
                 continue
-            if path == "compiled" and not numba_installed():
-                skipped.append("numpy compiled loop: numba is not installed (xplstm[fast])")
+            if path in NUMBA_LOOPS and not numba_installed():
+                skipped.append(f"numpy {path} loop: numba is not installed (xplstm[fast])")
                 continue
             suffix = " written-once" if has_fast else ""
             label = f"xplstm {name}" + {"fast": " fast", "written-once": suffix}.get(
