@@ -45,12 +45,14 @@ COMPILED_MAX_BATCH = 2
 #: compiled loop's (blocked four rows by four) from batch 16-32 on, which pays for its two calls
 #: a step (measured: docs/benchmarks.md, ``benchmarks/profile_large.py``).
 COMPILED_MAX_BATCH_SMALL_HIDDEN, COMPILED_MAX_SMALL_HIDDEN = 16, 128
-#: Above the compiled loop's sizes, the panel loop runs batches of at most this many rows
-#: where numba compiles for AVX-512 (its tiles hold 24 vectors of sums in AVX-512's 32
-#: registers), the BLAS loop the rest: the packed products took 0.4-0.9x OpenBLAS's time from
-#: batch 8 to 128 at hidden 128-1024, 0.9-1.1x at batch 256 (``benchmarks/step_products.py``,
-#: docs/benchmarks.md).
-PANELS_MAX_BATCH = 128
+#: Above the compiled loop's sizes, the panel loop runs batches of at most this many rows at
+#: hidden sizes of at least this many, where numba compiles for AVX-512 (its tiles hold 24
+#: vectors of sums in AVX-512's 32 registers); the BLAS loop the rest. Whole forward+backward,
+#: panels against BLAS: 0.53x at (4,100,512,512), 0.70x at (8,100,256,256), 0.88-0.94x at
+#: hidden 128, 0.97x at batch 128 and 256, 1.01x and 1.06x at hidden 64 and 32 (where a
+#: panel of 48 columns is mostly padding); its products alone, 0.3-0.9x OpenBLAS's time from
+#: batch 8 to 128 at hidden 128-1024 and 0.95-1.09x at batch 256 (docs/benchmarks.md).
+PANELS_MAX_BATCH, PANELS_MIN_HIDDEN = 128, 128
 #: Which loop to run: "auto" (by the thresholds), "compiled" (one numba call for the whole
 #: loop), "blas" (a BLAS product a step each way, and one numba call a step for the element-wise
 #: work), "panels" (as "blas", its products compiled over W_h packed once a call) or "ufuncs";
@@ -177,8 +179,8 @@ class NumPyFastPath:
 
         The one place that decides between NumPy's loops, for one recurrence (one direction of
         one layer), whatever optional inputs it has: without numba the ufunc loop; with it the
-        compiled loop for small steps, above them per-step products (panels with AVX-512 up to
-        ``PANELS_MAX_BATCH`` rows, else BLAS's) and compiled element-wise steps.
+        compiled loop for small steps, above them per-step products (the panel loop's with AVX-512
+        within ``PANELS_*``, else BLAS's) and compiled element-wise steps.
         """
         if self.loop != "auto":
             return self.loop
@@ -189,7 +191,8 @@ class NumPyFastPath:
         )
         if small:
             return "compiled"
-        return "panels" if batch <= PANELS_MAX_BATCH and numba_compiles_avx512() else "blas"
+        panels = batch <= PANELS_MAX_BATCH and hidden >= PANELS_MIN_HIDDEN
+        return "panels" if panels and numba_compiles_avx512() else "blas"
 
     def _get_workspace(self, *key: Any) -> _Workspace:
         """The workspace for (batch, seq, hidden, dtype, time_major), made anew only when the

@@ -511,8 +511,8 @@ def test_compiled_kernels_compute_in_the_arrays_precision():
 
 def test_the_loop_is_chosen_by_size(monkeypatch):
     """``auto`` compiles the whole loop for the smallest batches and leaves the products of
-    larger ones to the panel loop up to 128 rows where numba compiles for AVX-512, to BLAS
-    above (and without AVX-512), and without numba it runs the ufunc loop by itself."""
+    larger ones to the panel loop (up to 128 rows, at hidden >= 128, where numba compiles for
+    AVX-512) or to BLAS, and without numba it runs the ufunc loop by itself."""
     from xplstm.backends import _numpy_fast
 
     monkeypatch.delenv(LOOP_ENV, raising=False)
@@ -523,8 +523,8 @@ def test_the_loop_is_chosen_by_size(monkeypatch):
     else:
         small = large = largest = "ufuncs"
     assert path.loop_for(1, 1024) == path.loop_for(2, 256) == path.loop_for(16, 128) == small
-    assert path.loop_for(4, 256) == path.loop_for(17, 32) == path.loop_for(128, 512) == large
-    assert path.loop_for(129, 512) == path.loop_for(256, 1024) == largest
+    assert path.loop_for(4, 256) == path.loop_for(17, 128) == path.loop_for(128, 512) == large
+    assert path.loop_for(129, 512) == path.loop_for(17, 127) == path.loop_for(64, 64) == largest
     if numba_installed():
         monkeypatch.setattr(_numpy_fast, "numba_compiles_avx512", lambda: False)
         assert path.loop_for(32, 512) == "blas"
