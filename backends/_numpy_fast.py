@@ -50,8 +50,9 @@ COMPILED_MAX_BATCH_SMALL_HIDDEN, COMPILED_MAX_SMALL_HIDDEN = 16, 128
 #: vectors of sums in AVX-512's 32 registers); the BLAS loop the rest. Whole forward+backward,
 #: panels against BLAS: 0.53x at (4,100,512,512), 0.70x at (8,100,256,256), 0.88-0.94x at
 #: hidden 128, 0.97x at batch 128 and 256, 1.01x and 1.06x at hidden 64 and 32 (where a
-#: panel of 48 columns is mostly padding); its products alone, 0.3-0.9x OpenBLAS's time from
-#: batch 8 to 128 at hidden 128-1024 and 0.95-1.09x at batch 256 (docs/benchmarks.md).
+#: panel of 48 columns is mostly padding); its products alone, 0.31-0.90x OpenBLAS's time
+#: from batch 8 to 128 at hidden 128-1024 (but 1.03x at (8,128) @ (128,512)) and 0.90-1.09x
+#: at batch 256 (docs/benchmarks.md, "The large rows").
 PANELS_MAX_BATCH, PANELS_MIN_HIDDEN = 128, 128
 #: Which loop to run: "auto" (by the thresholds), "compiled" (one numba call for the whole
 #: loop), "blas" (a BLAS product a step each way, and one numba call a step for the element-wise

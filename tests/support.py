@@ -189,8 +189,8 @@ STAND_IN_CUPY = SimpleNamespace(
 
 
 def numpy_loops() -> list[str]:
-    """NumPy's fast-path time loops that can run here: ``"compiled"`` and ``"blas"`` (numba,
-    where installed) and ``"ufuncs"``."""
+    """NumPy's fast-path time loops that can run here: ``"compiled"``, ``"blas"`` and
+    ``"panels"`` (numba, where installed) and ``"ufuncs"``."""
     from xplstm.backends._numpy_fast import NUMBA_LOOPS, numba_installed
 
     return [*NUMBA_LOOPS] * numba_installed() + ["ufuncs"]
