@@ -563,6 +563,45 @@ def test_a_second_process_loads_the_compiled_loop_from_disk(tmp_path):
     assert counts == [(0, 2), (2, 0)], f"(cache hits, misses) per process: {counts}"
 
 
+_WIDE = """
+import numpy as np, numba
+from xplstm.backends import _numpy_jit
+
+@numba.njit(**_numpy_jit._OPTIONS)
+def halve(a):
+    _numpy_jit._wide_vectors()
+    for j in range(a.shape[0]):
+        a[j] *= 0.5
+
+a = np.arange(1000, dtype=np.float32)
+halve(a)
+asm = halve.inspect_asm(halve.signatures[0])
+print(int(np.array_equal(a, np.arange(1000) / 2)), int("zmm" in asm))
+"""
+
+
+def test_wide_vectors_where_the_processor_has_them(tmp_path):
+    """The BLAS loop's step functions ask LLVM for 512-bit vectors (``_wide_vectors``): it uses
+    them where the processor has AVX-512, and the request is harmless where it has not (the
+    same code compiled for an AVX2 processor runs on 256-bit vectors)."""
+    _compiled_or_skip()
+    from llvmlite import binding
+
+    from xplstm.backends import _numpy_jit
+
+    if not _numpy_jit._X86:
+        pytest.skip("x86-64 only: other targets ignore the request")
+    avx2 = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse4.2"}
+    host = bool(binding.get_host_cpu_features().get("avx512f", False))
+    here = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU_")}
+    for target, wide in (({}, host), (avx2, False)):
+        env = {**here, "NUMBA_CACHE_DIR": str(tmp_path), **target}
+        out = subprocess.run(
+            [sys.executable, "-c", _WIDE], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.split() == ["1", str(int(wide))], (target, out.stdout)
+
+
 #: Layer options, forward options, and the optional inputs of the recurrence they need.
 FEATURES = {
     "stacked-bidirectional": ({"num_layers": 2, "bidirectional": True}, {}, set()),
