@@ -23,7 +23,8 @@ Then where a predict call's time goes (five more calls per cluster, after the ti
 from Dask's task stream: from the call to the first block's start, the blocks' compute
 summed, and from the last block's end to the call's return; and from the CPU clocks, which a
 busy machine does not inflate as it does wall time: the CPU time of the driver's process
-(with a LocalCluster's scheduler) and of the workers' processes, against the local predict's.
+(with a LocalCluster's scheduler) and of the workers' processes, against the local predict's,
+and their sum over the cores (when driver and workers outnumber the cores, a call's floor).
 """
 
 from __future__ import annotations
@@ -170,8 +171,11 @@ def predict_phases(
     ``calls`` calls: wall time before the first block starts on a worker, the blocks' compute
     summed, and after the last block ends; and CPU time (which other processes on a busy
     machine do not inflate as they do wall time) of this process (the driver, and a
-    LocalCluster's scheduler) and of the workers' processes, summed."""
+    LocalCluster's scheduler) and of the workers' processes, summed; and that CPU time over the
+    cores this process may use: on a machine with fewer cores than workers and driver, no call
+    can be shorter."""
     phases: dict[str, list[float]] = {}
+    cores = len(os.sched_getaffinity(0))
     for _ in range(calls):
         workers_before = client.run(time.process_time)
         with get_task_stream(client) as stream:
@@ -193,6 +197,7 @@ def predict_phases(
             "after the last block": ended - max(stop for _, stop in spans),
             "CPU: driver": driver,
             "CPU: workers": sum(workers[w] - workers_before[w] for w in workers),
+            "CPU / cores": (driver + sum(workers[w] - workers_before[w] for w in workers)) / cores,
             "blocks": len(spans),
         }.items():
             phases.setdefault(name, []).append(value)
