@@ -144,13 +144,13 @@ def subnormals_flushed() -> Iterator[None]:
     """Runs its block with subnormal floats flushed to zero in this thread: every operation's
     subnormal result is 0 (FTZ) and subnormal inputs are read as 0 (DAZ), in compiled code,
     NumPy's ufuncs and BLAS's products alike (x86-64's MXCSR flags; elsewhere nothing). The
-    caller's flags come back on exit, an exception's too; other threads (BLAS's own, where it
-    runs more than one) are left as they are.
+    caller's flags come back on exit, also when the block raises; other threads (BLAS's own,
+    where it runs more than one) are left as they are.
 
     Why: a gradient that decays through a long sequence reaches subnormal floats, 10-100x
-    slower on x86 (XLA flushes them by default); NumPy's backward at (32,200,512,512) took
-    2-3 s a train step with them against 0.8 without (docs/benchmarks.md). Only values below
-    1.2e-38 (float32) or 2.3e-308 (float64) change."""
+    slower on x86 (XLA flushes them by default); the train step at (32,200,512,512) took 2-3 s
+    in its first steps with them, 0.8 without (docs/benchmarks.md). Only values below 1.2e-38
+    (float32) or 2.2e-308 (float64) change."""
     saved = _flush()
     try:
         yield
