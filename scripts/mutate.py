@@ -58,6 +58,11 @@ GUARDS = {
         "tests/test_gradients.py",
         "tests/test_fast_paths.py",
     ],
+    "backends/_numpy_gemm.py": [
+        "tests/test_reference.py",
+        "tests/test_gradients.py",
+        "tests/test_fast_paths.py",
+    ],
     "backends/jax.py": ["tests/test_reference.py", "tests/test_gradients.py"],
     "backends/_cupy_fast.py": [
         "tests/test_reference.py",
@@ -115,7 +120,7 @@ def _m(path: str, old: str, new: str, backends: str = "numpy") -> Mutation:
 
 
 CELL, SEQ, FAST = "src/xplstm/cell.py", "src/xplstm/sequence.py", "backends/_numpy_fast.py"
-JIT = "backends/_numpy_jit.py"
+JIT, GEMM = "backends/_numpy_jit.py", "backends/_numpy_gemm.py"
 OPTIM, LOSSES, LINEAR = "src/xplstm/optim.py", "src/xplstm/losses.py", "src/xplstm/linear.py"
 STACK, DIST = "src/xplstm/stack.py", "src/xplstm/distributed.py"
 STEPS, REPLICA, DROPOUT = "src/xplstm/steps.py", "src/xplstm/replica.py", "src/xplstm/dropout.py"
@@ -189,6 +194,12 @@ MUTATIONS = [
     _m(JIT, "s3 += d_k * w3[k]", "s3 += d_k * w2[k]"),
     _m(JIT, "z2[j] += a20 * x0 + a21 * x1", "z2[j] += a20 * x0 + a12 * x1"),
     _m(JIT, "s20 + x2 * y0, s21 + x2 * y1", "s20 + x2 * y0, s21 + x2 * y2"),
+    # -- NumPy's panel loop: W_h packed into panels, the tiles' depth, rows and last panel ---
+    _m(GEMM, "row[j] = source[start + j]", "row[j] = source[j]"),
+    _m(GEMM, "panel[k, j] = b[k, start + j]", "panel[k, j] = b[k, j]"),
+    _m(GEMM, "k_next = builder.add(k, const(1))", "k_next = builder.add(k, const(2))"),
+    _m(GEMM, "for i in range(0, m, TILE_ROWS):", "for i in range(0, m - 1, TILE_ROWS):"),
+    _m(GEMM, "= part[:rows, :columns]", "= part[:rows, width - columns :]"),
     # -- JAX's fast path: the loop direction ---------------------------------------------
     _m(
         "backends/jax.py",
