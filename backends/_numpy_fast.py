@@ -243,12 +243,13 @@ class NumPyFastPath:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The compiled or BLAS loop forward, into ``ws``: returns ``(y, h_T, c_T)``."""
         inputs = x_rows.shape[1]
-        _project(ws, x_rows, w[:inputs], b)
+        _project(ws, x_rows, w[:inputs])
+        b = np.ascontiguousarray(b)
         if loop == "compiled":
-            found = _compiled_forward(self._kernels, ws, w[inputs:], h0, c0, given)
+            found = _compiled_forward(self._kernels, ws, w[inputs:], b, h0, c0, given)
         else:
             product = _step_product(loop, w[inputs:])
-            found = _blas_forward(self._kernels, ws, product, h0, c0, given)
+            found = _blas_forward(self._kernels, ws, product, b, h0, c0, given)
         ws.spent = False
         return found
 
@@ -347,10 +348,10 @@ def _unprojected(ws: _Workspace, held: Any) -> np.ndarray:
     return unprojected.reshape(-1, hidden)
 
 
-def _project(ws: _Workspace, x_rows: np.ndarray, w_x: np.ndarray, b: np.ndarray) -> None:
-    """The input projection of all steps at once, into ``ws.gates``: x @ W_x + b."""
+def _project(ws: _Workspace, x_rows: np.ndarray, w_x: np.ndarray) -> None:
+    """The input projection of all steps at once, into ``ws.gates``: x @ W_x (the loops add
+    the bias: the compiled ones in each step's pass over its gates)."""
     np.matmul(x_rows, w_x, out=ws.gates.reshape(x_rows.shape[0], -1))
-    ws.gates += b
 
 
 def _loop_options(given: Optional, dtype: np.dtype) -> tuple:
@@ -368,10 +369,16 @@ def _loop_options(given: Optional, dtype: np.dtype) -> tuple:
 
 
 def _compiled_forward(
-    kernels: Any, ws: _Workspace, w_h: np.ndarray, h0: Any, c0: Any, given: Optional
+    kernels: Any,
+    ws: _Workspace,
+    w_h: np.ndarray,
+    b: np.ndarray,
+    h0: Any,
+    c0: Any,
+    given: Optional,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The compiled loop over the projected inputs in ``ws.gates``: returns ``(y, h_T, c_T)``,
-    ``y`` a (batch, seq, out) view of a fresh time-major array."""
+    """The compiled loop over the projected inputs in ``ws.gates`` and the bias ``b``: returns
+    ``(y, h_T, c_T)``, ``y`` a (batch, seq, out) view of a fresh time-major array."""
     from xplstm.backends import _numpy_jit
 
     forward_loop = _numpy_jit.loops(kernels)[0]
@@ -379,7 +386,7 @@ def _compiled_forward(
     hs = np.empty((seq, batch, h0.shape[1]), ws.cells.dtype)
     h, c = np.array(h0, order="C"), np.array(c0, order="C")  # the loop's state, updated in place
     options = _loop_options(given, ws.cells.dtype)
-    forward_loop(ws.gates, ws.cells, hs, h, c, np.ascontiguousarray(w_h), *options)
+    forward_loop(ws.gates, ws.cells, hs, h, c, np.ascontiguousarray(w_h), b, *options)
     return hs.swapaxes(0, 1), h, c
 
 
@@ -428,15 +435,16 @@ def _blas_forward(
     kernels: Any,
     ws: _Workspace,
     product: Callable[[np.ndarray, np.ndarray], None],
+    b: np.ndarray,
     h0: Any,
     c0: Any,
     given: Optional,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The loop over the projected inputs in ``ws.gates`` with a product a step (h_{t-1} @ W_h
-    by ``product``, see :func:`_step_product`) and the step's element-wise work in one
-    compiled call (in cache, one pass, where the ufunc loop makes ten passes over the step or
-    the sequence): returns ``(y, h_T, c_T)``, ``y`` a (batch, seq, out) view of a fresh
-    time-major array."""
+    """The loop over the projected inputs in ``ws.gates`` and the bias ``b`` with a product a
+    step (h_{t-1} @ W_h by ``product``, see :func:`_step_product`) and the step's element-wise
+    work in one compiled call (in cache, one pass, where the ufunc loop makes ten passes over
+    the step or the sequence): returns ``(y, h_T, c_T)``, ``y`` a (batch, seq, out) view of a
+    fresh time-major array."""
     from xplstm.backends import _numpy_jit
 
     forward_step = _numpy_jit.loops(kernels)[2]
@@ -455,7 +463,7 @@ def _blas_forward(
         product(h, ws.z_h)
         out = hs[t] if unprojected is None else unprojected
         rows = no_rows if held is None else held[t]
-        forward_step(ws.gates[t], ws.z_h, c, ws.cells[t], out, rows, held is not None)
+        forward_step(ws.gates[t], ws.z_h, b, c, ws.cells[t], out, rows, held is not None)
         if unprojected is not None:
             np.dot(unprojected, w_proj, out=hs[t])
         if any_held[t]:  # held rows keep h: selected, whatever the step computed there
@@ -529,7 +537,8 @@ def _ufunc_forward(
     # sigmoid(z) = 1 / (1 + exp(-z)) then takes 3 calls.
     sign = np.ones(4 * hidden, w.dtype)
     sign[: 3 * hidden] = -1.0
-    _project(ws, x_rows, w[:inputs] * sign, b * sign)
+    _project(ws, x_rows, w[:inputs] * sign)
+    ws.gates += b * sign
     w_h = w[inputs:] * sign
     dropped = None if h_drop is None else np.empty_like(h_drop)
     any_held = np.zeros(len(ws.forward_steps), bool) if held is None else held.any(axis=1)

@@ -178,8 +178,7 @@ class NumPyStackPath:
         ``c0``: every h (N, out) packed, c at each row's last step, and what backward needs."""
         w, b, w_proj = p
         inputs, hidden, out = x.shape[1], c0.shape[1], h0.shape[1]
-        gates = x @ w[:inputs]
-        gates += b
+        gates, b = x @ w[:inputs], np.ascontiguousarray(b)  # the steps add the bias
         cells = np.empty((len(x), hidden), x.dtype)
         hs = np.empty((len(x), out), x.dtype)
         c, w_h = c0.copy(), w[inputs:]
@@ -195,7 +194,7 @@ class NumPyStackPath:
             np.dot(h, w_h, out=z_h[:n])
             h_t = hs[s : s + n] if w_proj is None else unprojected[:n]
             self._step_forward(
-                gates[s : s + n], z_h[:n], c[:n], cells[s : s + n], h_t, no_rows, False
+                gates[s : s + n], z_h[:n], b, c[:n], cells[s : s + n], h_t, no_rows, False
             )
             if w_proj is not None:
                 np.dot(h_t, w_proj, out=hs[s : s + n])

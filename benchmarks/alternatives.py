@@ -79,8 +79,8 @@ def step_times(batch: int, hidden: int, numexpr: Any) -> dict[str, float]:
 
     def compiled() -> None:
         absent = np.zeros((1, 1), "float32")  # no mask, projection or dropout: stand-ins
-        forward_loop(gates, cells, y, h.copy(), c.copy(), w_h, absent.astype(bool), False,
-                     absent, False, absent, False)  # fmt: skip
+        forward_loop(gates, cells, y, h.copy(), c.copy(), w_h, np.zeros(four_h, "float32"),
+                     absent.astype(bool), False, absent, False, absent, False)  # fmt: skip
 
     results = {"ufuncs": per_call_us(ufuncs)}
     if numexpr is not None:

@@ -46,7 +46,8 @@ def pieces(batch: int, seq: int, hidden: int) -> dict:
     c_t, cells, h_out, dh, dc = (np.empty_like(c) for _ in range(5))
     no_rows = np.zeros(1, bool)
     _, _, forward_step, backward_step = _numpy_jit.loops(cell.KERNELS)
-    one = [np.zeros((1, 4), f32), np.zeros((1, 4), f32), *np.zeros((3, 1, 1), f32)]
+    bias = np.zeros(4 * hidden, f32)
+    one = [*np.zeros((2, 1, 4), f32), np.zeros(4, f32), *np.zeros((3, 1, 1), f32)]
 
     def blas_forward() -> None:
         for _ in range(seq):
@@ -59,7 +60,7 @@ def pieces(batch: int, seq: int, hidden: int) -> dict:
     def cell_forward() -> None:
         for _ in range(seq):
             gates[...], c_t[...] = z, c
-            forward_step(gates, z_h, c_t, cells, h_out, no_rows, False)
+            forward_step(gates, z_h, bias, c_t, cells, h_out, no_rows, False)
 
     def cell_backward() -> None:
         for _ in range(seq):
