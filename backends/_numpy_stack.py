@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from xplstm.backends._numpy_fast import COMPILED_MAX_BATCH
+from xplstm.backends._numpy_fast import COMPILED_MAX_BATCH, column_sums
 
 #: The fewest batch rows times hidden units a step for which the packed stack runs. Measured
 #: (forward+backward, float32, one thread, lengths seq/2..seq, packed / per recurrence): 2.0 at
@@ -241,7 +241,7 @@ class NumPyStackPath:
             unprojected = np.tanh(cells)
             unprojected *= gates[:, 2 * hidden : 3 * hidden]
             d_proj = unprojected.T @ dh_out
-        return dz @ w[:inputs].T, dh, dc, (d_w, dz.sum(axis=0), d_proj)
+        return dz @ w[:inputs].T, dh, dc, (d_w, column_sums(dz), d_proj)
 
 
 def _packed(a: np.ndarray, pk: Packing) -> np.ndarray:
