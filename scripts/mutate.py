@@ -174,7 +174,7 @@ MUTATIONS = [
     ),
     # -- NumPy's fast path (a restatement of the math) -----------------------------------
     _m(FAST, "sign[: 3 * hidden] = -1.0", "sign[: 2 * hidden] = -1.0"),
-    _m(FAST, "w[:inputs] * sign, b * sign)", "w[:inputs] * sign, b)"),
+    _m(FAST, "ws.gates += b * sign", "ws.gates += b"),
     _m(FAST, "np.multiply(f, c, out=c_t)", "np.multiply(i, c, out=c_t)"),
     _m(FAST, "np.subtract(1.0, f, out=df)", "np.subtract(1.0, i, out=df)"),
     _m(FAST, "df[:, 0] *= c0", "df[:, 0] *= h0"),
@@ -182,10 +182,11 @@ MUTATIONS = [
     _m(FAST, "dz_o *= dh", "dz_o *= dc"),
     _m(FAST, "dc *= f_t", "dc *= dz_g"),
     _m(FAST, "steps[0] = h0", "steps[0] = 0.0"),
-    _m(FAST, "dh, dc, d_w, dz_flat.sum(axis=0)", "dh, dc, d_w, dz_flat.mean(axis=0)"),
+    _m(FAST, "dh, dc, d_w, column_sums(dz_flat)", "dh, dc, d_w, dz_flat.mean(axis=0)"),
     _m(FAST, "    return h.copy(), c.copy()", "    return h.copy(), c"),
     # -- NumPy's compiled loop (numba): its restated tanh and its products -------------------
     _m(JIT, "return t if x >= 0 else -t", "return t"),
+    _m(JIT, "g[j] = xp.tanh(g[j] + bias_g[j])", "g[j] = xp.tanh(g[j] + bias_ifo[j])"),
     _m(
         JIT,
         "for k in range(depth - depth % 4, depth):",
