@@ -40,11 +40,14 @@ import numpy as np
 #: Where numba is installed the compiled loop (the whole loop one call, its products plain
 #: loops) runs batches of at most this many rows at any hidden size, ...
 COMPILED_MAX_BATCH = 2
-#: ... and of at most this many at up to this hidden size; above, the BLAS loop (a BLAS product
-#: and a compiled element-wise call a step each way) wins or ties: its products outrun the
-#: compiled loop's (blocked four rows by four) from batch 16-32 on, which pays for its two calls
-#: a step (measured: docs/benchmarks.md, ``benchmarks/profile_large.py``).
-COMPILED_MAX_BATCH_SMALL_HIDDEN, COMPILED_MAX_SMALL_HIDDEN = 16, 128
+#: ... and steps of at most this many batch rows times hidden units; above, the BLAS loop (a
+#: BLAS product and a compiled element-wise call a step each way) wins: its products outrun the
+#: compiled loop's (blocked four rows by four), which pays for its two calls a step. Whole
+#: forward+backward, compiled / BLAS, float32, one Sapphire Rapids core: 0.67x at
+#: (4,100,32,32), 0.96x at (8,100,32,32), 0.92x at (4,100,64,64) and (2,100,128,128); 1.13x at
+#: (12,100,32,32), 1.17x at (8,100,64,64), 1.07x at (4,100,128,128), 1.30x at (16,100,32,32)
+#: (docs/benchmarks.md, "The small rows").
+COMPILED_MAX_CELLS = 256
 #: Above the compiled loop's sizes, the panel loop runs batches of at most this many rows at
 #: hidden sizes of at least this many, where numba compiles for AVX-512 (its tiles hold 24
 #: vectors of sums in AVX-512's 32 registers); the BLAS loop the rest. Whole forward+backward,
@@ -187,9 +190,7 @@ class NumPyFastPath:
             return self.loop
         if not self._numba:
             return "ufuncs"
-        small = batch <= COMPILED_MAX_BATCH or (
-            batch <= COMPILED_MAX_BATCH_SMALL_HIDDEN and hidden <= COMPILED_MAX_SMALL_HIDDEN
-        )
+        small = batch <= COMPILED_MAX_BATCH or batch * hidden <= COMPILED_MAX_CELLS
         if small:
             return "compiled"
         panels = batch <= PANELS_MAX_BATCH and hidden >= PANELS_MIN_HIDDEN

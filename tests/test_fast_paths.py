@@ -522,9 +522,11 @@ def test_the_loop_is_chosen_by_size(monkeypatch):
         small, large, largest = "compiled", panels, "blas"
     else:
         small = large = largest = "ufuncs"
-    assert path.loop_for(1, 1024) == path.loop_for(2, 256) == path.loop_for(16, 128) == small
-    assert path.loop_for(4, 256) == path.loop_for(17, 128) == path.loop_for(128, 512) == large
+    assert path.loop_for(1, 1024) == path.loop_for(2, 256) == path.loop_for(8, 32) == small
+    assert path.loop_for(4, 64) == small
+    assert path.loop_for(4, 256) == path.loop_for(16, 128) == path.loop_for(128, 512) == large
     assert path.loop_for(129, 512) == path.loop_for(17, 127) == path.loop_for(64, 64) == largest
+    assert path.loop_for(9, 32) == path.loop_for(8, 64) == largest
     if numba_installed():
         monkeypatch.setattr(_numpy_fast, "numba_compiles_avx512", lambda: False)
         assert path.loop_for(32, 512) == "blas"
