@@ -10,7 +10,8 @@ first round. Model: LSTM(``--features``, ``--hidden``), last step, Linear(hidden
 Rows: ``predict`` (``--rows`` sequences of ``--seq`` steps, ``batch_size=--block``, of a model
 that nothing changes, so its parameters are on the workers from the warm-up on), ``predict, new
 parameters`` (the same, but a parameter changes before each call, as between fit steps: the
-call sends the model's parameters too) and ``fit step`` (one synchronous step on a global batch
+call sends the model's parameters too; on a client of its own, as predict keeps one model's
+parameters on the cluster per client) and ``fit step`` (one synchronous step on a global batch
 of ``--batch``, one shard per worker: forward, backward, the gradients summed on the driver,
 clipping, Adam). ``round trip`` is a fit step of a model too small to compute anything (hidden
 4, seq 2, one sequence per worker): the cost of Dask's scheduling and messages alone. ``1
@@ -30,13 +31,14 @@ and their sum over the cores (when driver and workers outnumber the cores, a cal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
-from dask.distributed import get_task_stream
+from dask.distributed import Client, get_task_stream
 from threadpoolctl import threadpool_limits
 
 import xplstm
@@ -113,10 +115,15 @@ def main() -> None:
     tiny_x = x[:, :2]
 
     load = os.getloadavg()
-    clusters = {n: distributed.cluster(workers=n) for n in sizes}
-    clients = {n: cm.__enter__() for n, cm in clusters.items()}
     results: dict[str, dict[str, list[float]]] = {}
-    try:
+    with contextlib.ExitStack() as stack:
+        clients = {n: stack.enter_context(distributed.cluster(workers=n)) for n in sizes}
+        # predict keeps one model's parameters on the cluster per client: the changed model
+        # gets a client of its own, so that the unchanged one's stay placed
+        others = {
+            n: stack.enter_context(Client(c.scheduler.address, set_as_default=False))
+            for n, c in clients.items()
+        }
         contenders: dict[str, dict[str, Callable[[], object]]] = {}
         predicted, changed = build(args.features, args.hidden), build(args.features, args.hidden)
         model = build(args.features, args.hidden)
@@ -129,7 +136,7 @@ def main() -> None:
                 "predict": lambda c=client: distributed.predict(
                     predicted, x, client=c, batch_size=args.block
                 ),
-                "predict, new parameters": lambda c=client: distributed.predict(
+                "predict, new parameters": lambda c=others[n]: distributed.predict(
                     nudged(changed), x, client=c, batch_size=args.block
                 ),
             }
@@ -156,9 +163,6 @@ def main() -> None:
             phases = {n: predict_phases(contenders[f"Dask, {n} workers"]["predict"], c)
                       for n, c in clients.items()}  # fmt: skip
             local_cpu = cpu_seconds(contenders["local"]["predict"])
-    finally:
-        for cm in clusters.values():
-            cm.__exit__(None, None, None)
     report(args, results)
     report_phases(phases, local_cpu)
     print(f"load average (1, 5, 15 min): {load} before, {os.getloadavg()} after")
