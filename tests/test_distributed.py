@@ -205,6 +205,29 @@ def test_a_worker_keeps_its_model_and_loads_each_replicas_parameters():
     assert kept(distributed.Replica.of(dropout_model())) is not model
 
 
+def test_a_worker_loads_unaligned_parameters_into_aligned_memory():
+    """Arrays unpickled from a Dask message may start at any byte; loaded into the kept model
+    as they are, its forward ran slower (see ``kept``): they are copied, the values the same."""
+    from xplstm.replica import kept
+
+    def unaligned(a: np.ndarray) -> np.ndarray:
+        raw = np.empty(a.nbytes + 1, np.uint8)[1:]  # one byte past an aligned start
+        view = np.frombuffer(raw.data, dtype=a.dtype).reshape(a.shape)
+        view[...] = a
+        return view
+
+    x = data(4)[0]
+    first, second = small_model(), small_model()
+    second.parameters()[0].values[...] = 0.5
+    model = kept(distributed.Replica.of(first))
+    replica = distributed.Replica.of(second)
+    replica.arrays.update({k: unaligned(v) for k, v in replica.arrays.items()})
+    assert not any(v.flags.aligned for v in replica.arrays.values())
+    assert kept(replica) is model
+    assert all(p.values.flags.aligned for p in model.parameters())
+    assert_close(model(x), second(x), like=x, level="exact")
+
+
 def test_fit_and_predict_with_the_model_on_each_backend(client, target):
     """The driver's model on any backend; workers rebuild it there (a device of the same kind)
     and the host gradients go back to the driver's device (float32: JAX workers lack x64)."""
