@@ -20,7 +20,7 @@ docs/benchmarks.md). The first point holds for every loop, the others for the uf
 - the backward computes every factor that does not depend on the recurrence (``i(1-i)g``,
   ``o(1-tanh²c)``, ...) for the whole sequence at once, leaving 7 small calls per step.
 
-Both loops take every optional input of the recurrence (a step mask, a projection, recurrent
+Every loop takes every optional input of the recurrence (a step mask, a projection, recurrent
 dropout); a step the mask holds keeps its state by selection (``np.copyto(..., where=)``, a
 branch in the compiled loop), so the backward never reads its gates. Every array is batch-major
 (batch, seq, ...) as the user's are, so the input projection, the parameter gradients and
