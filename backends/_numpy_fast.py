@@ -154,10 +154,10 @@ class NumPyFastPath:
 
     ``kernels`` are the cell's element-wise functions (``xplstm.cell.KERNELS``), which the
     compiled loops compile; ``loop`` picks the time loop: ``"auto"`` (the one
-    :meth:`loop_for` picks), ``"compiled"`` or ``"blas"`` (numba must be installed) or
-    ``"ufuncs"``.
+    :meth:`loop_for` picks), ``"compiled"``, ``"blas"`` or ``"panels"`` (numba must be
+    installed) or ``"ufuncs"``.
 
-    Both loops cover every optional input of the recurrence (``xplstm.sequence``): a per-step
+    Every loop covers every optional input of the recurrence (``xplstm.sequence``): a per-step
     mask ``keep``, a projection ``w_proj``, recurrent dropout ``h_drop``. A step that ``keep``
     holds is selected away, never multiplied by 0: its gates are not read by the backward, so
     whatever the padding holds (NaN, inf) reaches no result.
@@ -242,7 +242,7 @@ class NumPyFastPath:
         c0: np.ndarray,
         given: Optional,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The compiled or BLAS loop forward, into ``ws``: returns ``(y, h_T, c_T)``."""
+        """The compiled, BLAS or panel loop forward, into ``ws``: returns ``(y, h_T, c_T)``."""
         inputs = x_rows.shape[1]
         _project(ws, x_rows, w[:inputs])
         b = np.ascontiguousarray(b)
@@ -462,7 +462,7 @@ def _blas_forward(
     hs = np.empty((seq, batch, h0.shape[1]), ws.cells.dtype)
     c = np.array(c0, order="C")  # the loop's state, updated in place
     unprojected = None if w_proj is None else np.zeros((batch, hidden), ws.cells.dtype)
-    dropped = None if h_drop is None else np.empty_like(h_drop)
+    dropped = None if h_drop is None else np.empty(h_drop.shape, h_drop.dtype)
     any_held = np.zeros(seq, bool) if held is None else held.any(axis=1)
     no_rows = np.zeros(1, bool)
     h = np.ascontiguousarray(h0)
@@ -549,7 +549,7 @@ def _ufunc_forward(
     _project(ws, x_rows, w[:inputs] * sign)
     ws.gates += b * sign
     w_h = w[inputs:] * sign
-    dropped = None if h_drop is None else np.empty_like(h_drop)
+    dropped = None if h_drop is None else np.empty(h_drop.shape, h_drop.dtype)
     any_held = np.zeros(len(ws.forward_steps), bool) if held is None else held.any(axis=1)
     h, c = h0, c0
     with np.errstate(over="ignore"):  # exp(-z) = inf for very negative z: sigmoid 0

@@ -151,11 +151,13 @@ def subnormals_flushed() -> Iterator[None]:
     slower on x86 (XLA flushes them by default); the train step at (32,200,512,512) took 2-3 s
     in its first steps with them, 0.8 without (docs/benchmarks.md). Only values below 1.2e-38
     (float32) or 2.2e-308 (float64) change."""
-    saved = _flush()
+    saved = None
     try:
+        saved = _flush()
         yield
     finally:
-        _restore(saved)
+        if saved is not None:
+            _restore(saved)
 
 
 @intrinsic

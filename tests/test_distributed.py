@@ -5,6 +5,7 @@ worker, resumes from a checkpoint, and refuses bad input with clear errors."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -643,6 +644,18 @@ def test_the_workers_are_asked_about_the_backend_once_until_they_change(monkeypa
         assert len(asked) == 2
         blocks = [t for t in stream.data if t["key"].startswith("predict_block")]
         assert len({t["worker"] for t in blocks}) == 2
+        # A worker restarted at the same address (a fixed port) has a new local directory.
+        listed = client.scheduler_info
+
+        def restarted(*args, **kwargs):
+            found = copy.deepcopy(listed(*args, **kwargs))
+            for info in found["workers"].values():
+                info["local_directory"] += "-restarted"
+            return found
+
+        monkeypatch.setattr(client, "scheduler_info", restarted)
+        distributed.predict(model, x, client=client)
+        assert len(asked) == 3
 
 
 @pytest.mark.parametrize(

@@ -152,8 +152,12 @@ def using(client: Client | None) -> Iterator[Client]:
     yield client
 
 
-#: Per client and backend name: the workers last found able to run that backend.
-_CHECKED: weakref.WeakKeyDictionary[Client, dict[str, list[str]]] = weakref.WeakKeyDictionary()
+#: Per client and backend name: the workers last found able to run that backend, each as its
+#: address and its local directory (new for every worker process, so a worker restarted at the
+#: same address is a new entry).
+_CHECKED: weakref.WeakKeyDictionary[Client, dict[str, list[tuple[str, str]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT) -> list[str]:
@@ -162,11 +166,12 @@ def check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT
     Each worker is asked once per client and backend: while the scheduler lists the same
     workers as at the last check, one look at that list (a round trip to the scheduler) is all
     a call costs, not a message to every worker. A worker that joins, or restarts (a new
-    address), is asked at the next call."""
+    local directory, whatever its address), is asked at the next call."""
     checked = _CHECKED.setdefault(client, {})
-    workers = sorted(client.scheduler_info()["workers"])
-    if workers and checked.get(backend) == workers:
-        return workers
+    listed = client.scheduler_info()["workers"].items()
+    instances = sorted((address, str(info.get("local_directory"))) for address, info in listed)
+    if instances and checked.get(backend) == instances:
+        return [address for address, _ in instances]
     try:
         client.wait_for_workers(1, timeout=timeout)
     except TimeoutError:
@@ -183,8 +188,9 @@ def check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT
             f"{backend!r} ({said}); install it where the workers run, or move the model "
             "with model.to('numpy')"
         )
-    checked[backend] = sorted(problems)
-    return checked[backend]
+    if [address for address, _ in instances] == sorted(problems):  # else: ask again next time
+        checked[backend] = instances
+    return sorted(problems)
 
 
 def _backend_problem(name: str) -> str | None:
