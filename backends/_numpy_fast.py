@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from functools import cache, cached_property
+from functools import cache, cached_property, wraps
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -71,6 +71,24 @@ LOOP_ENV = "XPLSTM_NUMPY_LOOP"
 def numba_installed() -> bool:
     """Whether the compiled loop can run here (``pip install xplstm[fast]`` installs numba)."""
     return importlib.util.find_spec("numba") is not None
+
+
+def flushing_subnormals(backward: Callable) -> Callable:
+    """``backward`` run with subnormal floats flushed to zero throughout where numba is installed
+    (``_numpy_jit.subnormals_flushed``: the loop, BLAS's products and the ufuncs; a gradient
+    decaying through a long sequence is otherwise 10-100x slower), else as it is. The backward
+    of every NumPy route, per recurrence and the packed stack, wears it."""
+
+    @wraps(backward)
+    def flushed(*args: Any, **kwargs: Any) -> Any:
+        if not numba_installed():
+            return backward(*args, **kwargs)
+        from xplstm.backends import _numpy_jit
+
+        with _numpy_jit.subnormals_flushed():
+            return backward(*args, **kwargs)
+
+    return flushed
 
 
 @cache
@@ -254,6 +272,7 @@ class NumPyFastPath:
         ws.spent = False
         return found
 
+    @flushing_subnormals
     def backward(
         self,
         w: np.ndarray,
@@ -263,25 +282,8 @@ class NumPyFastPath:
         dc_n: np.ndarray,
         w_proj: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The backward of ``forward``'s call (its ``cache``); where numba is installed with
-        subnormal floats flushed to zero throughout, the loop, BLAS's products and the ufuncs
-        (``_numpy_jit.subnormals_flushed``: a decaying gradient is otherwise 10-100x slower)."""
-        if not self._numba:
-            return self._backward(w, cache, dy, dh_n, dc_n, w_proj)
-        from xplstm.backends import _numpy_jit
-
-        with _numpy_jit.subnormals_flushed():
-            return self._backward(w, cache, dy, dh_n, dc_n, w_proj)
-
-    def _backward(
-        self,
-        w: np.ndarray,
-        cache: tuple,
-        dy: np.ndarray | None,
-        dh_n: np.ndarray,
-        dc_n: np.ndarray,
-        w_proj: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The backward of ``forward``'s call (its ``cache``), subnormals flushed where numba is
+        installed (:func:`flushing_subnormals`)."""
         x_rows, b, h0, c0, y, ws, given, loop = cache
         batch, seq, hidden, _, _ = ws.key
         inputs, out = x_rows.shape[1], h0.shape[1]

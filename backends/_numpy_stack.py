@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from xplstm.backends._numpy_fast import COMPILED_MAX_BATCH, column_sums
+from xplstm.backends._numpy_fast import COMPILED_MAX_BATCH, column_sums, flushing_subnormals
 
 #: The fewest batch rows times hidden units a step for which the packed stack runs. Measured
 #: (forward+backward, float32, one thread, lengths seq/2..seq, packed / per recurrence): 2.0 at
@@ -89,7 +89,6 @@ class NumPyStackPath:
         from xplstm.backends import _numpy_jit
 
         self._step_forward, self._step_backward = _numpy_jit.loops(kernels)[2:]
-        self._subnormals_flushed = _numpy_jit.subnormals_flushed
         self.every_size = every_size  # for tests: small batches too
 
     def fits(self, batch: int, hidden: int) -> bool:
@@ -130,17 +129,11 @@ class NumPyStackPath:
         y.reshape(batch * seq, -1)[pk.rows] = packed
         return y, h_n, c_n, saved
 
+    @flushing_subnormals
     def backward(
         self, params: Any, plan: Any, saved: Any, dy: Any, dh_ns: Any, dc_ns: Any
     ) -> tuple[np.ndarray, list, list, list]:
-        """The stack's backward with subnormal floats flushed to zero throughout, as NumPy's
-        per-recurrence backward (``_numpy_jit.subnormals_flushed``)."""
-        with self._subnormals_flushed():
-            return self._backward(params, plan, saved, dy, dh_ns, dc_ns)
-
-    def _backward(
-        self, params: Any, plan: Any, saved: Any, dy: Any, dh_ns: Any, dc_ns: Any
-    ) -> tuple[np.ndarray, list, list, list]:
+        """The stack's backward, subnormals flushed as NumPy's per-recurrence backward's."""
         pk = saved[0][0]
         directions = len(plan.steps.keep)
         count = len(params)
