@@ -30,8 +30,9 @@ from numba.extending import intrinsic
 
 #: A tile of the result: this many rows, by this many vectors of ``VECTOR_BYTES`` across. 24
 #: sums, 3 panel vectors and a broadcast value fill 28 of AVX-512's 32 registers. Measured at
-#: (32, 512) @ (512, 2048) with ``benchmarks/step_products.py``: 8 x 3 458-488 µs, 8 x 2 506,
-#: 6 x 4 517, 12 x 2 533, 4 x 4 645, OpenBLAS 781-787.
+#: (32, 512) @ (512, 2048) with ``benchmarks/step_products.py --tiles`` (docs/benchmarks.md):
+#: 8 x 3 462-497 µs, 8 x 2 494-544, 12 x 2 467-549, 6 x 4 548-576, 4 x 4 523-636, OpenBLAS
+#: 714-732; read when ``product`` compiles.
 TILE_ROWS, TILE_VECTORS, VECTOR_BYTES = 8, 3, 64
 
 
