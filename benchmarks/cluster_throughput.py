@@ -25,7 +25,16 @@ from Dask's task stream: from the call to the first block's start, the blocks' c
 summed, and from the last block's end to the call's return; and from the CPU clocks, which a
 busy machine does not inflate as it does wall time: the CPU time of the driver's process
 (with a LocalCluster's scheduler) and of the workers' processes, against the local predict's,
-and their sum over the cores (when driver and workers outnumber the cores, a call's floor).
+and their sum over the cores (when driver and workers outnumber the cores, a call's floor);
+and each process's CPU time by thread (Linux: ``/proc``): the driver's main thread (the
+``predict`` call itself) and its other threads (the client's and a LocalCluster's scheduler's
+event loop, the nannies), a worker's task threads and its other threads (its event loop:
+receiving its rows of ``x``, Dask's bookkeeping and periodic work).
+
+``predict, x on the workers`` is the ``predict`` row with ``x`` a Dask array whose blocks are
+already on the workers (one block a worker, as :func:`xplstm.distributed.block_bounds` cuts a
+host array), so that no row of ``x`` goes through the driver and the scheduler: what the
+scaling is when the data is read on the workers.
 """
 
 from __future__ import annotations
@@ -34,15 +43,18 @@ import argparse
 import contextlib
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
+import dask.array as da
 import numpy as np
 from dask.distributed import Client, get_task_stream
 from threadpoolctl import threadpool_limits
 
 import xplstm
 from xplstm import batched, distributed, losses, optim
+from xplstm.cluster import workers_listed
 
 
 def build(features: int, hidden: int, seed: int = 0) -> xplstm.Sequential:
@@ -80,6 +92,62 @@ def nudged(model: xplstm.Sequential) -> xplstm.Sequential:
     """``model`` with its output's bias changed: another replica for the workers."""
     model.parameters()[-1].values[...] += 1e-3
     return model
+
+
+def on_the_workers(x: np.ndarray, client: Client, batch_size: int) -> da.Array:
+    """``x`` as a Dask array of the blocks :func:`distributed.predict` would cut it into on
+    ``client``'s workers, block ``i`` held by worker ``i mod W``, as its own blocks go."""
+    workers = sorted(workers_listed(client))
+    bounds = distributed.block_bounds(x.shape[0], batch_size, len(workers))
+    blocks = [
+        da.from_delayed(
+            client.scatter(x[start:stop], workers=[workers[i % len(workers)]]),
+            (stop - start, *x.shape[1:]),
+            x.dtype,
+        )
+        for i, (start, stop) in enumerate(bounds)
+    ]
+    return da.concatenate(blocks)
+
+
+def cpu_by_thread(
+    run: Callable[[], object], client: distributed.Client, calls: int = 20
+) -> dict[str, float]:
+    """The CPU time of a call of ``run`` (a predict on ``client``) by process and thread, in
+    seconds, the mean over ``calls`` calls (``/proc`` counts ticks of 10 ms, too coarse for
+    one call): the driver's main thread and its others; the workers' task threads and their
+    others (the event loop in each worker's main thread among them)."""
+    driver, workers = thread_cpu(), client.run(thread_cpu)
+    for _ in range(calls):
+        run()
+    driver = {kind: spent - driver[kind] for kind, spent in thread_cpu().items()}
+    workers = {
+        address: {kind: spent - workers[address][kind] for kind, spent in kinds.items()}
+        for address, kinds in client.run(thread_cpu).items()
+    }
+    spent = {
+        "driver, main": driver["main"],
+        "driver, other": driver["tasks"] + driver["other"],
+        "workers, tasks": sum(kinds["tasks"] for kinds in workers.values()),
+        "workers, other": sum(kinds["main"] + kinds["other"] for kinds in workers.values()),
+    }
+    return {name: value / calls for name, value in spent.items()}
+
+
+def thread_cpu() -> dict[str, float]:
+    """This process's CPU time so far, in seconds, by thread (Linux ``/proc``): the main
+    thread's, Dask's task threads', the others'; threads that ended are not counted."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    ticks = os.sysconf("SC_CLK_TCK")
+    kinds = {"main": 0.0, "tasks": 0.0, "other": 0.0}
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            name = names.get(int(tid), "")
+            kind = "tasks" if "Dask-Default-Threads" in name else "other"
+            utime, stime = int(fields[11]), int(fields[12])
+            kinds["main" if name == "MainThread" else kind] += (utime + stime) / ticks
+    return kinds
 
 
 def seconds(run: Callable[[], object], repeats: int) -> float:
@@ -140,6 +208,10 @@ def main() -> None:
                     nudged(changed), x, client=c, batch_size=args.block
                 ),
             }
+            held = on_the_workers(x, client, args.block)
+            rows["predict, x on the workers"] = lambda c=client, held=held: distributed.predict(
+                predicted, held, client=c, batch_size=args.block
+            )
             if args.predict_only:
                 continue
             full = build(args.features, args.hidden)
@@ -162,9 +234,15 @@ def main() -> None:
                         )
             phases = {n: predict_phases(contenders[f"Dask, {n} workers"]["predict"], c)
                       for n, c in clients.items()}  # fmt: skip
+            threads = {
+                (n, row): cpu_by_thread(contenders[f"Dask, {n} workers"][row], c)
+                for n, c in clients.items()
+                for row in ("predict", "predict, x on the workers")
+            }
             local_cpu = cpu_seconds(contenders["local"]["predict"])
     report(args, results)
     report_phases(phases, local_cpu)
+    report_threads(threads)
     print(f"load average (1, 5, 15 min): {load} before, {os.getloadavg()} after")
 
 
@@ -245,6 +323,14 @@ def report_phases(phases: dict[int, dict[str, float]], local_cpu: float) -> None
     for n, phase in phases.items():
         cells = [f"{v:.0f}" if k == "blocks" else f"{v * 1e3:.1f}" for k, v in phase.items()]
         print(f"| {n} | {' | '.join(cells)} |")
+
+
+def report_threads(threads: dict[tuple[int, str], dict[str, float]]) -> None:
+    print("\nCPU of a call by process and thread (ms, means of 20 calls; workers summed):")
+    names = list(next(iter(threads.values())))
+    print(f"| workers | row | {' | '.join(names)} |\n|{' --- |' * (len(names) + 2)}")
+    for (n, row), spent in threads.items():
+        print(f"| {n} | {row} | {' | '.join(f'{v * 1e3:.1f}' for v in spent.values())} |")
 
 
 if __name__ == "__main__":

@@ -658,6 +658,38 @@ def test_the_workers_are_asked_about_the_backend_once_until_they_change(monkeypa
         assert len(asked) == 3
 
 
+def test_every_worker_is_listed_where_the_scheduler_lists_five_by_default(monkeypatch):
+    """On distributed 2025.4 to 2026.6 ``scheduler_info()`` lists 5 workers unless asked for
+    all: predict's check and DataParallel's refresh see all 6 here, and blocks go to all."""
+    with (
+        LocalCluster(n_workers=6, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        listed = client.scheduler_info
+
+        def five_by_default(n_workers=5, **kwargs):
+            found = copy.deepcopy(listed(n_workers=-1, **kwargs))
+            kept = sorted(found["workers"])[:n_workers] if n_workers > 0 else found["workers"]
+            found["workers"] = {address: found["workers"][address] for address in kept}
+            return found
+
+        monkeypatch.setattr(client, "scheduler_info", five_by_default)
+        assert len(five_by_default()["workers"]) == 5
+        asked = []
+        run = client.run
+        monkeypatch.setattr(client, "run", lambda f, *a, **kw: asked.append(f) or run(f, *a, **kw))
+        model, x = small_model(), data(12)[0]
+        for _ in range(2):
+            with get_task_stream(client) as stream:
+                distributed.predict(model, x, client=client, batch_size=2)
+            blocks = [t for t in stream.data if t["key"].startswith("predict_block")]
+            assert len({t["worker"] for t in blocks}) == 6
+        assert len(asked) == 1  # the second call found the same 6 workers listed
+        engine = distributed.DataParallel(model, losses.mse, client)
+        monkeypatch.setattr(engine, "REFRESH", 0.0)
+        assert len(engine._workers()) == 6
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

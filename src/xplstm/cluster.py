@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib.util
+import inspect
 import signal
 import threading
 import weakref
@@ -168,7 +169,7 @@ def check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT
     a call costs, not a message to every worker. A worker that joins, or restarts (a new
     local directory, whatever its address), is asked at the next call."""
     checked = _CHECKED.setdefault(client, {})
-    listed = client.scheduler_info()["workers"].items()
+    listed = workers_listed(client).items()
     instances = sorted((address, str(info.get("local_directory"))) for address, info in listed)
     if instances and checked.get(backend) == instances:
         return [address for address, _ in instances]
@@ -193,6 +194,16 @@ def check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT
     return sorted(problems)
 
 
+def workers_listed(client: Client) -> dict[str, dict[str, Any]]:
+    """The scheduler's information on each of its workers, by address: all of them. From
+    distributed 2025.4 until the default was undone (dask/distributed#9045, #9308),
+    ``scheduler_info()`` lists only 5 workers unless asked ``n_workers=-1``, an argument that
+    the scheduler of versions before 2025.4 refuses."""
+    if "n_workers" in inspect.signature(client.scheduler_info).parameters:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    return client.scheduler_info()["workers"]
+
+
 def _backend_problem(name: str) -> str | None:
     """On a worker: why it cannot run the backend ``name``, or ``None`` when it can."""
     return backends.unavailable_reason(name)
@@ -207,4 +218,5 @@ __all__ = [
     "cluster",
     "connect",
     "using",
+    "workers_listed",
 ]

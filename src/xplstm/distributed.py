@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from xplstm import batched, loop, optim
 from xplstm.checks import flag, positive, positive_int
-from xplstm.cluster import check_workers, using
+from xplstm.cluster import check_workers, using, workers_listed
 from xplstm.replica import Loss, Model, Replica, predict_block, shard_gradients
 
 #: Rows per forward pass in :func:`predict`, unless told otherwise.
@@ -271,7 +271,7 @@ class DataParallel:
     def _workers(self) -> list[str]:
         """The workers' addresses, looked up again every ``REFRESH`` seconds."""
         if time.monotonic() - self._seen > self.REFRESH:
-            self.workers = sorted(self.client.scheduler_info()["workers"]) or self.workers
+            self.workers = sorted(workers_listed(self.client)) or self.workers
             self._seen = time.monotonic()
         return self.workers
 
