@@ -5,9 +5,11 @@ into float32's subnormal range (below 1.2e-38), 10-100x slower on x86; NumPy's b
 therefore flushes them (``_numpy_jit.subnormals_flushed``, docs/benchmarks.md). This trains
 the bench's train-step model (``xplstm bench --modes train-step``: the LSTM, its last step,
 Linear, MSE, clipping, Adam; the same data and seeds) for ``--steps`` steps from its seed, once
-for each way of flushing (:data:`FLUSHES`): ``none`` (``subnormals_flushed`` replaced by a null
-context here), ``compiled`` (only the compiled backward calls flush, each inside itself: NumPy
-before e805200) and ``backward`` (the whole backward, as NumPy's fast path does).
+for each way of flushing ``--flushes`` names (:data:`FLUSHES`; the first three unless told):
+``none`` (``subnormals_flushed`` replaced by a null context here), ``compiled`` (only the
+compiled backward calls flush, each inside itself: NumPy before e805200), ``backward`` (the whole
+backward, as NumPy's fast path does) and ``step`` (the whole train step: the forward, the head,
+the loss and Adam too).
 
 What is counted, in every backward of the LSTM: the subnormal values of each per-step product
 ``dh_{t-1} = dz_t @ W_h^T`` (BLAS and panel loops; the compiled loop makes it inside numba,
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +42,7 @@ from xplstm.backends._numpy_fast import LOOP_ENV
 from xplstm.bench.contenders import xplstm_runs
 
 #: The ways of flushing compared: see the module's docstring.
-FLUSHES = ("none", "compiled", "backward")
+FLUSHES = ("none", "compiled", "backward", "step")
 
 
 class Counter:
@@ -109,12 +112,13 @@ def train(config: tuple[int, ...], steps: int, flush: str) -> list[tuple[float, 
     layer = xplstm.LSTM(inputs, hidden, backend="numpy", dtype="float32", seed=0)
     step = xplstm_runs(layer, x, dy, target)["train-step"]
     blas, compiled = _numpy_fast._blas_backward, _numpy_fast._compiled_backward
+    whole_step = _numpy_jit.subnormals_flushed if flush == "step" else contextlib.nullcontext
     found = []
     with contextlib.ExitStack() as patches:
         if flush == "compiled":
             loops = compiled_calls_flushing(_numpy_jit.loops)
             patches.enter_context(mock.patch.object(_numpy_jit, "loops", loops))
-        if flush != "backward":
+        if flush in ("none", "compiled"):
             patches.enter_context(
                 mock.patch.object(_numpy_jit, "subnormals_flushed", contextlib.nullcontext)
             )
@@ -127,7 +131,8 @@ def train(config: tuple[int, ...], steps: int, flush: str) -> list[tuple[float, 
                 ),
             ):
                 start = time.process_time()
-                step()
+                with whole_step():
+                    step()
                 found.append((time.process_time() - start - counter.seconds, counter))
     return found
 
@@ -136,7 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="32,200,512,512", help="B,T,I,H")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--flushes", default=",".join(FLUSHES), help="of " + ",".join(FLUSHES))
+    parser.add_argument("--flushes", default=",".join(FLUSHES[:3]), help="of " + ",".join(FLUSHES))
     parser.add_argument("--loop", help=f"the NumPy loop (${LOOP_ENV}); default: the layer's pick")
     args = parser.parse_args()
     if args.loop:
@@ -154,6 +159,11 @@ def main() -> None:
     for n, steps in enumerate(zip(*runs, strict=True), 1):
         cells = (f"{t * 1e3:.1f} | {c.products:,} | {c.gates:,}" for t, c in steps)
         print(f"{n} | " + " | ".join(cells))
+    medians = (
+        f"{flush} {statistics.median(t for t, _ in run) * 1e3:.1f}"
+        for flush, run in zip(flushes, runs, strict=True)
+    )
+    print("median ms: " + ", ".join(medians))
 
 
 if __name__ == "__main__":
