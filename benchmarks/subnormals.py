@@ -148,6 +148,8 @@ def main() -> None:
         os.environ[LOOP_ENV] = args.loop
     config = tuple(int(n) for n in args.config.split(","))
     flushes = args.flushes.split(",")
+    if not set(flushes) <= set(FLUSHES):
+        parser.error(f"--flushes: each of {','.join(FLUSHES)}")
     with threadpool_limits(1):
         train(config, 1, "backward")  # compiles, or loads numba's cache
         runs = [train(config, args.steps, flush) for flush in flushes]
