@@ -30,8 +30,12 @@ equal to the written-once path.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
-from collections.abc import Callable
+import platform
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache, cached_property, wraps
 from typing import Any, NamedTuple
 
@@ -74,21 +78,70 @@ def numba_installed() -> bool:
 
 
 def flushing_subnormals(backward: Callable) -> Callable:
-    """``backward`` run with subnormal floats flushed to zero throughout where numba is installed
-    (``_numpy_jit.subnormals_flushed``: the loop, BLAS's products and the ufuncs; a gradient
-    decaying through a long sequence is otherwise 10-100x slower), else as it is. The backward
-    of every NumPy route, per recurrence and the packed stack, wears it."""
+    """``backward`` run with subnormal floats flushed to zero throughout (the loop, BLAS's
+    products and the ufuncs; :func:`subnormals_flushed`): a gradient decaying through a long
+    sequence is otherwise 10-100x slower. The backward of every NumPy route, per recurrence and
+    the packed stack, wears it."""
 
     @wraps(backward)
     def flushed(*args: Any, **kwargs: Any) -> Any:
-        if not numba_installed():
-            return backward(*args, **kwargs)
-        from xplstm.backends import _numpy_jit
-
-        with _numpy_jit.subnormals_flushed():
+        with subnormals_flushed():
             return backward(*args, **kwargs)
 
     return flushed
+
+
+def subnormals_flushed() -> AbstractContextManager[None]:
+    """A block that runs with subnormal floats flushed to zero in this thread, and gives the
+    caller's flags back on exit (x86-64's MXCSR FTZ and DAZ): set by numba's compiled code
+    where numba is installed (``_numpy_jit.subnormals_flushed``, any x86-64 system), else
+    through the C library's ``fegetenv``/``fesetenv`` on Linux with glibc, so that an install
+    without numba (the ufunc loop) does not run its backward on subnormals either; elsewhere
+    a block that flushes nothing."""
+    if numba_installed():
+        from xplstm.backends import _numpy_jit
+
+        return _numpy_jit.subnormals_flushed()
+    if _c_floating_point_env() is None:
+        return nullcontext()
+    return _subnormals_flushed_by_libc()
+
+
+#: MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6) flags.
+_FLUSH_BITS = (1 << 15) | (1 << 6)
+#: glibc's ``fenv_t`` on x86-64: the x87 environment (28 bytes), then MXCSR; 32-bit words.
+_FENV_WORDS, _MXCSR_WORD = 8, 7
+
+
+@cache
+def _c_floating_point_env() -> Any:
+    """The C math library (``fegetenv``, ``fesetenv``) where its ``fenv_t`` layout is known:
+    glibc on x86-64; else ``None``."""
+    machine = platform.machine().lower() in ("x86_64", "amd64")
+    if not (machine and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
+        return None
+    found = ctypes.util.find_library("m")
+    return ctypes.CDLL(found) if found else None
+
+
+@contextmanager
+def _subnormals_flushed_by_libc() -> Iterator[None]:
+    """:func:`subnormals_flushed` through glibc: MXCSR's two flags set, and on exit given
+    back as the caller had them (the other bits, exception flags raised inside among them,
+    stay as the block left them)."""
+    libm = _c_floating_point_env()
+    env = (ctypes.c_uint32 * _FENV_WORDS)()
+    if libm.fegetenv(env) != 0:
+        raise OSError("fegetenv failed: the floating-point environment could not be read")
+    saved = env[_MXCSR_WORD] & _FLUSH_BITS
+    env[_MXCSR_WORD] |= _FLUSH_BITS
+    libm.fesetenv(env)
+    try:
+        yield
+    finally:
+        libm.fegetenv(env)
+        env[_MXCSR_WORD] = (env[_MXCSR_WORD] & ~_FLUSH_BITS) | saved
+        libm.fesetenv(env)
 
 
 @cache
@@ -282,8 +335,8 @@ class NumPyFastPath:
         dc_n: np.ndarray,
         w_proj: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The backward of ``forward``'s call (its ``cache``), subnormals flushed where numba is
-        installed (:func:`flushing_subnormals`)."""
+        """The backward of ``forward``'s call (its ``cache``), subnormals flushed
+        (:func:`flushing_subnormals`)."""
         x_rows, b, h0, c0, y, ws, given, loop = cache
         batch, seq, hidden, _, _ = ws.key
         inputs, out = x_rows.shape[1], h0.shape[1]

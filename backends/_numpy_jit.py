@@ -148,9 +148,10 @@ def subnormals_flushed() -> Iterator[None]:
     where it runs more than one) are left as they are.
 
     Why: a gradient that decays through a long sequence reaches subnormal floats, 10-100x
-    slower on x86 (XLA flushes them by default); the train step at (32,200,512,512) took 2-3 s
-    in its first steps with them, 0.8 without (docs/benchmarks.md). Only values below 1.2e-38
-    (float32) or 2.2e-308 (float64) change."""
+    slower on x86 (XLA flushes them by default); the train step at (32,200,512,512) took 13-14
+    s in its first steps with them, 2.7-2.8 with only the compiled calls flushing, 0.7-0.8 with
+    the whole backward flushed (docs/benchmarks.md, ``benchmarks/subnormals.py``). Only values
+    below 1.2e-38 (float32) or 2.2e-308 (float64) change."""
     saved = None
     try:
         saved = _flush()

@@ -8,8 +8,10 @@ Linear, MSE, clipping, Adam; the same data and seeds) for ``--steps`` steps from
 for each way of flushing ``--flushes`` names (:data:`FLUSHES`; the first three unless told):
 ``none`` (``subnormals_flushed`` replaced by a null context here), ``compiled`` (only the
 compiled backward calls flush, each inside itself: NumPy before e805200), ``backward`` (the whole
-backward, as NumPy's fast path does) and ``step`` (the whole train step: the forward, the head,
-the loss and Adam too).
+backward, as NumPy's fast path does), ``step`` (the whole train step: the forward, the head,
+the loss and Adam too) and ``libc`` (the whole backward, through the C library's
+``fesetenv`` as an install without numba does: ``numba_installed`` made to say no, so
+``--loop ufuncs`` goes with it).
 
 What is counted, in every backward of the LSTM: the subnormal values of each per-step product
 ``dh_{t-1} = dz_t @ W_h^T`` (BLAS and panel loops; the compiled loop makes it inside numba,
@@ -42,7 +44,7 @@ from xplstm.backends._numpy_fast import LOOP_ENV
 from xplstm.bench.contenders import xplstm_runs
 
 #: The ways of flushing compared: see the module's docstring.
-FLUSHES = ("none", "compiled", "backward", "step")
+FLUSHES = ("none", "compiled", "backward", "step", "libc")
 
 
 class Counter:
@@ -118,6 +120,8 @@ def train(config: tuple[int, ...], steps: int, flush: str) -> list[tuple[float, 
         if flush == "compiled":
             loops = compiled_calls_flushing(_numpy_jit.loops)
             patches.enter_context(mock.patch.object(_numpy_jit, "loops", loops))
+        if flush == "libc":
+            patches.enter_context(mock.patch.object(_numpy_fast, "numba_installed", lambda: False))
         if flush in ("none", "compiled"):
             patches.enter_context(
                 mock.patch.object(_numpy_jit, "subnormals_flushed", contextlib.nullcontext)

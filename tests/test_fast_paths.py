@@ -13,6 +13,7 @@ import sys
 import tracemalloc
 import types
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -379,12 +380,29 @@ def test_packed_product_without_avx512(tmp_path):
     assert float(error) < 1e-5 and avx512 == "False", done.stdout
 
 
-def _flush_or_skip() -> None:
-    _compiled_or_skip()
+def _flush_or_skip(by: str = "numba") -> None:
+    """Skip unless the flush ``by`` numba (where installed) or the C library can run here."""
     import platform
+
+    from xplstm.backends import _numpy_fast
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the flush is x86-64's MXCSR flags")
+    if by == "numba":
+        _compiled_or_skip()
+    elif _numpy_fast._c_floating_point_env() is None:
+        pytest.skip("the flush without numba is glibc's fegetenv/fesetenv (Linux)")
+
+
+def _flush_by(by: str) -> Callable:
+    """The flush's context manager: numba's, or the C library's (an install without numba)."""
+    from xplstm.backends import _numpy_fast
+
+    if by == "numba":
+        from xplstm.backends._numpy_jit import subnormals_flushed
+
+        return subnormals_flushed
+    return _numpy_fast._subnormals_flushed_by_libc
 
 
 def _flushing() -> bool:
@@ -400,12 +418,13 @@ def _subnormals(a: np.ndarray) -> int:
     return int(np.count_nonzero((bits > 0) & (bits < np.finfo(np.float32).tiny.view(np.int32))))
 
 
-def test_subnormals_flushed_flushes_its_block_and_restores_the_callers_flags():
-    """Inside ``subnormals_flushed`` NumPy's ufuncs and BLAS products flush subnormals; on exit
-    the caller's flags come back: unflushed, flushed where an outer block flushes, and after an
-    exception too."""
-    _flush_or_skip()
-    from xplstm.backends._numpy_jit import subnormals_flushed
+@pytest.mark.parametrize("by", ["numba", "libc"])
+def test_subnormals_flushed_flushes_its_block_and_restores_the_callers_flags(by):
+    """Inside ``subnormals_flushed`` (numba's, or the C library's for installs without numba)
+    NumPy's ufuncs and BLAS products flush subnormals; on exit the caller's flags come back:
+    unflushed, flushed where an outer block flushes, and after an exception too."""
+    _flush_or_skip(by)
+    subnormals_flushed = _flush_by(by)
 
     tiny = np.full((4, 4), np.float32(1e-20))
     assert not _flushing() and _subnormals(tiny @ tiny), "unflushed before"
@@ -451,13 +470,21 @@ def test_numpy_backward_flushes_subnormals_inside_only(loop, monkeypatch):
     assert not _flushing(), "the flush leaked out of a backward that raised"
 
 
-@pytest.mark.parametrize("path", [*numpy_loops(), "stack"])
-def test_numpy_backward_flushes_a_gradient_decaying_into_subnormals(path):
+@pytest.mark.parametrize("path", [*numpy_loops(), "stack", "ufuncs without numba"])
+def test_numpy_backward_flushes_a_gradient_decaying_into_subnormals(path, monkeypatch):
     """A train step's gradient, from the last step only, decays through a long sequence below
-    float32's normal range: NumPy's backward (every loop, and the packed stack) flushes it to 0
-    throughout, in BLAS's products too, per step and over all steps, and its gradients stay
-    within 1e-36 of the written-once path's, which computes the subnormals."""
-    _flush_or_skip()
+    float32's normal range: NumPy's backward (every loop, and the packed stack; the ufunc loop
+    also where numba is not installed) flushes it to 0 throughout, in BLAS's products too, per
+    step and over all steps, and its gradients stay within 1e-36 of the written-once path's,
+    which computes the subnormals."""
+    if path == "ufuncs without numba":
+        from xplstm.backends import _numpy_fast
+
+        _flush_or_skip("libc")
+        monkeypatch.setattr(_numpy_fast, "numba_installed", lambda: False)
+        path = "ufuncs"
+    else:
+        _flush_or_skip()
     rng = np.random.default_rng(0)
     batch, seq, inputs, hidden = 8, 300, 3, 8
     layer = on_path(xplstm.LSTM(inputs, hidden, backend="numpy", dtype="float32", seed=0), path)
