@@ -31,9 +31,9 @@ equal to the written-once path.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib.util
 import platform
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache, cached_property, wraps
@@ -114,34 +114,38 @@ _FENV_WORDS, _MXCSR_WORD = 8, 7
 
 
 @cache
-def _c_floating_point_env() -> Any:
+def _c_floating_point_env() -> ctypes.CDLL | None:
     """The C math library (``fegetenv``, ``fesetenv``) where its ``fenv_t`` layout is known:
-    glibc on x86-64; else ``None``."""
-    machine = platform.machine().lower() in ("x86_64", "amd64")
-    if not (machine and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
+    glibc on x86-64, 64-bit Python; else ``None``."""
+    x86_64 = platform.machine().lower() in ("x86_64", "amd64") and sys.maxsize > 2**32
+    if not (x86_64 and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
         return None
-    found = ctypes.util.find_library("m")
-    return ctypes.CDLL(found) if found else None
+    return ctypes.CDLL("libm.so.6")  # glibc's name for it on every Linux
 
 
 @contextmanager
 def _subnormals_flushed_by_libc() -> Iterator[None]:
     """:func:`subnormals_flushed` through glibc: MXCSR's two flags set, and on exit given
-    back as the caller had them (the other bits, exception flags raised inside among them,
-    stay as the block left them)."""
+    back as the caller had them, alone (the other bits, exception flags raised inside among
+    them, stay as the block left them; numba's version loads the caller's whole MXCSR back)."""
     libm = _c_floating_point_env()
     env = (ctypes.c_uint32 * _FENV_WORDS)()
-    if libm.fegetenv(env) != 0:
-        raise OSError("fegetenv failed: the floating-point environment could not be read")
-    saved = env[_MXCSR_WORD] & _FLUSH_BITS
-    env[_MXCSR_WORD] |= _FLUSH_BITS
-    libm.fesetenv(env)
+
+    def swap(bits: int) -> int:
+        """Sets MXCSR's flush flags to ``bits``; returns what they were."""
+        if libm.fegetenv(env) != 0:
+            raise OSError("fegetenv failed: the floating-point environment could not be read")
+        before = env[_MXCSR_WORD] & _FLUSH_BITS
+        env[_MXCSR_WORD] = (env[_MXCSR_WORD] & ~_FLUSH_BITS) | bits
+        if libm.fesetenv(env) != 0:
+            raise OSError("fesetenv failed: the floating-point environment could not be set")
+        return before
+
+    saved = swap(_FLUSH_BITS)
     try:
         yield
     finally:
-        libm.fegetenv(env)
-        env[_MXCSR_WORD] = (env[_MXCSR_WORD] & ~_FLUSH_BITS) | saved
-        libm.fesetenv(env)
+        swap(saved)
 
 
 @cache

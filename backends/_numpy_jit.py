@@ -53,6 +53,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from xplstm.backends._numpy_fast import _FLUSH_BITS
+
 #: No division-by-zero checks (they stop LLVM from vectorising; the cell never divides by
 #: zero: 1 + e^-|z| >= 1), the GIL released while the loops run, and a multiplication and an
 #: addition fused into one rounding where LLVM can (``contract``: without it LLVM emits no
@@ -81,8 +83,6 @@ def _float_from_bits(typingctx, bits):
     return float_type(bits), codegen
 
 
-#: MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6) flags, on x86-64.
-_FLUSH_BITS = (1 << 15) | (1 << 6)
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 

@@ -56,6 +56,9 @@ import xplstm
 from xplstm import batched, distributed, losses, optim
 from xplstm.cluster import workers_listed
 
+#: Calls over which :func:`cpu_by_thread` takes its means.
+THREAD_CALLS = 20
+
 
 def build(features: int, hidden: int, seed: int = 0) -> xplstm.Sequential:
     return xplstm.Sequential(
@@ -110,20 +113,18 @@ def on_the_workers(x: np.ndarray, client: Client, batch_size: int) -> da.Array:
     return da.concatenate(blocks)
 
 
-def cpu_by_thread(
-    run: Callable[[], object], client: distributed.Client, calls: int = 20
-) -> dict[str, float]:
+def cpu_by_thread(run: Callable[[], object], client: Client, calls: int = 20) -> dict[str, float]:
     """The CPU time of a call of ``run`` (a predict on ``client``) by process and thread, in
-    seconds, the mean over ``calls`` calls (``/proc`` counts ticks of 10 ms, too coarse for
-    one call): the driver's main thread and its others; the workers' task threads and their
-    others (the event loop in each worker's main thread among them)."""
+    seconds, the mean over ``calls`` calls: the driver's main thread and its others; the
+    workers' task threads and their others (the event loop in each worker's main thread among
+    them). Threads that end between the two readings are not counted."""
     driver, workers = thread_cpu(), client.run(thread_cpu)
     for _ in range(calls):
         run()
-    driver = {kind: spent - driver[kind] for kind, spent in thread_cpu().items()}
+    driver = spent_since(driver, thread_cpu())
     workers = {
-        address: {kind: spent - workers[address][kind] for kind, spent in kinds.items()}
-        for address, kinds in client.run(thread_cpu).items()
+        address: spent_since(workers[address], now)
+        for address, now in client.run(thread_cpu).items()
     }
     spent = {
         "driver, main": driver["main"],
@@ -134,20 +135,28 @@ def cpu_by_thread(
     return {name: value / calls for name, value in spent.items()}
 
 
-def thread_cpu() -> dict[str, float]:
-    """This process's CPU time so far, in seconds, by thread (Linux ``/proc``): the main
-    thread's, Dask's task threads', the others'; threads that ended are not counted."""
-    names = {thread.native_id: thread.name for thread in threading.enumerate()}
-    ticks = os.sysconf("SC_CLK_TCK")
+def spent_since(
+    before: dict[int, tuple[str, float]], now: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds each kind of thread spent between two :func:`thread_cpu` readings (a
+    thread that started between them from 0)."""
     kinds = {"main": 0.0, "tasks": 0.0, "other": 0.0}
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-            name = names.get(int(tid), "")
-            kind = "tasks" if "Dask-Default-Threads" in name else "other"
-            utime, stime = int(fields[11]), int(fields[12])
-            kinds["main" if name == "MainThread" else kind] += (utime + stime) / ticks
+    for tid, (kind, seconds) in now.items():
+        kinds[kind] += seconds - before.get(tid, (kind, 0.0))[1]
     return kinds
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """This process's threads (Linux: ``/proc``), by id: their kind (``main``, Dask's
+    ``tasks``, ``other``) and CPU time so far in seconds, to the nanosecond (``schedstat``)."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    found = {}
+    for tid in map(int, os.listdir("/proc/self/task")):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{tid}/schedstat") as f:
+            name = names.get(tid, "")
+            kind = "tasks" if "Dask-Default-Threads" in name else "other"
+            found[tid] = ("main" if name == "MainThread" else kind, int(f.read().split()[0]) / 1e9)
+    return found
 
 
 def seconds(run: Callable[[], object], repeats: int) -> float:
@@ -235,7 +244,7 @@ def main() -> None:
             phases = {n: predict_phases(contenders[f"Dask, {n} workers"]["predict"], c)
                       for n, c in clients.items()}  # fmt: skip
             threads = {
-                (n, row): cpu_by_thread(contenders[f"Dask, {n} workers"][row], c)
+                (n, row): cpu_by_thread(contenders[f"Dask, {n} workers"][row], c, THREAD_CALLS)
                 for n, c in clients.items()
                 for row in ("predict", "predict, x on the workers")
             }
@@ -326,7 +335,10 @@ def report_phases(phases: dict[int, dict[str, float]], local_cpu: float) -> None
 
 
 def report_threads(threads: dict[tuple[int, str], dict[str, float]]) -> None:
-    print("\nCPU of a call by process and thread (ms, means of 20 calls; workers summed):")
+    print(
+        f"\nCPU of a call by process and thread (ms, means of {THREAD_CALLS} calls; workers "
+        "summed):"
+    )
     names = list(next(iter(threads.values())))
     print(f"| workers | row | {' | '.join(names)} |\n|{' --- |' * (len(names) + 2)}")
     for (n, row), spent in threads.items():

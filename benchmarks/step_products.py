@@ -115,10 +115,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tiles", nargs="+", help="rows,vectors (default: the module's)")
     args = parser.parse_args()
-    tiles = [
-        tuple(int(s) for s in tile.split(","))
-        for tile in args.tiles or [f"{_numpy_gemm.TILE_ROWS},{_numpy_gemm.TILE_VECTORS}"]
-    ]
+    tiles: list[Tile] = []
+    for tile in args.tiles or [f"{_numpy_gemm.TILE_ROWS},{_numpy_gemm.TILE_VECTORS}"]:
+        if tile.count(",") != 1 or not tile.replace(",", "").isdigit():
+            parser.error(f"--tiles: each tile is rows,vectors (such as 8,3), got {tile!r}")
+        rows, vectors = tile.split(",")
+        tiles.append((int(rows), int(vectors)))
     with threadpool_limits(1):
         for shape in args.shapes:
             m, k, n = (int(s) for s in shape.split(","))

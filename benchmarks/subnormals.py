@@ -154,6 +154,8 @@ def main() -> None:
     flushes = args.flushes.split(",")
     if not set(flushes) <= set(FLUSHES):
         parser.error(f"--flushes: each of {','.join(FLUSHES)}")
+    if "libc" in flushes and args.loop != "ufuncs":
+        parser.error("--flushes libc measures an install without numba: add --loop ufuncs")
     with threadpool_limits(1):
         train(config, 1, "backward")  # compiles, or loads numba's cache
         runs = [train(config, args.steps, flush) for flush in flushes]
@@ -163,7 +165,12 @@ def main() -> None:
     )
     print("step | " + " | ".join(f"{flush} ms | products | dz" for flush in flushes))
     for n, steps in enumerate(zip(*runs, strict=True), 1):
-        cells = (f"{t * 1e3:.1f} | {c.products:,} | {c.gates:,}" for t, c in steps)
+        cells = (
+            f"{t * 1e3:.1f} | {c.products:,} | {c.gates:,}"
+            if args.loop != "ufuncs"
+            else f"{t * 1e3:.1f} | n/a | n/a"  # the ufunc loop's steps are not counted
+            for t, c in steps
+        )
         print(f"{n} | " + " | ".join(cells))
     medians = (
         f"{flush} {statistics.median(t for t, _ in run) * 1e3:.1f}"

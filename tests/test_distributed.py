@@ -660,7 +660,9 @@ def test_the_workers_are_asked_about_the_backend_once_until_they_change(monkeypa
 
 def test_every_worker_is_listed_where_the_scheduler_lists_five_by_default(monkeypatch):
     """On distributed 2025.4 to 2026.6 ``scheduler_info()`` lists 5 workers unless asked for
-    all: predict's check and DataParallel's refresh see all 6 here, and blocks go to all."""
+    all: predict's check finds the 6 it asked again at the next call (asks no worker twice),
+    and DataParallel's refresh sees all 6. (The blocks went to all 6 before the fix too: the
+    check returned the workers that answered it.)"""
     with (
         LocalCluster(n_workers=6, processes=False, dashboard_address=":0") as cluster,
         Client(cluster, set_as_default=False) as client,

@@ -394,6 +394,20 @@ def _flush_or_skip(by: str = "numba") -> None:
         pytest.skip("the flush without numba is glibc's fegetenv/fesetenv (Linux)")
 
 
+def _without_numba_if_asked(loop: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``loop``, skipping where its flush cannot run; ``"ufuncs without numba"`` is the ufunc
+    loop with ``numba_installed`` saying no, as an install without numba (the C library's
+    flush)."""
+    from xplstm.backends import _numpy_fast
+
+    if loop != "ufuncs without numba":
+        _flush_or_skip()
+        return loop
+    _flush_or_skip("libc")
+    monkeypatch.setattr(_numpy_fast, "numba_installed", lambda: False)
+    return "ufuncs"
+
+
 def _flush_by(by: str) -> Callable:
     """The flush's context manager: numba's, or the C library's (an install without numba)."""
     from xplstm.backends import _numpy_fast
@@ -439,13 +453,16 @@ def test_subnormals_flushed_flushes_its_block_and_restores_the_callers_flags(by)
     assert not _flushing(), "the flush leaked out of a block that raised"
 
 
-@pytest.mark.parametrize("loop", numpy_loops())
+@pytest.mark.parametrize("loop", [*numpy_loops(), "ufuncs without numba"])
 def test_numpy_backward_flushes_subnormals_inside_only(loop, monkeypatch):
     """NumPy's backward treats subnormal gradients as 0 (they are 10-100x slower on x86 and
     reach a long sequence's early steps), and leaves the processor as it found it: after the
-    call, inside a caller's own flush, and after a call that raised."""
-    _flush_or_skip()
-    from xplstm.backends._numpy_jit import subnormals_flushed
+    call, inside a caller's own flush, and after a call that raised; with numba, and without
+    it (the ufunc loop, flushing through the C library)."""
+    from xplstm.backends import _numpy_fast
+
+    loop = _without_numba_if_asked(loop, monkeypatch)
+    subnormals_flushed = _numpy_fast.subnormals_flushed
 
     p = recurrence_problem(set(), "float32")
     p["dh_n"] = np.full_like(p["dh_n"], np.float32(1e-39))
@@ -462,8 +479,6 @@ def test_numpy_backward_flushes_subnormals_inside_only(loop, monkeypatch):
         assert _flushing()
         raise RuntimeError("a backward that fails")
 
-    from xplstm.backends import _numpy_fast
-
     monkeypatch.setattr(_numpy_fast, "column_sums", failing)  # every loop's last call
     with pytest.raises(RuntimeError, match="fails"):
         run_recurrence(*numpy_loop_path(loop), p, dy=False)
@@ -477,14 +492,7 @@ def test_numpy_backward_flushes_a_gradient_decaying_into_subnormals(path, monkey
     also where numba is not installed) flushes it to 0 throughout, in BLAS's products too, per
     step and over all steps, and its gradients stay within 1e-36 of the written-once path's,
     which computes the subnormals."""
-    if path == "ufuncs without numba":
-        from xplstm.backends import _numpy_fast
-
-        _flush_or_skip("libc")
-        monkeypatch.setattr(_numpy_fast, "numba_installed", lambda: False)
-        path = "ufuncs"
-    else:
-        _flush_or_skip()
+    path = _without_numba_if_asked(path, monkeypatch)
     rng = np.random.default_rng(0)
     batch, seq, inputs, hidden = 8, 300, 3, 8
     layer = on_path(xplstm.LSTM(inputs, hidden, backend="numpy", dtype="float32", seed=0), path)

@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import importlib.util
-import inspect
 import signal
 import threading
 import weakref
@@ -195,13 +194,11 @@ def check_workers(client: Client, backend: str, timeout: float = CONNECT_TIMEOUT
 
 
 def workers_listed(client: Client) -> dict[str, dict[str, Any]]:
-    """The scheduler's information on each of its workers, by address: all of them. From
-    distributed 2025.4 until the default was undone (dask/distributed#9045, #9308),
-    ``scheduler_info()`` lists only 5 workers unless asked ``n_workers=-1``, an argument that
-    the scheduler of versions before 2025.4 refuses."""
-    if "n_workers" in inspect.signature(client.scheduler_info).parameters:
-        return client.scheduler_info(n_workers=-1)["workers"]
-    return client.scheduler_info()["workers"]
+    """The scheduler's information on each of its workers, by address: all of them (a
+    synchronous client's). From distributed 2025.4 until the default was undone in 2026.7
+    (dask/distributed#9045, #9308) ``scheduler_info()`` lists 5 unless asked ``n_workers=-1``;
+    earlier versions take and ignore the argument."""
+    return client.scheduler_info(n_workers=-1)["workers"]
 
 
 def _backend_problem(name: str) -> str | None:
