@@ -174,6 +174,41 @@ def test_predict_spreads_its_blocks_and_sends_the_parameters_once(client, monkey
     assert replicas == 1
 
 
+@pytest.mark.parametrize("call", ["predict", "fit step"])
+def test_a_call_sends_one_graph_and_releases_the_last_calls_results_after_it(
+    client, monkeypatch, call
+):
+    """One message to the scheduler a call (a fit step's shards and their parameters, once,
+    not one graph a shard); the last call's results are released only after it, so that their
+    release does not hold the next graph back in the client's batching window."""
+    model, (x, y) = small_model(), data(16)
+    engine = distributed.DataParallel(model, losses.mse, client, shards=2)
+    run = {
+        "predict": lambda: distributed.predict(model, x, client=client, batch_size=4),
+        "fit step": lambda: engine.gradients(x, y),
+    }[call]
+    graphs: list[set[str]] = []  # the keys each compute call asked for (no futures held here)
+    compute = client.compute
+
+    def counted(collections, **options):
+        futures = compute(collections, **options)
+        graphs.append({future.key for future in futures})
+        return futures
+
+    run()  # the replica placed, the workers checked
+    monkeypatch.setattr(client, "compute", counted)
+    run()
+    assert len(graphs) == 1 and len(graphs[0]) >= 2, "one graph a call, its tasks in it"
+    time.sleep(0.1)  # the client releases a future on its event loop
+    assert graphs[0] <= set(client.futures), "the last call's results were released at once"
+    run()
+    assert len(graphs) == 2
+    deadline = time.monotonic() + 5
+    while graphs[0] & set(client.futures) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not graphs[0] & set(client.futures), "the call before the last is still held"
+
+
 def test_predict_blocks_give_every_worker_the_same_share():
     """At most batch_size rows a block, a multiple of the workers' count of blocks (at most
     one a row), sizes differing by at most one."""

@@ -120,6 +120,7 @@ def predict(
                 task = dask.delayed(predict_block, pure=False)
                 tasks.append(task(replica, block, batch_size, rows))
         futures = active.compute(tasks)  # one message to the scheduler
+        _HELD[active.id] = futures  # the last call's are released only now: see _HELD
         outputs = active.gather(futures)
     return np.concatenate(outputs)
 
@@ -139,6 +140,11 @@ def block_bounds(rows: int, batch_size: int, workers: int) -> list[tuple[int, in
 _PLACED: dict[str, Future] = {}
 #: The states of a future that cannot be used again.
 _FAILED = ("cancelled", "error", "lost")
+#: Per client (by id), the futures of :func:`predict`'s last call, released when the next call
+#: has sent its graph. Released at once, they would start the client's 10 ms window of batched
+#: messages (``BatchedSend``) just before the next call's graph, which would then wait for
+#: the window's end: 4-5 ms a call when calls follow each other (docs/distributed.md).
+_HELD: dict[str, list[Future]] = {}
 
 
 def _replica_on(client: Client, model: Model) -> Future:
@@ -152,6 +158,7 @@ def _replica_on(client: Client, model: Model) -> Future:
     if held is None or held.key != key or held.status in _FAILED:
         for closed in [c for c, f in _PLACED.items() if f.client.status != "running"]:
             del _PLACED[closed]  # and with it the client
+            _HELD.pop(closed, None)
         held = _PLACED[client.id] = client.compute(dask.delayed(replica, name=key, traverse=False))
     return held
 
@@ -218,6 +225,7 @@ class DataParallel:
         self.step = 0
         self.workers = check_workers(client, model.backend)
         self._seen = time.monotonic()
+        self._held: list[Future] = []
         #: Shards per global batch: by default one per worker at the start.
         self.shards = len(self.workers) if shards is None else positive_int("shards", shards)
 
@@ -230,21 +238,24 @@ class DataParallel:
         replica = dask.delayed(Replica.of(self.model), pure=False, traverse=False)
         workers = self._workers()
         per_row = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
-        futures = [
-            self.client.compute(
-                dask.delayed(shard_gradients, pure=False)(
-                    replica,
-                    self.loss,
-                    x[start:stop],
-                    y[start:stop],
-                    self._dropout_seed(shard),
-                    {name: values[start:stop] for name, values in per_row.items()},
-                ),
-                workers=[workers[shard % len(workers)]],
-                allow_other_workers=True,
-            )
-            for shard, (start, stop) in enumerate(bounds)
-        ]
+        tasks = []
+        for shard, (start, stop) in enumerate(bounds):
+            rows = {name: values[start:stop] for name, values in per_row.items()}
+            with dask.annotate(workers=[workers[shard % len(workers)]], allow_other_workers=True):
+                task = dask.delayed(shard_gradients, pure=False)
+                tasks.append(
+                    task(
+                        replica,
+                        self.loss,
+                        x[start:stop],
+                        y[start:stop],
+                        self._dropout_seed(shard),
+                        rows,
+                    )
+                )
+        # One message to the scheduler, the parameters in it once; the last step's futures
+        # released only after it (as predict's: see _HELD).
+        futures = self._held = self.client.compute(tasks)
         losses, gradients = zip(*self.client.gather(futures), strict=True)
         self.step += 1
         weights = [(stop - start) / batch for start, stop in bounds]
