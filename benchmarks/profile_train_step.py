@@ -11,11 +11,9 @@ import cProfile
 import pstats
 import time
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
-import xplstm
-from xplstm.bench.contenders import xplstm_runs
+from xplstm.bench.contenders import numpy_train_step
 
 
 def main() -> None:
@@ -24,13 +22,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    batch, seq, inputs, hidden = (int(n) for n in args.config.split(","))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, seq, inputs)).astype("float32")
-    dy = rng.standard_normal((batch, seq, hidden)).astype("float32")
-    target = rng.uniform(0.0, 2.0, (batch, 1)).astype("float32")
-    layer = xplstm.LSTM(inputs, hidden, backend="numpy", dtype="float32", seed=0)
-    step = xplstm_runs(layer, x, dy, target)["train-step"]
+    step = numpy_train_step(tuple(int(n) for n in args.config.split(",")))
     with threadpool_limits(1):
         step()  # compiles, allocates the workspaces
         profile = cProfile.Profile(time.process_time)

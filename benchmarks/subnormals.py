@@ -38,10 +38,9 @@ from unittest import mock
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-import xplstm
 from xplstm.backends import _numpy_fast, _numpy_jit
 from xplstm.backends._numpy_fast import LOOP_ENV
-from xplstm.bench.contenders import xplstm_runs
+from xplstm.bench.contenders import numpy_train_step
 
 #: The ways of flushing compared: see the module's docstring.
 FLUSHES = ("none", "compiled", "backward", "step", "libc")
@@ -106,13 +105,7 @@ def compiled_calls_flushing(loops: Callable) -> Callable:
 def train(config: tuple[int, ...], steps: int, flush: str) -> list[tuple[float, Counter]]:
     """``steps`` train steps from the bench's seeds, flushing as ``flush`` (one of
     :data:`FLUSHES`) says: each step's CPU seconds and counts."""
-    batch, seq, inputs, hidden = config
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, seq, inputs)).astype("float32")
-    dy = rng.standard_normal((batch, seq, hidden)).astype("float32")
-    target = rng.uniform(0.0, 2.0, (batch, 1)).astype("float32")
-    layer = xplstm.LSTM(inputs, hidden, backend="numpy", dtype="float32", seed=0)
-    step = xplstm_runs(layer, x, dy, target)["train-step"]
+    step = numpy_train_step(config)
     blas, compiled = _numpy_fast._blas_backward, _numpy_fast._compiled_backward
     whole_step = _numpy_jit.subnormals_flushed if flush == "step" else contextlib.nullcontext
     found = []

@@ -269,6 +269,26 @@ def _keras_rows(
     return [Row(keras_peer.KERAS + structure.label(), jax_backend, device, build, True)], None
 
 
+def bench_data(
+    config: Config, dtype: str, directions: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bench's host data at ``config`` (B,T,I,H), from seed 0: ``x``, the output gradient
+    ``dy`` of forward+backward, the train step's ``target``."""
+    batch, seq, inputs, hidden = config
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, seq, inputs)).astype(dtype)
+    dy = rng.standard_normal((batch, seq, directions * hidden)).astype(dtype)
+    return x, dy, rng.uniform(0.0, 2.0, (batch, 1)).astype(dtype)
+
+
+def numpy_train_step(config: Config) -> Callable[[], None]:
+    """The bench's float32 train step of a NumPy LSTM at ``config`` (``--modes train-step``:
+    its data and the layer from seed 0), for scripts that take it apart."""
+    x, dy, target = bench_data(config, "float32")
+    layer = xplstm.LSTM(config[2], config[3], backend="numpy", dtype="float32", seed=0)
+    return xplstm_runs(layer, x, dy, target)["train-step"]
+
+
 def build_rows(
     names: Sequence[str],
     paths: Sequence[str],
@@ -283,10 +303,7 @@ def build_rows(
     """The contenders for one configuration, and why any asked for is missing; ``reference``
     adds torch.nn.LSTM, ``keras`` Keras's LSTM on JAX (:mod:`.keras_peer`)."""
     batch, seq, inputs, hidden = config
-    rng = np.random.default_rng(0)
-    host_x = rng.standard_normal((batch, seq, inputs)).astype(dtype)
-    host_dy = rng.standard_normal((batch, seq, structure.directions * hidden)).astype(dtype)
-    host_target = rng.uniform(0.0, 2.0, (batch, 1)).astype(dtype)
+    host_x, host_dy, host_target = bench_data(config, dtype, structure.directions)
     host_lengths = structure.host_lengths(batch, seq)
     layer_options = {"num_layers": structure.num_layers, "bidirectional": structure.bidirectional}
     rows, skipped = [], []
