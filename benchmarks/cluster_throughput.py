@@ -18,7 +18,11 @@ clipping, Adam). ``round trip`` is a fit step of a model too small to compute an
 sequence per worker`` is a fit step at full size with one sequence per worker: the round trip
 plus sending the parameters out and the gradients back (``--predict-only`` leaves the fit rows
 out). Each cell is the median over ``--rounds`` rounds; ``vs 1 worker`` is the 1-worker
-cluster's time over this one's (2.0x is ideal for 2).
+cluster's time over this one's (2.0x is ideal for 2). Each Dask predict row is timed after an
+untimed call of its own: the rows before it may have replaced the workers' kept model, whose
+memory, given back and left idle while other rows run, a VM that reports free pages to its
+host hands back, and the first call would time the host's page faults (docs/distributed.md,
+``benchmarks/fresh_memory.py``).
 
 Then where a predict call's time goes (five more calls per cluster, after the timed rounds),
 from Dask's task stream: from the call to the first block's start, the blocks' compute
@@ -238,6 +242,8 @@ def main() -> None:
                 for name, rows in contenders.items():
                     for row, run in rows.items():
                         repeats = 1 if row.startswith("predict") else args.steps
+                        if row.startswith("predict") and name != "local":
+                            run()  # untimed: the worker's kept model warm again (docstring)
                         results.setdefault(name, {}).setdefault(row, []).append(
                             seconds(run, repeats)
                         )
