@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.distributed import Client, get_task_stream
@@ -163,6 +164,11 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
     return found
 
 
+def malloc_trim() -> str | None:
+    """On a worker: its ``MALLOC_TRIM_THRESHOLD_`` (Dask's nannies set 65536), if any."""
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
 def seconds(run: Callable[[], object], repeats: int) -> float:
     """The median wall time of ``run()`` over ``repeats`` calls."""
     times = []
@@ -187,6 +193,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="fit steps timed per round")
     parser.add_argument("--predict-only", action="store_true", help="no fit rows")
+    parser.add_argument(
+        "--glibc-trim",
+        action="store_true",
+        help="workers without Dask's MALLOC_TRIM_THRESHOLD_=65536 (glibc's own memory reuse)",
+    )
     args = parser.parse_args()
     sizes = [int(n) for n in args.workers.split(",")]
     rng = np.random.default_rng(0)
@@ -198,7 +209,11 @@ def main() -> None:
     load = os.getloadavg()
     results: dict[str, dict[str, list[float]]] = {}
     with contextlib.ExitStack() as stack:
+        if args.glibc_trim:  # None unsets a variable of the nannies' environment
+            unset = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+            stack.enter_context(dask.config.set(unset))
         clients = {n: stack.enter_context(distributed.cluster(workers=n)) for n in sizes}
+        trims = {value for c in clients.values() for value in c.run(malloc_trim).values()}
         # predict keeps one model's parameters on the cluster per client: the changed model
         # gets a client of its own, so that the unchanged one's stay placed
         others = {
@@ -259,6 +274,7 @@ def main() -> None:
     report_phases(phases, local_cpu)
     report_threads(threads)
     print(f"load average (1, 5, 15 min): {load} before, {os.getloadavg()} after")
+    print(f"the workers' MALLOC_TRIM_THRESHOLD_: {', '.join(sorted(map(str, trims)))}")
 
 
 def predict_phases(
